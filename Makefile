@@ -1,0 +1,30 @@
+# `make test` and `make train` install first when .venv is missing, so each works on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install test train bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q test torchrl_crossq
+
+train: $(STAMP)
+	$(PY) sota_implementations/crossq.py $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check torchrl_crossq sota_implementations test bench
+	$(VENV)/bin/ruff format --check torchrl_crossq sota_implementations test bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
