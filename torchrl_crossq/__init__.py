@@ -1,1 +1,24 @@
 """CrossQ (Bhatt et al., ICLR 2024) as composable TorchRL components."""
+
+from torchrl_crossq.modules import BatchRenorm1d, make_actor, make_critic, set_training_mode
+from torchrl_crossq.objectives import (
+    OPTIMISED_LOSSES,
+    CrossQLoss,
+    CrossQUpdater,
+    PeriodicSoftUpdate,
+    Temperature,
+    make_optimizers,
+)
+
+__all__ = [
+    "OPTIMISED_LOSSES",
+    "BatchRenorm1d",
+    "CrossQLoss",
+    "CrossQUpdater",
+    "PeriodicSoftUpdate",
+    "Temperature",
+    "make_actor",
+    "make_critic",
+    "make_optimizers",
+    "set_training_mode",
+]

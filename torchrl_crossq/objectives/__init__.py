@@ -1,0 +1,17 @@
+from torchrl_crossq.objectives.crossq import CrossQLoss
+from torchrl_crossq.objectives.entropy import Temperature
+from torchrl_crossq.objectives.update import (
+    OPTIMISED_LOSSES,
+    CrossQUpdater,
+    PeriodicSoftUpdate,
+    make_optimizers,
+)
+
+__all__ = [
+    "OPTIMISED_LOSSES",
+    "CrossQLoss",
+    "CrossQUpdater",
+    "PeriodicSoftUpdate",
+    "Temperature",
+    "make_optimizers",
+]

@@ -1,0 +1,186 @@
+"""Batch Renormalization (Ioffe, 2017) as used by CrossQ (Bhatt et al., ICLR 2024)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BatchRenorm1d(nn.Module):
+    r"""Batch Renormalization over the last (feature) dimension.
+
+    In train mode the input is normalised with the batch statistics, corrected
+    towards the running statistics:
+
+    .. math::
+        \hat x = \frac{x - \mu_B}{\sigma_B} r + d, \quad
+        r = \mathrm{clip}\left(\frac{\sigma_B}{\sigma}, \frac{1}{r_{max}}, r_{max}\right), \quad
+        d = \mathrm{clip}\left(\frac{\mu_B - \mu}{\sigma}, -d_{max}, d_{max}\right)
+
+    with ``r`` and ``d`` under stop-gradient. For the first ``warmup_steps``
+    training forwards ``r = 1`` and ``d = 0`` (plain batch norm), which lets the
+    running statistics settle before they are trusted. The step counter is a
+    buffer capped at ``warmup_steps``, so it is saved in checkpoints and ``r``,
+    ``d`` stay within their bounds however long training runs. Running
+    statistics follow PyTorch's convention: ``running = (1 - momentum) *
+    running + momentum * batch`` with the unbiased batch variance. In eval mode
+    the running statistics are used.
+
+    Shapes: the features are the last dimension. Without ``ensemble_size`` the
+    input is ``[*, C]`` and every leading dimension counts as batch. With
+    ``ensemble_size=E`` the input is ``[E, *, C]``: each of the ``E`` members
+    has its own statistics and affine parameters (used by the critic
+    ensemble, which evaluates all critics in one batched call).
+
+    Args:
+        num_features: number of features ``C``.
+
+    Keyword Args:
+        momentum: running-statistics update rate (paper: 0.01, i.e. 0.99 in
+            Flax's convention).
+        eps: added to the variances (paper: 1e-3).
+        rmax: bound on the scale correction ``r`` (paper: 3).
+        dmax: bound on the shift correction ``d`` (paper: 5).
+        warmup_steps: training forwards before the corrections apply (paper: 100k).
+        affine: learn a per-feature scale and shift.
+        ensemble_size: number of independent members along the first input
+            dimension, or ``None`` for a single normaliser.
+
+    Examples:
+        >>> import torch
+        >>> brn = BatchRenorm1d(3, warmup_steps=10)
+        >>> y = brn(torch.randn(8, 3))
+        >>> y.shape, int(brn.num_batches_tracked)
+        (torch.Size([8, 3]), 1)
+        >>> ens = BatchRenorm1d(3, ensemble_size=2)
+        >>> ens(torch.randn(2, 8, 3)).shape
+        torch.Size([2, 8, 3])
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        momentum: float = 0.01,
+        eps: float = 1e-3,
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+        warmup_steps: int = 100_000,
+        affine: bool = True,
+        ensemble_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_features <= 0:
+            raise ValueError(f"num_features={num_features} must be positive")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum={momentum} must be in (0, 1]")
+        if eps <= 0:
+            raise ValueError(f"eps={eps} must be positive")
+        if rmax < 1.0:
+            raise ValueError(f"rmax={rmax} must be >= 1")
+        if dmax < 0.0:
+            raise ValueError(f"dmax={dmax} must be >= 0")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
+        if ensemble_size is not None and ensemble_size <= 0:
+            raise ValueError(f"ensemble_size={ensemble_size} must be positive or None")
+        self.num_features = num_features
+        self.momentum = momentum
+        self.eps = eps
+        self.rmax = rmax
+        self.dmax = dmax
+        self.warmup_steps = warmup_steps
+        self.affine = affine
+        self.ensemble_size = ensemble_size
+        # Statistics are stored as [C] or [E, 1, C] so they broadcast against [*, C] / [E, B, C].
+        shape = (num_features,) if ensemble_size is None else (ensemble_size, 1, num_features)
+        self.register_buffer("running_mean", torch.zeros(shape))
+        self.register_buffer("running_var", torch.ones(shape))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        if affine:
+            self.weight = nn.Parameter(torch.ones(shape))
+            self.bias = nn.Parameter(torch.zeros(shape))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        ens = "" if self.ensemble_size is None else f", ensemble_size={self.ensemble_size}"
+        return (
+            f"{self.num_features}, momentum={self.momentum}, eps={self.eps}, rmax={self.rmax}, "
+            f"dmax={self.dmax}, warmup_steps={self.warmup_steps}, affine={self.affine}{ens}"
+        )
+
+    def _reduce_dims(self, x: torch.Tensor) -> tuple[int, ...]:
+        if x.shape[-1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.num_features} features in the last "
+                f"dimension, got input of shape {tuple(x.shape)}"
+            )
+        if self.ensemble_size is None:
+            if x.dim() < 2:
+                raise ValueError(
+                    f"{type(self).__name__} expects an input of shape [*, B, C], got {tuple(x.shape)}"
+                )
+            return tuple(range(x.dim() - 1))
+        if x.dim() < 3 or x.shape[0] != self.ensemble_size:
+            raise ValueError(
+                f"{type(self).__name__} with ensemble_size={self.ensemble_size} expects an input "
+                f"of shape [{self.ensemble_size}, *, B, C], got {tuple(x.shape)}"
+            )
+        return tuple(range(1, x.dim() - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = self._reduce_dims(x)
+        # Statistics in float32 even when the matmuls around run in bfloat16.
+        compute_dtype = torch.promote_types(x.dtype, self.running_mean.dtype)
+        x = x.to(compute_dtype)
+        if self.training:
+            scale, shift = self._train_scale_shift(x, dims)
+        else:
+            scale = (self.running_var + self.eps).rsqrt()
+            shift = -self.running_mean * scale
+        if self.affine:
+            shift = torch.addcmul(self.bias, self.weight, shift)
+            scale = self.weight * scale
+        if self.ensemble_size is not None and x.dim() > 3:
+            view = (self.ensemble_size,) + (1,) * (x.dim() - 2) + (self.num_features,)
+            scale, shift = scale.view(view), shift.view(view)
+        return torch.addcmul(shift, x, scale)
+
+    def _train_scale_shift(
+        self, x: torch.Tensor, dims: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = 1
+        for d in dims:
+            n *= x.shape[d]
+        if n < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 samples per feature in train mode to "
+                f"estimate batch statistics, got input of shape {tuple(x.shape)}; "
+                "call .eval() to normalise single samples with the running statistics"
+            )
+        keepdim = self.ensemble_size is not None
+        batch_var, batch_mean = torch.var_mean(x, dim=dims, correction=0, keepdim=keepdim)
+        if self.ensemble_size is not None and x.dim() > 3:
+            batch_var = batch_var.view_as(self.running_var)
+            batch_mean = batch_mean.view_as(self.running_mean)
+        batch_std = (batch_var + self.eps).sqrt()
+        with torch.no_grad():
+            running_std = (self.running_var + self.eps).sqrt()
+            warmed_up = self.num_batches_tracked >= self.warmup_steps
+            r = (batch_std / running_std).clamp_(1.0 / self.rmax, self.rmax)
+            d = ((batch_mean - self.running_mean) / running_std).clamp_(-self.dmax, self.dmax)
+            r = torch.where(warmed_up, r, torch.ones_like(r))
+            d = torch.where(warmed_up, d, torch.zeros_like(d))
+            self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), self.momentum)
+            unbiased_var = batch_var * (n / (n - 1))
+            self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), self.momentum)
+            # Capped in place: past warmup the counter stays at warmup_steps.
+            self.num_batches_tracked.add_(
+                (self.num_batches_tracked < self.warmup_steps).to(torch.long)
+            )
+        # y = (x - mu_B) / sigma_B * r + d, folded into one scale and one shift.
+        scale = r / batch_std
+        shift = d - batch_mean * scale
+        return scale, shift

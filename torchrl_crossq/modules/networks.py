@@ -1,0 +1,280 @@
+"""Actor and critic factories for CrossQ and SAC (TensorDict modules)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torch import nn
+from torchrl.data import Bounded, TensorSpec
+from torchrl.envs.utils import ExplorationType
+from torchrl.modules import ProbabilisticActor, TanhNormal
+
+from torchrl_crossq.modules.batchrenorm import BatchRenorm1d
+
+NORMS = ("brn", None)
+CROSSQ_CRITIC_CELLS = (2048, 2048)  # paper: 2 hidden layers of 2048 for the critic
+SAC_CELLS = (256, 256)  # paper: actor 256 x 2; SAC's critic 256 x 2
+
+
+def _check_norm(norm: str | None) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is not supported; use one of: 'brn', None")
+
+
+def _check_cells(num_cells: Sequence[int], name: str) -> tuple[int, ...]:
+    cells = tuple(int(c) for c in num_cells)
+    if any(c <= 0 for c in cells):
+        raise ValueError(f"{name}={num_cells!r} must hold positive layer widths")
+    return cells
+
+
+def _brn(num_features: int, norm_kwargs: Mapping | None, ensemble_size: int | None = None):
+    return BatchRenorm1d(num_features, ensemble_size=ensemble_size, **(norm_kwargs or {}))
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear layers evaluated with one batched matmul.
+
+    Input ``[E, N, in_features]``, output ``[E, N, out_features]``. Each member
+    is initialised as ``torch.nn.Linear`` would be.
+
+    Examples:
+        >>> layer = EnsembleLinear(2, 4, 3)
+        >>> layer(torch.randn(2, 5, 4)).shape
+        torch.Size([2, 5, 3])
+    """
+
+    def __init__(self, ensemble_size: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        self.in_features = in_features
+        self.out_features = out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(
+            torch.empty(ensemble_size, in_features, out_features).uniform_(-bound, bound)
+        )
+        self.bias = nn.Parameter(
+            torch.empty(ensemble_size, 1, out_features).uniform_(-bound, bound)
+        )
+
+    def extra_repr(self) -> str:
+        return f"ensemble_size={self.ensemble_size}, in_features={self.in_features}, out_features={self.out_features}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class QEnsemble(nn.Module):
+    """An ensemble of Q-networks ``Q_i(s, a)`` evaluated in one batched call.
+
+    Layout (original CrossQ): ``[BRN] -> (Linear -> ReLU -> [BRN]) x depth -> Linear``,
+    with BRN on the input and after each hidden activation when ``norm="brn"``.
+
+    ``forward(observation, action)`` takes ``[*B, obs_dim]`` and ``[*B, action_dim]`` and
+    returns ``[*B, num_qvalue_nets]``: one column per critic.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_cells: Sequence[int],
+        num_qvalue_nets: int,
+        norm: str | None,
+        norm_kwargs: Mapping | None = None,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.num_qvalue_nets = num_qvalue_nets
+        in_dim = obs_dim + action_dim
+        layers: list[nn.Module] = []
+        if norm == "brn":
+            layers.append(_brn(in_dim, norm_kwargs, num_qvalue_nets))
+        for width in num_cells:
+            layers += [EnsembleLinear(num_qvalue_nets, in_dim, width), activation()]
+            if norm == "brn":
+                layers.append(_brn(width, norm_kwargs, num_qvalue_nets))
+            in_dim = width
+        layers.append(EnsembleLinear(num_qvalue_nets, in_dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([observation, action], dim=-1)
+        batch_shape = x.shape[:-1]
+        x = x.reshape(1, -1, x.shape[-1]).expand(self.num_qvalue_nets, -1, -1)
+        q = self.net(x)  # [E, N, 1]
+        return q.squeeze(-1).transpose(0, 1).reshape(*batch_shape, self.num_qvalue_nets)
+
+
+def make_critic(
+    obs_dim: int,
+    action_dim: int,
+    num_cells: Sequence[int] | None = None,
+    num_qvalue_nets: int = 2,
+    norm: str | None = "brn",
+    *,
+    norm_kwargs: Mapping | None = None,
+    activation: type[nn.Module] = nn.ReLU,
+    observation_key: str = "observation",
+    action_key: str = "action",
+    out_key: str = "state_action_value",
+    device: torch.device | str | None = None,
+) -> TensorDictModule:
+    """Builds a Q ensemble ``(observation, action) -> state_action_value``.
+
+    The output has one column per critic: ``[*B, num_qvalue_nets]``. All critics
+    run in one batched matmul per layer (stacked weights), not a Python loop.
+
+    Args:
+        obs_dim: observation size.
+        action_dim: action size.
+        num_cells: hidden widths; default ``(2048, 2048)`` with ``norm="brn"``
+            (paper) and ``(256, 256)`` with ``norm=None`` (SAC).
+        num_qvalue_nets: number of critics (paper: 2).
+        norm: ``"brn"`` for Batch Renormalization on the input and after each
+            hidden activation (CrossQ), ``None`` for a plain MLP (SAC).
+
+    Keyword Args:
+        norm_kwargs: keyword arguments of :class:`BatchRenorm1d` (momentum, eps,
+            rmax, dmax, warmup_steps).
+        activation: hidden activation class (paper: ReLU).
+        observation_key: input key of the observation.
+        action_key: input key of the action.
+        out_key: output key of the Q values.
+        device: where the parameters live.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> critic = make_critic(3, 1, num_cells=(16, 16))
+        >>> td = TensorDict({"observation": torch.randn(4, 3), "action": torch.randn(4, 1)}, [4])
+        >>> critic(td)["state_action_value"].shape
+        torch.Size([4, 2])
+    """
+    _check_norm(norm)
+    cells = _check_cells(
+        num_cells or (CROSSQ_CRITIC_CELLS if norm == "brn" else SAC_CELLS), "num_cells"
+    )
+    if num_qvalue_nets < 1:
+        raise ValueError(f"num_qvalue_nets={num_qvalue_nets} must be >= 1")
+    net = QEnsemble(obs_dim, action_dim, cells, num_qvalue_nets, norm, norm_kwargs, activation)
+    return TensorDictModule(
+        net.to(device), in_keys=[observation_key, action_key], out_keys=[out_key]
+    )
+
+
+def make_actor(
+    obs_dim: int,
+    action_spec: TensorSpec,
+    num_cells: Sequence[int] = SAC_CELLS,
+    norm: str | None = "brn",
+    *,
+    norm_kwargs: Mapping | None = None,
+    activation: type[nn.Module] = nn.ReLU,
+    observation_key: str = "observation",
+    action_key: str = "action",
+    scale_mapping: str = "biased_softplus_1.0",
+    scale_lb: float = 1e-4,
+    device: torch.device | str | None = None,
+) -> ProbabilisticActor:
+    """Builds a TanhNormal policy ``observation -> action, action_log_prob``.
+
+    A :class:`~tensordict.nn.ProbabilisticTensorDictSequential` (TorchRL's
+    ``ProbabilisticActor``): an MLP ``TensorDictModule`` writing ``loc`` and
+    ``scale`` through a ``NormalParamExtractor``, then a TanhNormal
+    ``ProbabilisticTensorDictModule`` bounded by the action spec. It samples
+    by default (``ExplorationType.RANDOM``) and plugs straight into a TorchRL
+    collector; under ``set_exploration_type(ExplorationType.DETERMINISTIC)`` it
+    returns the TanhNormal's deterministic action (tanh of the Gaussian mode).
+
+    Args:
+        obs_dim: observation size.
+        action_spec: a bounded TorchRL spec of the action (its shape and bounds are used).
+        num_cells: hidden widths (paper: 256, 256).
+        norm: ``"brn"`` for Batch Renormalization on the input and after each
+            hidden activation (CrossQ), ``None`` for a plain MLP (SAC).
+
+    Keyword Args:
+        norm_kwargs: keyword arguments of :class:`BatchRenorm1d`.
+        activation: hidden activation class (paper: ReLU).
+        observation_key: input key of the observation.
+        action_key: output key of the action; the log-probability goes to
+            ``<action_key>_log_prob``.
+        scale_mapping: ``NormalParamExtractor`` mapping of the scale (TorchRL's SAC default).
+        scale_lb: lower bound of the Gaussian's scale.
+        device: where the parameters live.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> spec = Bounded(-2.0, 2.0, shape=(1,))
+        >>> actor = make_actor(3, spec, num_cells=(16, 16)).eval()
+        >>> out = actor(TensorDict({"observation": torch.randn(4, 3)}, [4]))
+        >>> out["action"].shape, out["action_log_prob"].shape
+        (torch.Size([4, 1]), torch.Size([4]))
+        >>> bool((out["action"].abs() <= 2.0).all())
+        True
+    """
+    _check_norm(norm)
+    cells = _check_cells(num_cells, "num_cells")
+    if not isinstance(action_spec, Bounded):
+        raise TypeError(
+            f"action_spec must be a bounded continuous spec (torchrl.data.Bounded), "
+            f"got {type(action_spec).__name__}"
+        )
+    action_dim = action_spec.shape[-1]
+    layers: list[nn.Module] = []
+    in_dim = obs_dim
+    if norm == "brn":
+        layers.append(_brn(in_dim, norm_kwargs))
+    for width in cells:
+        layers += [nn.Linear(in_dim, width), activation()]
+        if norm == "brn":
+            layers.append(_brn(width, norm_kwargs))
+        in_dim = width
+    layers += [
+        nn.Linear(in_dim, 2 * action_dim),
+        NormalParamExtractor(scale_mapping=scale_mapping, scale_lb=scale_lb),
+    ]
+    net = nn.Sequential(*layers).to(device)
+    module = TensorDictModule(net, in_keys=[observation_key], out_keys=["loc", "scale"])
+    spec = action_spec.to(device) if device is not None else action_spec
+    return ProbabilisticActor(
+        module,
+        in_keys=["loc", "scale"],
+        out_keys=[action_key],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+        return_log_prob=True,
+        log_prob_key=f"{action_key}_log_prob",
+        default_interaction_type=ExplorationType.RANDOM,
+    )
+
+
+@contextlib.contextmanager
+def set_training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Puts ``module`` (and its children) in train or eval mode, then restores each one's mode.
+
+    The one place where CrossQ switches its Batch Renormalization layers: the
+    loss and the training script both use it, so a module always comes back
+    in the mode it went in.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(2, 2), BatchRenorm1d(2)).eval()
+        >>> with set_training_mode(net, True):
+        ...     net[1].training
+        True
+        >>> net[1].training
+        False
+    """
+    previous = [(m, m.training) for m in module.modules()]
+    module.train(training)
+    try:
+        yield module
+    finally:
+        for m, was_training in previous:
+            m.training = was_training

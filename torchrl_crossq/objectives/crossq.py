@@ -1,0 +1,429 @@
+"""CrossQ loss (Bhatt et al., ICLR 2024), with standard SAC as a one-key switch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tensordict import NestedKey, TensorDict, TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
+from tensordict.utils import unravel_key
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import ValueEstimators
+from torchrl.objectives.value import TD0Estimator
+
+from torchrl_crossq.modules.networks import set_training_mode
+from torchrl_crossq.objectives.entropy import Temperature
+
+Q_HEAD_TYPES = ("crossq", "default")
+AGG_Q = ("min", "mean")
+BOOTSTRAP_TYPES = ("standard", "always")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_choice(name: str, value, accepted: Sequence[str]) -> None:
+    if value not in accepted:
+        raise ValueError(
+            f"{name}={value!r} is not supported; use one of: {', '.join(map(str, accepted))}"
+        )
+
+
+class CrossQLoss(LossModule):
+    """The CrossQ loss: SAC without target networks, with a joint critic pass.
+
+    CrossQ (Bhatt et al., "CrossQ: Batch Normalization in Deep Reinforcement
+    Learning for Greater Sample Efficiency and Simplicity", ICLR 2024) changes
+    SAC in three ways: no target networks, Batch Renormalization in actor and
+    critic, and one critic forward in train mode on the concatenation
+    ``[s; s']``, ``[a; a']`` so the normalisation statistics see both
+    distributions. The ``s'`` half of that pass is the bootstrap value, under
+    stop-gradient.
+
+    Normalisation modes, set here and restored afterwards:
+
+    - next action for the target: actor in eval mode, no gradient;
+    - critic loss: critic in train mode (joint pass);
+    - actor loss: actor in train mode, critic in eval mode with detached
+      weights (gradients reach the action only).
+
+    With ``q_head_type="default"`` it is standard SAC: the current critic
+    scores ``(s, a)`` and a target copy of the critic (``target_qvalue_network_params``)
+    scores ``(s', a')``; update the target with :class:`PeriodicSoftUpdate`.
+
+    Args:
+        actor_network: a TanhNormal policy writing the action, e.g. :func:`make_actor`.
+        qvalue_network: a Q ensemble whose output (``state_action_value``) has
+            one column per critic, ``[*B, num_qvalue_nets]``, e.g. :func:`make_critic`.
+
+    Keyword Args:
+        q_head_type: ``"crossq"`` (no target networks, joint pass) or
+            ``"default"`` (SAC with a polyak-averaged target critic).
+        agg_q: reduction over the ensemble for the target and the actor loss:
+            ``"min"`` (paper) or ``"mean"``.
+        bootstrap_type: ``"standard"``: ``y = r + gamma * (1 - terminated) * V(s')``;
+            ``"always"``: ``y = r + gamma * V(s')``. Truncation never stops the bootstrap.
+        alpha_type: temperature parametrisation, ``"exp"`` (paper), ``"softplus"``
+            or ``"fixed_alpha"`` (see :class:`Temperature`).
+        initial_alpha: starting temperature (paper: 1.0).
+        target_entropy: a number, or ``"auto"`` for ``-action_dim`` (paper).
+        action_spec: the action spec, when the actor carries none (for ``"auto"``).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` over the batch.
+
+    The discount is set TorchRL's way: ``loss.make_value_estimator(gamma=0.99)``
+    (TD(0), the default; multi-step data carrying ``steps_to_next_obs`` is honoured).
+
+    Returns from ``forward``: ``loss_qvalue`` (``0.5 * (Q_i - y)^2`` summed over
+    critics), ``loss_actor`` (``alpha * log_pi - agg_q(Q)``), ``loss_alpha``
+    (``-alpha * (log_pi + target_entropy)``; absent with ``"fixed_alpha"``), and
+    detached ``alpha``, ``entropy``, ``q_mean``, ``target_value_mean``. Writes
+    the per-sample TD error (max over critics) to the input under the
+    ``priority`` key, for prioritised replay; nothing else of the input changes.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_crossq import CrossQLoss, make_actor, make_critic
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> actor = make_actor(3, spec, num_cells=(16,))
+        >>> critic = make_critic(3, 2, num_cells=(16,))
+        >>> loss = CrossQLoss(actor, critic)
+        >>> loss.make_value_estimator(gamma=0.99)
+        >>> data = TensorDict({
+        ...     "observation": torch.randn(8, 3), "action": torch.rand(8, 2) * 2 - 1,
+        ...     "next": {"observation": torch.randn(8, 3), "reward": torch.randn(8, 1),
+        ...              "done": torch.zeros(8, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(8, 1, dtype=torch.bool)}}, [8])
+        >>> out = loss(data)
+        >>> sorted(k for k in out.keys() if k.startswith("loss_"))
+        ['loss_actor', 'loss_alpha', 'loss_qvalue']
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Tensordict keys the loss reads and writes; rename them with ``set_keys``.
+
+        Attributes:
+            action: the action taken (input), also the key under which the
+                actor writes its action.
+            state_action_value: the critic's output, one column per critic.
+            priority: where the per-sample TD error is written.
+            reward: the reward, read under ``"next"``.
+            done: the done flag, read under ``"next"``.
+            terminated: the termination flag, read under ``"next"``.
+        """
+
+        action: NestedKey = "action"
+        state_action_value: NestedKey = "state_action_value"
+        priority: NestedKey = "td_error"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+
+    actor_network: ProbabilisticTensorDictSequential
+    actor_network_params: TensorDictBase
+    qvalue_network: TensorDictModule
+    qvalue_network_params: TensorDictBase
+    target_actor_network_params: TensorDictBase
+    target_qvalue_network_params: TensorDictBase
+
+    def __init__(
+        self,
+        actor_network: ProbabilisticTensorDictSequential,
+        qvalue_network: TensorDictModule,
+        *,
+        q_head_type: str = "crossq",
+        agg_q: str = "min",
+        bootstrap_type: str = "standard",
+        alpha_type: str = "exp",
+        initial_alpha: float = 1.0,
+        target_entropy: float | str = "auto",
+        action_spec=None,
+        reduction: str = "mean",
+    ) -> None:
+        _check_choice("q_head_type", q_head_type, Q_HEAD_TYPES)
+        _check_choice("agg_q", agg_q, AGG_Q)
+        _check_choice("bootstrap_type", bootstrap_type, BOOTSTRAP_TYPES)
+        _check_choice("reduction", reduction, REDUCTIONS)
+        self._in_keys = None
+        self._out_keys = None
+        super().__init__()
+        self.q_head_type = q_head_type
+        self.agg_q = agg_q
+        self.bootstrap_type = bootstrap_type
+        self.reduction = reduction
+
+        self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
+        self.convert_to_functional(
+            qvalue_network, "qvalue_network", create_target_params=q_head_type == "default"
+        )
+        self.temperature = Temperature(alpha_type, initial_alpha)
+        self.register_buffer(
+            "target_entropy",
+            torch.tensor(self._resolve_target_entropy(target_entropy, action_spec)),
+        )
+        self.make_value_estimator()
+
+    def _resolve_target_entropy(self, target_entropy: float | str, action_spec) -> float:
+        if target_entropy != "auto":
+            if isinstance(target_entropy, str):
+                raise ValueError(
+                    f"target_entropy={target_entropy!r} is not supported; use a number or 'auto'"
+                )
+            return float(target_entropy)
+        spec = action_spec if action_spec is not None else getattr(self.actor_network, "spec", None)
+        if spec is not None and hasattr(spec, "keys"):
+            key = self.tensor_keys.action
+            leaves = list(spec.keys(True, True))
+            if key in spec.keys(True, True):
+                spec = spec[key]
+            elif len(leaves) == 1:
+                spec = spec[leaves[0]]
+            else:
+                spec = None
+        if spec is None:
+            raise ValueError(
+                "target_entropy='auto' needs the action's spec: give the actor a spec "
+                "(make_actor does), pass action_spec=..., or pass a number"
+            )
+        return -float(spec.shape[-1:].numel())
+
+    # -- TorchRL LossModule plumbing -------------------------------------------------
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
+        """Sets the TD(0) estimator and its discount, e.g. ``make_value_estimator(gamma=0.99)``."""
+        if value_type is None:
+            value_type = self.default_value_estimator
+        if value_type != ValueEstimators.TD0:
+            raise NotImplementedError(
+                f"value_type={value_type} is not supported by {type(self).__name__}; "
+                "use ValueEstimators.TD0 (a one-step target, as in the paper)"
+            )
+        hyperparams.setdefault("gamma", 0.99)
+        gamma = float(hyperparams["gamma"])
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma={gamma} must be in [0, 1]")
+        hyperparams.setdefault("device", self._default_device)
+        self.value_type = value_type
+        self._value_estimator = TD0Estimator(value_network=None, **hyperparams)
+        self._forward_value_estimator_keys()
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._in_keys = None
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """The discount of the TD target."""
+        return self.value_estimator.gamma
+
+    def _actor_in_keys(self) -> list[NestedKey]:
+        return [unravel_key(k) for k in self.actor_network.in_keys]
+
+    def _critic_state_keys(self) -> list[NestedKey]:
+        action = unravel_key(self.tensor_keys.action)
+        return [unravel_key(k) for k in self.qvalue_network.in_keys if unravel_key(k) != action]
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            keys = [
+                self.tensor_keys.action,
+                ("next", self.tensor_keys.reward),
+                ("next", self.tensor_keys.done),
+                ("next", self.tensor_keys.terminated),
+            ]
+            for key in self._actor_in_keys() + self._critic_state_keys():
+                keys += [key, ("next", *((key,) if isinstance(key, str) else key))]
+            self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values) -> None:
+        self._in_keys = values
+
+    @property
+    def out_keys(self) -> list[str]:
+        if self._out_keys is None:
+            keys = ["loss_qvalue", "loss_actor"]
+            if self.temperature.trainable:
+                keys.append("loss_alpha")
+            self._out_keys = [*keys, "alpha", "entropy", "q_mean", "target_value_mean"]
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self._out_keys = values
+
+    # -- helpers ------------------------------------------------------------------
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The current temperature, detached."""
+        return self.temperature().detach()
+
+    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+    def _aggregate(self, q: torch.Tensor) -> torch.Tensor:
+        return q.min(-1).values if self.agg_q == "min" else q.mean(-1)
+
+    def _check_input(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Flattens the batch and names any missing key with the ``set_keys`` name to change it."""
+        present = set(tensordict.keys(True, True))
+        names = {unravel_key(getattr(self.tensor_keys, f)): f for f in ("action",)}
+        for f in ("reward", "done", "terminated"):
+            names[unravel_key(("next", getattr(self.tensor_keys, f)))] = f
+        for key in self.in_keys:
+            if key not in present:
+                hint = (
+                    f"; rename it with loss.set_keys({names[key]}=...)"
+                    if key in names
+                    else " (an input of the actor or the critic)"
+                )
+                raise KeyError(f"{type(self).__name__}: the input has no key {key!r}{hint}")
+        if tensordict.ndim != 1:
+            tensordict = tensordict.reshape(-1)
+        return tensordict
+
+    def _critic_input(self, source: TensorDictBase, action: torch.Tensor) -> TensorDictBase:
+        td = source.select(*self._critic_state_keys())
+        td.set(self.tensor_keys.action, action)
+        return td
+
+    def _q(self, td: TensorDictBase, params: TensorDictBase, training: bool) -> torch.Tensor:
+        with (
+            params.to_module(self.qvalue_network, preserve_module_state=False),
+            set_training_mode(self.qvalue_network, training),
+        ):
+            return self.qvalue_network(td).get(self.tensor_keys.state_action_value)
+
+    def _next_action(self, next_td: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``a' ~ pi(s')`` with the actor in eval mode, without gradient."""
+        with (
+            torch.no_grad(),
+            set_exploration_type(ExplorationType.RANDOM),
+            self.actor_network_params.to_module(self.actor_network, preserve_module_state=False),
+            set_training_mode(self.actor_network, False),
+        ):
+            dist = self.actor_network.get_dist(next_td.select(*self._actor_in_keys()))
+            return sample_and_log_prob(dist)
+
+    # -- the three losses -------------------------------------------------------------
+    def qvalue_loss(
+        self, tensordict: TensorDictBase
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic loss ``sum_i 0.5 * (Q_i(s, a) - y)^2``.
+
+        Writes the per-sample TD error to ``tensordict[priority]``. Returns the
+        reduced loss and detached metadata (``td_error``, ``q_mean``,
+        ``target_value_mean``).
+        """
+        original = tensordict
+        tensordict = self._check_input(tensordict)
+        batch = tensordict.batch_size[0]
+        next_td = tensordict.get("next")
+        next_action, next_log_prob = self._next_action(next_td)
+        current = self._critic_input(tensordict, tensordict.get(self.tensor_keys.action))
+        upcoming = self._critic_input(next_td, next_action)
+        if self.q_head_type == "crossq":
+            # One train-mode pass over [s; s'], [a; a']: BRN statistics see both distributions.
+            joint = self._q(torch.cat([current, upcoming], 0), self.qvalue_network_params, True)
+            q, next_q = joint.split(batch, 0)
+            next_q = next_q.detach()
+        else:
+            q = self._q(current, self.qvalue_network_params, True)
+            with torch.no_grad():
+                next_q = self._q(upcoming, self.target_qvalue_network_params, False)
+        next_value = self._aggregate(next_q) - self.alpha * next_log_prob
+        target = self._td_target(tensordict, next_value.unsqueeze(-1)).squeeze(-1)
+        td_error = (q - target.unsqueeze(-1)).pow(2)
+        loss = 0.5 * td_error.sum(-1)
+        td_error = td_error.detach().sqrt().max(-1).values
+        original.set(self.tensor_keys.priority, td_error.reshape(original.batch_size))
+        metadata = {
+            "td_error": td_error,
+            "q_mean": q.detach().mean(),
+            "target_value_mean": target.mean(),
+        }
+        return self._reduce(loss), metadata
+
+    def _td_target(self, tensordict: TensorDictBase, next_value: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.bootstrap_type == "always":
+                reward = tensordict.get(("next", self.tensor_keys.reward))
+                never = torch.zeros(reward.shape, dtype=torch.bool, device=reward.device)
+                tensordict = TensorDict(
+                    {
+                        "next": {
+                            self.tensor_keys.reward: reward,
+                            self.tensor_keys.done: never,
+                            self.tensor_keys.terminated: never,
+                        }
+                    },
+                    tensordict.batch_size,
+                )
+            return self.value_estimator.value_estimate(tensordict, next_value=next_value)
+
+    def actor_loss(
+        self, tensordict: TensorDictBase
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy loss ``alpha * log_pi(a|s) - agg_q(Q(s, a))`` with ``a ~ pi(s)`` reparameterised.
+
+        Actor in train mode; critic in eval mode with detached weights, so only
+        the actor receives gradients. Returns the reduced loss and ``{"log_prob"}``
+        (detached) for :meth:`alpha_loss`.
+        """
+        tensordict = self._check_input(tensordict)
+        with (
+            set_exploration_type(ExplorationType.RANDOM),
+            self.actor_network_params.to_module(self.actor_network, preserve_module_state=False),
+            set_training_mode(self.actor_network, True),
+        ):
+            dist = self.actor_network.get_dist(tensordict.select(*self._actor_in_keys()))
+            action, log_prob = rsample_and_log_prob(dist)
+        q = self._q(
+            self._critic_input(tensordict, action), self.qvalue_network_params.detach(), False
+        )
+        loss = self.alpha * log_prob - self._aggregate(q)
+        return self._reduce(loss), {"log_prob": log_prob.detach()}
+
+    def alpha_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """The temperature loss ``-alpha * (log_pi + target_entropy)``; gradients reach alpha only."""
+        return self._reduce(self.temperature.loss(log_prob, self.target_entropy))
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Computes the critic, actor and temperature losses with the current parameters.
+
+        For CrossQ's update order (critic stepped before the actor, actor every
+        ``policy_delay`` updates) call :meth:`qvalue_loss`, :meth:`actor_loss`
+        and :meth:`alpha_loss` separately, as :class:`~torchrl_crossq.CrossQUpdater` does.
+        """
+        loss_qvalue, value_metadata = self.qvalue_loss(tensordict)
+        loss_actor, actor_metadata = self.actor_loss(tensordict)
+        log_prob = actor_metadata["log_prob"]
+        out = {"loss_qvalue": loss_qvalue, "loss_actor": loss_actor}
+        if self.temperature.trainable:
+            out["loss_alpha"] = self.alpha_loss(log_prob)
+        out.update(
+            alpha=self.alpha,
+            entropy=-log_prob.mean(),
+            q_mean=value_metadata["q_mean"],
+            target_value_mean=value_metadata["target_value_mean"],
+        )
+        return TensorDict(out, batch_size=[]).select(*self.out_keys)

@@ -1,0 +1,221 @@
+"""One CrossQ / SAC gradient update: which loss term each optimiser steps, and when."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives.utils import SoftUpdate
+
+from torchrl_crossq.objectives.crossq import CrossQLoss
+
+# The loss terms each optimiser steps. Every `loss_*` the loss returns must appear here:
+# the anchor bug "alpha never trained" was a loss term that reached no optimiser.
+OPTIMISED_LOSSES = {
+    "critic": ("loss_qvalue",),
+    "actor": ("loss_actor",),
+    "alpha": ("loss_alpha",),
+}
+
+
+class PeriodicSoftUpdate(SoftUpdate):
+    """Polyak averaging ``target <- (1 - tau) * target + tau * online`` every ``every`` calls.
+
+    TorchRL's :class:`~torchrl.objectives.SoftUpdate`, applied on every
+    ``every``-th call of :meth:`step` (the config's ``target_update_freq``).
+
+    Args:
+        loss_module: a loss with target parameters (``CrossQLoss(q_head_type="default")``).
+
+    Keyword Args:
+        tau: the polyak coefficient (SAC: 0.005).
+        every: apply the update every this many calls (>= 1).
+    """
+
+    def __init__(self, loss_module: CrossQLoss, *, tau: float, every: int = 1) -> None:
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"tau={tau} must be in (0, 1]")
+        if every < 1:
+            raise ValueError(f"target_update_freq={every} must be >= 1")
+        super().__init__(loss_module, tau=tau)
+        self.every = every
+        self.calls = 0
+
+    def step(self) -> None:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            super().step()
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
+
+def make_optimizers(
+    loss: CrossQLoss,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.5, 0.999),
+    alpha_lr: float | None = None,
+    alpha_betas: tuple[float, float] | None = None,
+    weight_decay: float = 0.0,
+) -> dict[str, torch.optim.Optimizer]:
+    """Adam optimisers for the critic, the actor and (when trainable) the temperature.
+
+    Defaults are the paper's: lr 1e-3, betas (0.5, 0.999) for all three.
+
+    Returns:
+        ``{"critic": ..., "actor": ..., "alpha": ...}`` (no ``"alpha"`` with a fixed temperature).
+    """
+    if lr <= 0 or (alpha_lr is not None and alpha_lr <= 0):
+        raise ValueError(f"learning rates must be positive, got lr={lr}, alpha_lr={alpha_lr}")
+    optimizers = {
+        "critic": torch.optim.Adam(
+            _trainable(loss.qvalue_network_params), lr=lr, betas=betas, weight_decay=weight_decay
+        ),
+        "actor": torch.optim.Adam(
+            _trainable(loss.actor_network_params), lr=lr, betas=betas, weight_decay=weight_decay
+        ),
+    }
+    if loss.temperature.trainable:
+        optimizers["alpha"] = torch.optim.Adam(
+            loss.temperature.parameters(),
+            lr=alpha_lr if alpha_lr is not None else lr,
+            betas=alpha_betas if alpha_betas is not None else betas,
+        )
+    return optimizers
+
+
+def _trainable(params: TensorDictBase) -> list[torch.Tensor]:
+    return [p for p in params.values(True, True) if p.requires_grad]
+
+
+class CrossQUpdater:
+    """Runs one gradient update of CrossQ (or SAC) on a sampled batch.
+
+    The critic is stepped on ``loss_qvalue`` every update; then, every
+    ``policy_delay`` updates, the actor on ``loss_actor`` (computed with the
+    freshly stepped critic, as in the original code) and the temperature on
+    ``loss_alpha``. With a target updater (SAC head) it is stepped after
+    every update. No host-device synchronisation: the returned metrics are
+    detached tensors, read by the caller at its logging interval.
+
+    Args:
+        loss: the :class:`CrossQLoss`.
+        optimizers: ``{"critic", "actor"[, "alpha"]}`` as :func:`make_optimizers` builds them.
+
+    Keyword Args:
+        policy_delay: actor and temperature are updated every this many updates (paper: 3).
+        clip_grad_norm: max gradient norm of critic and actor (``None``: no clipping).
+        alpha_clip_grad_norm: max gradient norm of the temperature (``None``: no clipping).
+        target_updater: a :class:`PeriodicSoftUpdate` for the SAC head, else ``None``.
+        alpha_scheduler: a learning-rate scheduler of the temperature optimiser,
+            stepped with it.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_crossq import CrossQLoss, make_actor, make_critic
+        >>> actor = make_actor(3, Bounded(-1.0, 1.0, shape=(1,)), num_cells=(8,))
+        >>> loss = CrossQLoss(actor, make_critic(3, 1, num_cells=(8,)))
+        >>> update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=1)
+        >>> batch = TensorDict({
+        ...     "observation": torch.randn(4, 3), "action": torch.zeros(4, 1),
+        ...     "next": {"observation": torch.randn(4, 3), "reward": torch.ones(4, 1),
+        ...              "done": torch.zeros(4, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(4, 1, dtype=torch.bool)}}, [4])
+        >>> sorted(update(batch).keys())
+        ['alpha', 'entropy', 'loss_actor', 'loss_alpha', 'loss_qvalue', 'q_mean', 'target_value_mean']
+    """
+
+    def __init__(
+        self,
+        loss: CrossQLoss,
+        optimizers: dict[str, torch.optim.Optimizer],
+        *,
+        policy_delay: int = 3,
+        clip_grad_norm: float | None = None,
+        alpha_clip_grad_norm: float | None = None,
+        target_updater: PeriodicSoftUpdate | None = None,
+        alpha_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ) -> None:
+        if policy_delay < 1:
+            raise ValueError(f"policy_delay={policy_delay} must be >= 1")
+        missing = {"critic", "actor"} - optimizers.keys()
+        if loss.temperature.trainable:
+            missing |= {"alpha"} - optimizers.keys()
+        if missing:
+            raise ValueError(
+                f"optimizers is missing {sorted(missing)}; expected critic, actor, alpha"
+            )
+        if loss.q_head_type == "default" and target_updater is None:
+            raise ValueError("q_head_type='default' needs a target_updater (PeriodicSoftUpdate)")
+        self.loss = loss
+        self.optimizers = optimizers
+        self.policy_delay = policy_delay
+        self.clip_grad_norm = clip_grad_norm
+        self.alpha_clip_grad_norm = alpha_clip_grad_norm
+        self.target_updater = target_updater
+        self.alpha_scheduler = alpha_scheduler
+        self.num_updates = 0
+
+    def _step(self, name: str, loss: torch.Tensor, max_norm: float | None) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(_params_of(optimizer), max_norm, foreach=True)
+        optimizer.step()
+
+    def __call__(self, batch: TensorDictBase) -> TensorDict:
+        self.num_updates += 1
+        loss_qvalue, value_metadata = self.loss.qvalue_loss(batch)
+        self._step("critic", loss_qvalue, self.clip_grad_norm)
+        metrics = {
+            "loss_qvalue": loss_qvalue.detach(),
+            "q_mean": value_metadata["q_mean"],
+            "target_value_mean": value_metadata["target_value_mean"],
+        }
+        if self.num_updates % self.policy_delay == 0:
+            loss_actor, actor_metadata = self.loss.actor_loss(batch)
+            self._step("actor", loss_actor, self.clip_grad_norm)
+            log_prob = actor_metadata["log_prob"]
+            metrics.update(loss_actor=loss_actor.detach(), entropy=-log_prob.mean())
+            if self.loss.temperature.trainable:
+                loss_alpha = self.loss.alpha_loss(log_prob)
+                self._step("alpha", loss_alpha, self.alpha_clip_grad_norm)
+                if self.alpha_scheduler is not None:
+                    self.alpha_scheduler.step()
+                metrics["loss_alpha"] = loss_alpha.detach()
+        if self.target_updater is not None:
+            self.target_updater.step()
+        metrics["alpha"] = self.loss.alpha
+        return TensorDict(metrics, batch_size=[])
+
+    def state_dict(self) -> dict:
+        """Optimiser, scheduler and counter state, for checkpoints."""
+        state = {
+            "num_updates": self.num_updates,
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+        }
+        if self.alpha_scheduler is not None:
+            state["alpha_scheduler"] = self.alpha_scheduler.state_dict()
+        if self.target_updater is not None:
+            state["target_updater"] = self.target_updater.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.num_updates = int(state["num_updates"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        if self.alpha_scheduler is not None:
+            self.alpha_scheduler.load_state_dict(state["alpha_scheduler"])
+        if self.target_updater is not None:
+            self.target_updater.load_state_dict(state["target_updater"])
+
+
+def _params_of(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
