@@ -175,7 +175,7 @@ class CrossQLoss(LossModule):
         if target_entropy != "auto":
             if isinstance(target_entropy, str):
                 raise ValueError(
-                    f"target_entropy={target_entropy!r} is not supported; use a number or 'auto'"
+                    f"target_entropy={target_entropy!r} is not supported; use one of: a number, 'auto'"
                 )
             return float(target_entropy)
         spec = action_spec if action_spec is not None else getattr(self.actor_network, "spec", None)
@@ -330,8 +330,8 @@ class CrossQLoss(LossModule):
         """The critic loss ``sum_i 0.5 * (Q_i(s, a) - y)^2``.
 
         Writes the per-sample TD error to ``tensordict[priority]``. Returns the
-        reduced loss and detached metadata (``td_error``, ``q_mean``,
-        ``target_value_mean``).
+        reduced loss and detached metadata (per-sample ``td_error`` and
+        ``target_value``; ``q_mean``, ``target_value_mean``).
         """
         original = tensordict
         tensordict = self._check_input(tensordict)
@@ -357,6 +357,7 @@ class CrossQLoss(LossModule):
         original.set(self.tensor_keys.priority, td_error.reshape(original.batch_size))
         metadata = {
             "td_error": td_error,
+            "target_value": target,
             "q_mean": q.detach().mean(),
             "target_value_mean": target.mean(),
         }

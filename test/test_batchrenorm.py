@@ -1,0 +1,180 @@
+import pytest
+import torch
+from torch import nn
+
+from torchrl_crossq import BatchRenorm1d
+
+
+def reference_brn(x, running_mean, running_var, rmax, dmax, eps):
+    """Batch renorm straight from Ioffe (2017), eq. in Algorithm 1, after warmup."""
+    mu = x.mean(0)
+    sigma = (x.var(0, unbiased=False) + eps).sqrt()
+    running_std = (running_var + eps).sqrt()
+    r = (sigma / running_std).detach().clamp(1 / rmax, rmax)
+    d = ((mu - running_mean) / running_std).detach().clamp(-dmax, dmax)
+    return (x - mu) / sigma * r + d
+
+
+def make_pair(c=4, warmup=5):
+    torch.manual_seed(0)
+    brn = BatchRenorm1d(c, momentum=0.1, eps=1e-3, warmup_steps=warmup)
+    bn = nn.BatchNorm1d(c, momentum=0.1, eps=1e-3)
+    with torch.no_grad():
+        brn.weight.uniform_(0.5, 1.5)
+        brn.bias.uniform_(-0.5, 0.5)
+        bn.weight.copy_(brn.weight)
+        bn.bias.copy_(brn.bias)
+    return brn, bn
+
+
+def test_equals_batchnorm_during_warmup_outputs_grads_and_running_stats():
+    brn, bn = make_pair(warmup=5)
+    for step in range(5):
+        x = (torch.randn(32, 4) * (step + 1) + step).requires_grad_()
+        x_bn = x.detach().clone().requires_grad_()
+        y, y_bn = brn(x), bn(x_bn)
+        torch.testing.assert_close(y, y_bn)
+        (y * torch.arange(4.0)).sum().backward()
+        (y_bn * torch.arange(4.0)).sum().backward()
+        torch.testing.assert_close(x.grad, x_bn.grad)
+    torch.testing.assert_close(brn.running_mean, bn.running_mean)
+    torch.testing.assert_close(brn.running_var, bn.running_var)
+
+
+def test_eval_mode_equals_batchnorm_with_equal_statistics():
+    brn, bn = make_pair()
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+        brn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0, 9.0]))
+        bn.running_mean.copy_(brn.running_mean)
+        bn.running_var.copy_(brn.running_var)
+    x = torch.randn(7, 4)
+    torch.testing.assert_close(brn.eval()(x), bn.eval()(x))
+
+
+def test_differs_from_batchnorm_after_warmup_and_matches_reference():
+    brn, bn = make_pair(warmup=2)
+    for _ in range(2):
+        x = torch.randn(64, 4)
+        brn(x)
+        bn(x)
+    running_mean, running_var = brn.running_mean.clone(), brn.running_var.clone()
+    x = (torch.randn(64, 4) * 3 + 2).requires_grad_()
+    y = brn(x)
+    assert not torch.allclose(y, bn(x.detach()), atol=1e-3)
+    x_ref = x.detach().clone().requires_grad_()
+    expected = (
+        brn.weight * reference_brn(x_ref, running_mean, running_var, 3.0, 5.0, 1e-3) + brn.bias
+    )
+    torch.testing.assert_close(y, expected)
+    y.pow(2).sum().backward()
+    expected.pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_step_counter_is_capped_at_warmup_after_many_times_the_warmup():
+    brn = BatchRenorm1d(3, warmup_steps=4)
+    for _ in range(5 * 4):
+        brn(torch.randn(8, 3))
+    assert int(brn.num_batches_tracked) == 4
+    assert brn.num_batches_tracked.dtype == torch.long
+
+
+@pytest.mark.parametrize("shift, scale", [(100.0, 10.0), (-100.0, 0.001)])
+def test_corrections_stay_within_rmax_dmax_far_past_warmup(shift, scale):
+    brn = BatchRenorm1d(3, warmup_steps=10, affine=False)
+    brn.num_batches_tracked.fill_(10**9)  # a counter far past warmup, e.g. from an old checkpoint
+    x = torch.randn(4096, 3) * scale + shift
+    y = brn(x)
+    # y = x_hat * r + d with r, d clipped: mean of y is d, std of y is std(x_hat) * r.
+    sign = 1.0 if shift > 0 else -1.0
+    torch.testing.assert_close(y.mean(0), torch.full((3,), 5.0 * sign), atol=1e-3, rtol=0)
+    r = 3.0 if scale > 1 else 1 / 3.0
+    var = x.var(0, unbiased=False)
+    torch.testing.assert_close(y.std(0, unbiased=False), r * (var / (var + 1e-3)).sqrt())
+
+
+def test_warmup_zero_applies_corrections_from_the_first_step():
+    brn = BatchRenorm1d(2, warmup_steps=0, affine=False)
+    y = brn(torch.randn(512, 2) * 10 + 50)
+    torch.testing.assert_close(y.mean(0), torch.full((2,), 5.0), atol=1e-3, rtol=0)
+    assert int(brn.num_batches_tracked) == 0
+
+
+def test_running_statistics_use_momentum_and_unbiased_variance():
+    brn = BatchRenorm1d(2, momentum=0.01)
+    x = torch.randn(16, 2)
+    brn(x)
+    torch.testing.assert_close(brn.running_mean, 0.01 * x.mean(0))
+    torch.testing.assert_close(brn.running_var, 0.99 + 0.01 * x.var(0, unbiased=True))
+
+
+def test_eval_mode_does_not_touch_statistics_or_counter():
+    brn = BatchRenorm1d(2).eval()
+    state = {k: v.clone() for k, v in brn.state_dict().items()}
+    brn(torch.randn(5, 2))
+    for k, v in brn.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+
+
+def test_state_dict_round_trip_restores_statistics_and_counter():
+    brn = BatchRenorm1d(3, warmup_steps=3)
+    for _ in range(5):
+        brn(torch.randn(10, 3) + 1)
+    fresh = BatchRenorm1d(3, warmup_steps=3)
+    fresh.load_state_dict(brn.state_dict())
+    assert int(fresh.num_batches_tracked) == 3
+    x = torch.randn(10, 3)
+    torch.testing.assert_close(fresh(x), brn(x))
+    torch.testing.assert_close(fresh.eval()(x), brn.eval()(x))
+
+
+def test_leading_dimensions_count_as_batch():
+    a, b = BatchRenorm1d(3), BatchRenorm1d(3)
+    x = torch.randn(4, 5, 3)
+    torch.testing.assert_close(a(x), b(x.reshape(20, 3)).reshape(4, 5, 3))
+    torch.testing.assert_close(a.running_var, b.running_var)
+
+
+def test_ensemble_members_have_independent_statistics():
+    ens = BatchRenorm1d(3, ensemble_size=2, warmup_steps=0)
+    singles = [BatchRenorm1d(3, warmup_steps=0) for _ in range(2)]
+    with torch.no_grad():
+        ens.weight.uniform_()
+        for i, s in enumerate(singles):
+            s.weight.copy_(ens.weight[i, 0])
+    for _ in range(3):
+        x = torch.randn(2, 16, 3) * torch.tensor([1.0, 5.0]).view(2, 1, 1)
+        y = ens(x)
+        for i, s in enumerate(singles):
+            torch.testing.assert_close(y[i], s(x[i]))
+    for i, s in enumerate(singles):
+        torch.testing.assert_close(ens.running_var[i, 0], s.running_var)
+
+
+def test_single_sample_in_train_mode_is_a_clear_error():
+    brn = BatchRenorm1d(3)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        brn(torch.randn(1, 3))
+    assert brn.eval()(torch.randn(1, 3)).shape == (1, 3)
+
+
+def test_wrong_feature_count_names_the_shapes():
+    with pytest.raises(ValueError, match=r"expects 3 features.*\(4, 5\)"):
+        BatchRenorm1d(3)(torch.randn(4, 5))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"momentum": 0.0}, {"eps": 0.0}, {"rmax": 0.5}, {"dmax": -1.0}, {"warmup_steps": -1}]
+)
+def test_invalid_hyperparameters_are_rejected(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        BatchRenorm1d(3, **kwargs)
+
+
+def test_bfloat16_input_keeps_float32_statistics():
+    brn = BatchRenorm1d(3)
+    y = brn(torch.randn(8, 3).bfloat16())
+    assert brn.running_mean.dtype == torch.float32
+    assert y.dtype == torch.float32

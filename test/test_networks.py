@@ -1,0 +1,96 @@
+import pytest
+import torch
+from helpers import ACTION_DIM, OBS_DIM
+from tensordict import TensorDict
+from torchrl.data import Bounded, Unbounded
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from torchrl_crossq import BatchRenorm1d, make_actor, make_critic, set_training_mode
+
+
+def obs_td(n=5):
+    return TensorDict({"observation": torch.randn(n, OBS_DIM)}, [n])
+
+
+def test_critic_matches_a_python_loop_over_independent_members():
+    critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(8, 8), num_qvalue_nets=3, norm=None)
+    obs, act = torch.randn(5, OBS_DIM), torch.randn(5, ACTION_DIM)
+    q = critic.module(obs, act)
+    assert q.shape == (5, 3)
+    layers = [m for m in critic.module.net if hasattr(m, "weight")]
+    for member in range(3):
+        x = torch.cat([obs, act], -1)
+        for i, layer in enumerate(layers):
+            x = x @ layer.weight[member] + layer.bias[member]
+            if i < len(layers) - 1:
+                x = torch.relu(x)
+        torch.testing.assert_close(q[:, member], x.squeeze(-1))
+
+
+def test_critic_layout_has_brn_on_input_and_after_each_activation():
+    critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(8, 8))
+    kinds = [type(m).__name__ for m in critic.module.net]
+    assert kinds == [
+        "BatchRenorm1d", "EnsembleLinear", "ReLU", "BatchRenorm1d",
+        "EnsembleLinear", "ReLU", "BatchRenorm1d", "EnsembleLinear",
+    ]  # fmt: skip
+
+
+def test_default_widths_follow_the_paper_and_sac():
+    crossq = make_critic(OBS_DIM, ACTION_DIM)
+    sac = make_critic(OBS_DIM, ACTION_DIM, norm=None)
+    assert crossq.module.net[1].out_features == 2048
+    assert sac.module.net[0].out_features == 256
+    assert not any(isinstance(m, BatchRenorm1d) for m in sac.modules())
+
+
+def test_critic_members_start_different():
+    q = make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,), norm=None).module(
+        torch.randn(4, OBS_DIM), torch.randn(4, ACTION_DIM)
+    )
+    assert not torch.allclose(q[:, 0], q[:, 1])
+
+
+def test_actor_respects_action_bounds_and_writes_log_prob():
+    spec = Bounded(torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0]), shape=(2,))
+    actor = make_actor(OBS_DIM, spec, num_cells=(8,)).eval()
+    out = actor(obs_td(1000))
+    assert (out["action"] >= spec.space.low).all() and (out["action"] <= spec.space.high).all()
+    assert out["action_log_prob"].shape == (1000,)
+
+
+def test_actor_samples_by_default_and_is_deterministic_in_deterministic_mode():
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,)).eval()
+    td = obs_td()
+    assert not torch.equal(actor(td.clone())["action"], actor(td.clone())["action"])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        a, b = actor(td.clone())["action"], actor(td.clone())["action"]
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, torch.tanh(actor(td.clone())["loc"]))
+
+
+def test_actor_layout_and_sac_variant():
+    spec = Bounded(-1.0, 1.0, shape=(ACTION_DIM,))
+    crossq = make_actor(OBS_DIM, spec)
+    sac = make_actor(OBS_DIM, spec, norm=None)
+    assert sum(isinstance(m, BatchRenorm1d) for m in crossq.modules()) == 3
+    assert not any(isinstance(m, BatchRenorm1d) for m in sac.modules())
+    linears = [m for m in crossq.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [256, 256, 2 * ACTION_DIM]
+
+
+def test_actor_rejects_unbounded_spec_and_bad_norm():
+    with pytest.raises(TypeError, match="Bounded"):
+        make_actor(OBS_DIM, Unbounded(shape=(ACTION_DIM,)))
+    with pytest.raises(ValueError, match="norm='batchnorm' is not supported"):
+        make_critic(OBS_DIM, ACTION_DIM, norm="batchnorm")
+
+
+def test_set_training_mode_restores_each_submodule():
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,))
+    actor.eval()
+    brn = next(m for m in actor.modules() if isinstance(m, BatchRenorm1d))
+    brn.train()  # a mixed state must come back as it was
+    with set_training_mode(actor, False):
+        assert not brn.training
+    assert brn.training and not actor.training

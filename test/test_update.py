@@ -1,0 +1,110 @@
+import pytest
+import torch
+from helpers import ACTION_DIM, OBS_DIM, make_batch
+
+from torchrl_crossq import (
+    OPTIMISED_LOSSES,
+    CrossQLoss,
+    CrossQUpdater,
+    PeriodicSoftUpdate,
+    make_actor,
+    make_critic,
+    make_optimizers,
+)
+
+
+def build(action_spec, **loss_kwargs):
+    torch.manual_seed(0)
+    actor = make_actor(OBS_DIM, action_spec, num_cells=(8,))
+    critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,))
+    return CrossQLoss(actor, critic, **loss_kwargs)
+
+
+def snapshot(params):
+    return [p.detach().clone() for p in params.values(True, True)]
+
+
+def changed(before, params):
+    return any(not torch.equal(b, p) for b, p in zip(before, params.values(True, True)))
+
+
+@pytest.mark.parametrize("alpha_type", ["exp", "softplus", "fixed_alpha"])
+def test_every_loss_term_reaches_an_optimizer(action_spec, alpha_type):
+    loss = build(action_spec, alpha_type=alpha_type)
+    optimizers = make_optimizers(loss)
+    stepped = {term: name for name, terms in OPTIMISED_LOSSES.items() for term in terms}
+    for key in loss.out_keys:
+        if key.startswith("loss_"):
+            assert key in stepped, f"{key} is stepped by no optimizer"
+            assert stepped[key] in optimizers, f"{key}'s optimizer {stepped[key]} was not built"
+
+
+def test_optimizers_hold_disjoint_parameter_sets_covering_all_trainable_ones(action_spec):
+    loss = build(action_spec)
+    optimizers = make_optimizers(loss)
+    seen = [id(p) for opt in optimizers.values() for g in opt.param_groups for p in g["params"]]
+    assert len(seen) == len(set(seen))
+    trainable = {id(p) for p in loss.parameters() if p.requires_grad}
+    assert set(seen) == trainable
+
+
+def test_actor_and_alpha_step_every_policy_delay_updates_critic_every_update(action_spec):
+    loss = build(action_spec)
+    update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=3)
+    batch = make_batch(16)
+    for step in range(1, 7):
+        actor, critic = snapshot(loss.actor_network_params), snapshot(loss.qvalue_network_params)
+        alpha = loss.alpha.clone()
+        metrics = update(batch)
+        assert changed(critic, loss.qvalue_network_params)
+        assert changed(actor, loss.actor_network_params) == (step % 3 == 0)
+        assert (not torch.equal(alpha, loss.alpha)) == (step % 3 == 0)
+        assert ("loss_actor" in metrics.keys()) == (step % 3 == 0)
+
+
+def test_sac_head_requires_a_target_updater(action_spec):
+    loss = build(action_spec, q_head_type="default")
+    with pytest.raises(ValueError, match="target_updater"):
+        CrossQUpdater(loss, make_optimizers(loss))
+
+
+def test_gradient_clipping_bounds_the_critic_gradient(action_spec):
+    loss = build(action_spec)
+    optimizers = make_optimizers(loss)
+    update = CrossQUpdater(loss, optimizers, clip_grad_norm=1e-3)
+    batch = make_batch(16)
+    batch["next", "reward"] *= 1e4
+    update(batch)
+    grads = [p.grad for g in optimizers["critic"].param_groups for p in g["params"]]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert total <= 1e-3 * (1 + 1e-4)
+
+
+def test_updater_state_dict_round_trip(action_spec):
+    loss = build(action_spec, q_head_type="default")
+    update = CrossQUpdater(
+        loss, make_optimizers(loss), target_updater=PeriodicSoftUpdate(loss, tau=0.1, every=2)
+    )
+    for _ in range(5):
+        update(make_batch(16))
+    state = update.state_dict()
+    fresh_loss = build(action_spec, q_head_type="default")
+    fresh = CrossQUpdater(
+        fresh_loss,
+        make_optimizers(fresh_loss),
+        target_updater=PeriodicSoftUpdate(fresh_loss, tau=0.1, every=2),
+    )
+    fresh.load_state_dict(state)
+    assert fresh.num_updates == 5 and fresh.target_updater.calls == 5
+    assert (
+        fresh.optimizers["critic"].state_dict()["state"].keys()
+        == state["optimizers"]["critic"]["state"].keys()
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [({"tau": 0.0}, "tau"), ({"tau": 0.1, "every": 0}, "target_update_freq")]
+)
+def test_soft_update_rejects_bad_values(action_spec, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PeriodicSoftUpdate(build(action_spec, q_head_type="default"), **kwargs)
