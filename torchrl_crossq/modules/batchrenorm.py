@@ -27,7 +27,8 @@ class BatchRenorm1d(nn.Module):
     the running statistics are used.
 
     Shapes: the features are the last dimension. Without ``ensemble_size`` the
-    input is ``[*, C]`` and every leading dimension counts as batch. With
+    input is ``[*, C]`` and every leading dimension counts as batch (in eval mode
+    a single unbatched ``[C]`` observation is fine too). With
     ``ensemble_size=E`` the input is ``[E, *, C]``: each of the ``E`` members
     has its own statistics and affine parameters (used by the critic
     ensemble, which evaluates all critics in one batched call).
@@ -118,7 +119,7 @@ class BatchRenorm1d(nn.Module):
                 f"dimension, got input of shape {tuple(x.shape)}"
             )
         if self.ensemble_size is None:
-            if x.dim() < 2:
+            if x.dim() < 2 and self.training:
                 raise ValueError(
                     f"{type(self).__name__} expects an input of shape [*, B, C], got {tuple(x.shape)}"
                 )

@@ -114,6 +114,7 @@ class CrossQUpdater:
         target_updater: a :class:`PeriodicSoftUpdate` for the SAC head, else ``None``.
         alpha_scheduler: a learning-rate scheduler of the temperature optimiser,
             stepped with it.
+        compile: ``torch.compile`` the critic and actor loss computations.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -141,6 +142,7 @@ class CrossQUpdater:
         alpha_clip_grad_norm: float | None = None,
         target_updater: PeriodicSoftUpdate | None = None,
         alpha_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        compile: bool = False,
     ) -> None:
         if policy_delay < 1:
             raise ValueError(f"policy_delay={policy_delay} must be >= 1")
@@ -161,6 +163,9 @@ class CrossQUpdater:
         self.target_updater = target_updater
         self.alpha_scheduler = alpha_scheduler
         self.num_updates = 0
+        # torch.compile of the two loss computations (the optimiser steps stay eager).
+        self._qvalue_loss = torch.compile(loss.qvalue_loss) if compile else loss.qvalue_loss
+        self._actor_loss = torch.compile(loss.actor_loss) if compile else loss.actor_loss
 
     def _step(self, name: str, loss: torch.Tensor, max_norm: float | None) -> None:
         optimizer = self.optimizers[name]
@@ -172,7 +177,7 @@ class CrossQUpdater:
 
     def __call__(self, batch: TensorDictBase) -> TensorDict:
         self.num_updates += 1
-        loss_qvalue, value_metadata = self.loss.qvalue_loss(batch)
+        loss_qvalue, value_metadata = self._qvalue_loss(batch)
         self._step("critic", loss_qvalue, self.clip_grad_norm)
         metrics = {
             "loss_qvalue": loss_qvalue.detach(),
@@ -180,7 +185,7 @@ class CrossQUpdater:
             "target_value_mean": value_metadata["target_value_mean"],
         }
         if self.num_updates % self.policy_delay == 0:
-            loss_actor, actor_metadata = self.loss.actor_loss(batch)
+            loss_actor, actor_metadata = self._actor_loss(batch)
             self._step("actor", loss_actor, self.clip_grad_norm)
             log_prob = actor_metadata["log_prob"]
             metrics.update(loss_actor=loss_actor.detach(), entropy=-log_prob.mean())
@@ -219,3 +224,46 @@ class CrossQUpdater:
 
 def _params_of(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+LR_SCHEDULERS = ("torch_constant", "cosine", "linear_warmup")
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str = "torch_constant",
+    *,
+    warmup_steps: int = 0,
+    decay_steps: int = 1,
+    min_lr: float = 0.0,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A learning-rate schedule, stepped once per optimiser step.
+
+    ``torch_constant``: the optimiser's lr throughout; ``cosine``: cosine decay to
+    ``min_lr`` over ``decay_steps``; ``linear_warmup``: linear ramp from ``lr /
+    warmup_steps`` to ``lr`` over ``warmup_steps``, then constant.
+
+    Examples:
+        >>> opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> sched = make_lr_scheduler(opt, "linear_warmup", warmup_steps=4)
+        >>> lrs = []
+        >>> for _ in range(4):
+        ...     opt.step()
+        ...     sched.step()
+        ...     lrs.append(round(opt.param_groups[0]["lr"], 2))
+        >>> lrs
+        [0.5, 0.75, 1.0, 1.0]
+    """
+    if name == "torch_constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, decay_steps), eta_min=min_lr
+        )
+    if name == "linear_warmup":
+        return torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=1.0 / max(1, warmup_steps), total_iters=max(0, warmup_steps - 1)
+        )
+    raise ValueError(
+        f"lr_scheduler={name!r} is not supported; use one of: {', '.join(LR_SCHEDULERS)}"
+    )

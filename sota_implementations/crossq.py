@@ -1,0 +1,299 @@
+"""CrossQ (Bhatt et al., ICLR 2024) training script, in TorchRL's SOTA style.
+
+    python sota_implementations/crossq.py                      # HalfCheetah-v5, paper settings
+    python sota_implementations/crossq.py experiment=quick     # Pendulum-v1, a few minutes on CPU
+    python sota_implementations/crossq.py experiment=sac       # standard SAC, for comparison
+    python sota_implementations/crossq.py resume=runs/<run>    # continue a run
+
+The configuration and the meaning of every key: configs/crossq.yaml and torchrl_crossq/config.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import hydra
+import numpy as np
+import torch
+import tqdm
+from omegaconf import DictConfig
+from torchrl.collectors import Collector
+
+from torchrl_crossq import (
+    CrossQLoss,
+    CrossQUpdater,
+    PeriodicSoftUpdate,
+    make_actor,
+    make_critic,
+    make_optimizers,
+)
+from torchrl_crossq.checkpoint import (
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from torchrl_crossq.config import (
+    ConfigError,
+    loss_kwargs,
+    norm_kwargs,
+    prepare_run,
+    register_configs,
+    replay_buffer_kwargs,
+    resolve_device,
+    resolve_norm,
+)
+from torchrl_crossq.data import make_replay_buffer
+from torchrl_crossq.envs import UnknownEnvError, env_dims, evaluate, make_env
+from torchrl_crossq.logging import (
+    EvalHistory,
+    log_metrics,
+    logger_run_id,
+    make_logger,
+    plot_learning_curve,
+)
+from torchrl_crossq.objectives.update import make_lr_scheduler
+
+register_configs()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@hydra.main(config_path="../configs", config_name="crossq", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except (ConfigError, UnknownEnvError) as err:  # bad input: one clear line, no traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def train(cfg: DictConfig) -> None:
+    # -- config, run directory, seeding ---------------------------------------------
+    cfg, run_dir, resuming = prepare_run(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    # -- environments ---------------------------------------------------------------------
+    env_kwargs = {"max_episode_steps": cfg.env.max_episode_steps}
+    train_env = make_env(
+        cfg.env.name,
+        num_envs=cfg.env.num_envs,
+        vectorization=cfg.env.vectorization,
+        seed=cfg.seed,
+        **env_kwargs,
+    )
+    eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_kwargs)
+    obs_dim, action_dim = env_dims(train_env)
+
+    # -- networks and loss ----------------------------------------------------------------------
+    norm = resolve_norm(cfg)
+    actor = make_actor(
+        obs_dim,
+        train_env.action_spec_unbatched,
+        num_cells=cfg.network.actor_hidden_sizes,
+        norm=norm,
+        norm_kwargs=norm_kwargs(cfg),
+        device=device,
+    )
+    critic = make_critic(
+        obs_dim,
+        action_dim,
+        num_cells=cfg.network.critic_hidden_sizes,
+        num_qvalue_nets=cfg.network.num_qvalue_nets,
+        norm=norm,
+        norm_kwargs=norm_kwargs(cfg),
+        device=device,
+    )
+    loss = CrossQLoss(actor, critic, **loss_kwargs(cfg))
+    loss.make_value_estimator(gamma=cfg.algorithm.gamma)
+
+    # -- optimisers: critic on loss_qvalue every update; actor and alpha every policy delay --
+    entropy_optim = cfg.algorithm.entropy_tuning.optim
+    optimizers = make_optimizers(
+        loss,
+        lr=cfg.optim.lr,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        alpha_lr=entropy_optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    target_updater = None
+    if cfg.algorithm.q_head_type == "default":
+        target_updater = PeriodicSoftUpdate(
+            loss, tau=cfg.algorithm.tau, every=cfg.algorithm.target_update_freq
+        )
+    alpha_scheduler = None
+    if "alpha" in optimizers:
+        alpha_scheduler = make_lr_scheduler(
+            optimizers["alpha"],
+            entropy_optim.lr_scheduler,
+            warmup_steps=entropy_optim.lr_warmup_steps,
+            decay_steps=entropy_optim.lr_decay_steps
+            or cfg.collector.total_frames
+            // cfg.collector.frames_per_batch
+            * cfg.algorithm.update_epoch
+            // cfg.optim.policy_update_delay,
+            min_lr=entropy_optim.min_lr,
+        )
+    updater = CrossQUpdater(
+        loss,
+        optimizers,
+        policy_delay=cfg.optim.policy_update_delay,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        alpha_clip_grad_norm=entropy_optim.clip_grad,
+        target_updater=target_updater,
+        alpha_scheduler=alpha_scheduler,
+        compile=cfg.compile,
+    )
+
+    # -- replay buffer ----------------------------------------------------------------------------
+    replay_buffer = make_replay_buffer(**replay_buffer_kwargs(cfg, run_dir, device))
+
+    # -- resume -------------------------------------------------------------------------------------
+    frames, logger_id = 0, None
+    history = EvalHistory(run_dir / "eval.csv")
+    if resuming:
+        state = load_latest_checkpoint(run_dir / "checkpoints", replay_buffer=replay_buffer)
+        if state is not None:
+            loss.load_state_dict(state["loss"])
+            updater.load_state_dict(state["updater"])
+            set_rng_state(state["rng"])
+            frames, logger_id = state["frames"], state.get("logger_id")
+            train_env.set_seed(cfg.seed + frames)
+            print(f"resumed from {state['path']} at {frames} frames")
+    history.truncate(frames)
+
+    # -- collector ---------------------------------------------------------------------------------
+    actor.eval()  # acting: BRN on running statistics; the loss switches modes and restores them
+    collector = Collector(
+        train_env,
+        actor,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=cfg.collector.total_frames - frames,
+        init_random_frames=max(0, cfg.collector.init_random_frames - frames),
+        policy_device=device,
+        env_device="cpu",
+        storing_device="cpu",
+        backend=cfg.collector.backend,
+        auto_register_policy_transforms=False,
+    )
+
+    # -- logger ----------------------------------------------------------------------------------
+    logger = make_logger(
+        cfg.logger.backend,
+        run_dir,
+        exp_name=cfg.logger.exp_name or run_dir.name,
+        project_name=cfg.logger.project_name,
+        wandb_mode=cfg.logger.mode,
+        run_id=logger_id,
+    )
+    logger_id = logger_run_id(logger) or logger_id
+
+    def checkpoint_now() -> None:
+        state = {
+            "loss": loss.state_dict(),
+            "updater": updater.state_dict(),
+            "rng": rng_state(),
+            "frames": frames,
+            "logger_id": logger_id,
+        }
+        save_checkpoint(
+            run_dir / "checkpoints",
+            frames,
+            state,
+            replay_buffer=replay_buffer,
+            keep=cfg.checkpoint.keep,
+        )
+
+    def evaluate_now() -> None:
+        mean, std = evaluate(
+            eval_env, actor, episodes=cfg.eval.episodes, max_steps=cfg.eval.max_episode_steps
+        )
+        history.append(frames, mean, std)
+        log_metrics(logger, {"eval/return": mean, "eval/return_std": std}, frames)
+
+    # -- training loop -----------------------------------------------------------------------------
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    pbar = tqdm.tqdm(
+        total=cfg.collector.total_frames,
+        initial=frames,
+        disable=not cfg.progress_bar,
+        unit="frames",
+    )
+    next_log = frames + cfg.logger.log_interval
+    next_eval = frames + cfg.eval.interval if cfg.eval.interval else None
+    next_checkpoint = frames + cfg.checkpoint.interval if cfg.checkpoint.interval else None
+    metrics, episode_returns = None, []
+    window_start, window_frames, window_updates = time.perf_counter(), 0, 0
+    try:
+        for data in collector:
+            frames += data.numel()
+            replay_buffer.extend(data)
+            done = data["next", "done"].squeeze(-1)
+            episode_returns += data["next", "episode_reward"].squeeze(-1)[done].tolist()
+
+            if frames > cfg.collector.init_random_frames and replay_buffer.ready():
+                with autocast:
+                    for _ in range(cfg.algorithm.update_epoch):
+                        metrics = updater(replay_buffer.sample().to(device))
+                window_updates += cfg.algorithm.update_epoch
+            window_frames += data.numel()
+            pbar.update(data.numel())
+
+            if frames >= next_log:
+                elapsed = time.perf_counter() - window_start
+                scalars = {
+                    "perf/frames_per_s": window_frames / elapsed,
+                    "perf/updates_per_s": window_updates / elapsed,
+                }
+                if metrics is not None:
+                    scalars.update({f"train/{k}": v.item() for k, v in metrics.items()})
+                if episode_returns:
+                    scalars["train/return"] = float(np.mean(episode_returns))
+                    episode_returns = []
+                log_metrics(logger, scalars, frames)
+                pbar.set_postfix(
+                    eval_return=f"{history.last_return:.1f}",
+                    fps=f"{scalars['perf/frames_per_s']:.0f}",
+                    ups=f"{scalars['perf/updates_per_s']:.1f}",
+                )
+                window_start, window_frames, window_updates = time.perf_counter(), 0, 0
+                next_log = frames + cfg.logger.log_interval
+            if next_eval is not None and frames >= next_eval:
+                evaluate_now()
+                pbar.set_postfix(eval_return=f"{history.last_return:.1f}")
+                next_eval = frames + cfg.eval.interval
+            if next_checkpoint is not None and frames >= next_checkpoint:
+                checkpoint_now()
+                next_checkpoint = frames + cfg.checkpoint.interval
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at {frames} frames: saving a checkpoint in {run_dir}")
+        checkpoint_now()
+        raise SystemExit(130) from None
+    finally:
+        pbar.close()
+        collector.shutdown()
+
+    if not history.rows or history.rows[-1]["frames"] != frames:
+        evaluate_now()
+    checkpoint_now()
+    curve = plot_learning_curve(history, run_dir / "curve.png", title=f"CrossQ {cfg.env.name}")
+    print(f"final eval return {history.last_return:.1f} after {frames} frames; run dir {run_dir}")
+    if curve is not None:
+        print(f"learning curve: {curve}")
+    if (
+        logger is not None
+        and hasattr(logger, "experiment")
+        and hasattr(logger.experiment, "finish")
+    ):
+        logger.experiment.finish()
+    train_env.close()
+    eval_env.close()
+
+
+if __name__ == "__main__":
+    main()

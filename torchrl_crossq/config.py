@@ -1,0 +1,436 @@
+"""The training configuration: a hydra structured config, validated once at start.
+
+Groups follow TorchRL's SOTA CrossQ config (``env``, ``collector``, ``optim``,
+``network``, ``logger``), and the ``algorithm`` block is the embodied-RL block
+accepted verbatim. Where they could overlap, ``algorithm`` wins and the key
+exists only there: the discount is ``algorithm.gamma``, the initial temperature
+``algorithm.entropy_tuning.initial_alpha`` and the replay buffer
+``algorithm.replay_buffer`` (TorchRL's ``optim.gamma``, ``optim.alpha_init`` and
+``replay_buffer`` do not exist here, so a stale key is an error, not a silent no-op).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = "HalfCheetah-v5"  # a gymnasium id
+    library: str = "gymnasium"
+    num_envs: int = 1  # paper: 1
+    vectorization: str = "parallel"  # parallel (ParallelEnv, worker processes) | serial (SerialEnv)
+    max_episode_steps: int | None = None  # None: the env's own limit
+    categorical_action_encoding: bool = False
+
+
+@dataclass
+class CollectorConfig:
+    total_frames: int = 1_000_000
+    init_random_frames: int = 5_000  # paper: 5000 uniform random steps before learning
+    frames_per_batch: int = 1  # paper: one env step per update (UTD 1)
+    backend: str = "direct"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1.0e-3  # paper: 1e-3 for actor and critic
+    beta1: float = 0.5  # paper: Adam betas (0.5, 0.999)
+    beta2: float = 0.999
+    batch_size: int = 256  # paper: 256
+    policy_update_delay: int = 3  # paper: actor and alpha every 3rd critic update
+    clip_grad_norm: float | None = None
+    weight_decay: float = 0.0
+
+
+@dataclass
+class NetworkConfig:
+    norm: str = "auto"  # auto (brn for q_head_type crossq, none for default) | brn | none
+    critic_hidden_sizes: list[int] | None = None  # None: 2048x2 with brn (paper), 256x2 without
+    actor_hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    num_qvalue_nets: int = 2
+    batch_norm_momentum: float = 0.01  # paper: 0.01 (0.99 in Flax's convention)
+    batch_norm_eps: float = 1.0e-3
+    rmax: float = 3.0
+    dmax: float = 5.0
+    warmup_steps: int = 100_000  # paper: 100k BRN warmup steps
+
+
+@dataclass
+class EntropyOptimConfig:
+    lr: float | None = None  # None: optim.lr
+    lr_scheduler: str = "torch_constant"  # torch_constant | cosine | linear_warmup
+    lr_warmup_steps: int = 0  # linear_warmup: alpha-optimiser steps to reach lr
+    lr_decay_steps: int = 0  # cosine: alpha-optimiser steps of the decay (0: whole run)
+    min_lr: float = 0.0  # cosine: final lr
+    clip_grad: float | None = None
+
+
+@dataclass
+class EntropyTuningConfig:
+    alpha_type: str = "exp"  # exp | softplus | fixed_alpha
+    initial_alpha: float = 1.0  # paper: 1.0
+    target_entropy: Any = "auto"  # a number, or auto (-action_dim, paper)
+    optim: EntropyOptimConfig = field(default_factory=EntropyOptimConfig)
+
+
+@dataclass
+class ReplayBufferConfig:
+    size: int = 1_000_000  # capacity in transitions (paper: 1M)
+    storage: str = "memory"  # memory | disk
+    scratch_dir: str | None = None  # disk storage location (None: <run_dir>/replay)
+    enable_cache: bool = False
+    cache_size: int = 0  # trajectories kept in RAM when storage is disk
+    sample_window_size: int = 0  # sample from the newest N units only (<= 0: all)
+    window_unit: str = "trajectory"  # trajectory | episode | transition
+    min_buffer_size: int = 0  # trajectories needed before updates start
+    prefetch: int = 0  # batches prefetched by a thread (0 is fastest on 2 cores)
+    pin_memory: bool = False
+
+
+@dataclass
+class AlgorithmConfig:
+    update_epoch: int = 1  # gradient updates per collected batch
+    group_size: int = 1
+    agg_q: str = "min"  # min | mean
+    adv_type: str = "embodied_sac"
+    loss_type: str = "embodied_sac"
+    loss_agg_func: str = "token-mean"  # token-mean (mean reduction) | sum
+    q_head_type: str = "crossq"  # crossq | default (SAC with target networks)
+    bootstrap_type: str = "standard"  # standard | always
+    gamma: float = 0.99
+    tau: float = 0.005  # polyak coefficient of the SAC head's target critic
+    target_update_freq: int = 1  # updates between target updates (SAC head)
+    entropy_tuning: EntropyTuningConfig = field(default_factory=EntropyTuningConfig)
+    replay_buffer: ReplayBufferConfig = field(default_factory=ReplayBufferConfig)
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 10_000  # frames between evaluations (0: only at the end)
+    episodes: int = 10
+    max_episode_steps: int = 1_000
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb (offline) | csv | tensorboard | none
+    project_name: str = "torchrl_crossq"
+    exp_name: str | None = None  # None: the run directory's name
+    mode: str = "offline"  # wandb mode: offline | online | disabled
+    log_interval: int = 1_000  # frames between training-metric logs
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 50_000  # frames between checkpoints (0: only at the end)
+    keep: int = 2  # checkpoints kept on disk
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16
+    compile: bool = False
+    cudagraphs: bool = False
+    run_dir: str | None = None  # None: runs/<date>-<time>-<env>
+    resume: str | None = None  # a run directory to continue
+    progress_bar: bool = True
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def register_configs() -> None:
+    """Registers the schema as ``crossq_schema`` in hydra's ConfigStore."""
+    ConfigStore.instance().store(name="crossq_schema", node=Config)
+
+
+# Enumerated keys and the values each accepts.
+CHOICES: dict[str, tuple] = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("fp32", "bf16"),
+    "env.library": ("gymnasium",),
+    "env.vectorization": ("parallel", "serial"),
+    "collector.backend": ("direct",),
+    "network.norm": ("auto", "brn", "none"),
+    "algorithm.group_size": (1,),
+    "algorithm.agg_q": ("min", "mean"),
+    "algorithm.adv_type": ("embodied_sac",),
+    "algorithm.loss_type": ("embodied_sac",),
+    "algorithm.loss_agg_func": ("token-mean", "sum"),
+    "algorithm.q_head_type": ("crossq", "default"),
+    "algorithm.bootstrap_type": ("standard", "always"),
+    "algorithm.entropy_tuning.alpha_type": ("exp", "softplus", "fixed_alpha"),
+    "algorithm.entropy_tuning.optim.lr_scheduler": ("torch_constant", "cosine", "linear_warmup"),
+    "algorithm.replay_buffer.storage": ("memory", "disk"),
+    "algorithm.replay_buffer.window_unit": ("trajectory", "episode", "transition"),
+    "logger.backend": ("wandb", "csv", "tensorboard", "none"),
+    "logger.mode": ("offline", "online", "disabled"),
+}
+
+POSITIVE = (
+    "collector.total_frames",
+    "collector.frames_per_batch",
+    "env.num_envs",
+    "optim.lr",
+    "optim.batch_size",
+    "optim.policy_update_delay",
+    "network.num_qvalue_nets",
+    "network.batch_norm_momentum",
+    "network.batch_norm_eps",
+    "algorithm.update_epoch",
+    "algorithm.target_update_freq",
+    "algorithm.entropy_tuning.initial_alpha",
+    "algorithm.replay_buffer.size",
+    "eval.episodes",
+    "eval.max_episode_steps",
+    "logger.log_interval",
+    "checkpoint.keep",
+)
+NON_NEGATIVE = (
+    "collector.init_random_frames",
+    "optim.weight_decay",
+    "network.warmup_steps",
+    "network.dmax",
+    "algorithm.replay_buffer.cache_size",
+    "algorithm.replay_buffer.min_buffer_size",
+    "algorithm.replay_buffer.prefetch",
+    "algorithm.entropy_tuning.optim.lr_warmup_steps",
+    "algorithm.entropy_tuning.optim.lr_decay_steps",
+    "algorithm.entropy_tuning.optim.min_lr",
+    "eval.interval",
+    "checkpoint.interval",
+)
+UNIT_INTERVAL = ("algorithm.gamma", "optim.beta1", "optim.beta2")
+
+
+def _get(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Checks every value once, before any work; raises :class:`ConfigError` naming the key.
+
+    Examples:
+        >>> cfg = OmegaConf.structured(Config)
+        >>> _ = validate(cfg)
+        >>> cfg.algorithm.agg_q = "max"
+        >>> validate(cfg)
+        Traceback (most recent call last):
+        ...
+        torchrl_crossq.config.ConfigError: algorithm.agg_q='max' is not supported; use one of: min, mean
+    """
+    for key, accepted in CHOICES.items():
+        value = _get(cfg, key)
+        if key == "device" and isinstance(value, str) and value.startswith("cuda:"):
+            continue
+        if value not in accepted:
+            raise ConfigError(
+                f"{key}={value!r} is not supported; use one of: {', '.join(map(str, accepted))}"
+            )
+    for key in POSITIVE:
+        value = _get(cfg, key)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{key}={value!r} must be a positive number")
+    for key in NON_NEGATIVE:
+        value = _get(cfg, key)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"{key}={value!r} must be >= 0")
+    for key in UNIT_INTERVAL:
+        value = _get(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}={value!r} must be in [0, 1]")
+    tau = cfg.algorithm.tau
+    if not 0.0 < tau <= 1.0:
+        raise ConfigError(f"algorithm.tau={tau!r} must be in (0, 1]")
+    if cfg.network.rmax < 1.0:
+        raise ConfigError(f"network.rmax={cfg.network.rmax!r} must be >= 1")
+    target_entropy = cfg.algorithm.entropy_tuning.target_entropy
+    if target_entropy != "auto" and not isinstance(target_entropy, (int, float)):
+        raise ConfigError(
+            f"algorithm.entropy_tuning.target_entropy={target_entropy!r} is not supported; "
+            "use one of: a number, auto"
+        )
+    entropy_lr = cfg.algorithm.entropy_tuning.optim.lr
+    if entropy_lr is not None and not entropy_lr > 0:
+        raise ConfigError(f"algorithm.entropy_tuning.optim.lr={entropy_lr!r} must be positive")
+    for key in ("optim.clip_grad_norm", "algorithm.entropy_tuning.optim.clip_grad"):
+        value = _get(cfg, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}={value!r} must be positive (or null for no clipping)")
+    for key in ("network.critic_hidden_sizes", "network.actor_hidden_sizes"):
+        sizes = _get(cfg, key)
+        if sizes is not None and (len(sizes) == 0 or any(s <= 0 for s in sizes)):
+            raise ConfigError(f"{key}={list(sizes)!r} must be a non-empty list of positive widths")
+    num_envs, frames_per_batch = cfg.env.num_envs, cfg.collector.frames_per_batch
+    if frames_per_batch % num_envs:
+        raise ConfigError(
+            f"collector.frames_per_batch={frames_per_batch} must be a multiple of "
+            f"env.num_envs={num_envs} (each env steps the same number of times per batch)"
+        )
+    rb = cfg.algorithm.replay_buffer
+    if (
+        rb.sample_window_size > 0
+        and rb.window_unit == "transition"
+        and rb.sample_window_size > rb.size
+    ):
+        raise ConfigError(
+            f"algorithm.replay_buffer.sample_window_size={rb.sample_window_size} exceeds "
+            f"algorithm.replay_buffer.size={rb.size} transitions"
+        )
+    if cfg.cudagraphs and not cfg.compile:
+        raise ConfigError(
+            "cudagraphs=true needs compile=true (CUDA graphs are captured by torch.compile)"
+        )
+    return cfg
+
+
+def resolve_norm(cfg: DictConfig) -> str | None:
+    """``network.norm`` with ``auto`` resolved: BRN for the CrossQ head, none for the SAC head."""
+    norm = cfg.network.norm
+    if norm == "auto":
+        norm = "brn" if cfg.algorithm.q_head_type == "crossq" else "none"
+    return None if norm == "none" else norm
+
+
+def norm_kwargs(cfg: DictConfig) -> dict:
+    """Keyword arguments of :class:`~torchrl_crossq.BatchRenorm1d` from ``network``."""
+    net = cfg.network
+    return {
+        "momentum": net.batch_norm_momentum,
+        "eps": net.batch_norm_eps,
+        "rmax": net.rmax,
+        "dmax": net.dmax,
+        "warmup_steps": net.warmup_steps,
+    }
+
+
+def loss_kwargs(cfg: DictConfig) -> dict:
+    """Keyword arguments of :class:`~torchrl_crossq.CrossQLoss` from ``algorithm``."""
+    algo = cfg.algorithm
+    target_entropy = algo.entropy_tuning.target_entropy
+    return {
+        "q_head_type": algo.q_head_type,
+        "agg_q": algo.agg_q,
+        "bootstrap_type": algo.bootstrap_type,
+        "alpha_type": algo.entropy_tuning.alpha_type,
+        "initial_alpha": algo.entropy_tuning.initial_alpha,
+        "target_entropy": target_entropy if target_entropy == "auto" else float(target_entropy),
+        "reduction": "mean" if algo.loss_agg_func == "token-mean" else "sum",
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available; use one of: auto, cpu")
+    return torch.device(device)
+
+
+def replay_buffer_kwargs(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict:
+    """Keyword arguments of :func:`~torchrl_crossq.data.make_replay_buffer`."""
+    rb = cfg.algorithm.replay_buffer
+    disk = rb.storage == "disk"
+    return {
+        "capacity": rb.size,
+        "batch_size": cfg.optim.batch_size,
+        "storage": rb.storage,
+        "scratch_dir": (rb.scratch_dir or str(run_dir / "replay")) if disk else None,
+        "sample_window_size": rb.sample_window_size,
+        "window_unit": rb.window_unit,
+        "enable_cache": rb.enable_cache and disk,
+        "cache_size": rb.cache_size if rb.enable_cache and disk else 0,
+        "min_buffer_size": rb.min_buffer_size,
+        "prefetch": rb.prefetch,
+        "pin_memory": rb.pin_memory and device.type == "cuda",
+        "device": device if device.type == "cuda" else None,
+        "seed": cfg.seed,
+    }
+
+
+def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
+    """Validates the config and sets up the run directory.
+
+    A new run writes its resolved config to ``<run_dir>/config.yaml``. With
+    ``resume=<run_dir>`` the saved config is used (keys given now that differ
+    from it are reported and ignored), and the third value is ``True``.
+
+    Returns:
+        ``(config, run directory, resuming)``.
+    """
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        saved_path = run_dir / "config.yaml"
+        if not saved_path.is_file():
+            raise ConfigError(
+                f"resume={cfg.resume!r} is not a run directory: it has no config.yaml "
+                "(give the run_dir of an earlier run)"
+            )
+        try:
+            saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_path))
+        except Exception as err:
+            raise ConfigError(
+                f"resume={cfg.resume!r}: its config.yaml does not match this version's schema ({err})"
+            ) from None
+        given = OmegaConf.to_container(cfg, resolve=True)
+        kept = OmegaConf.to_container(saved, resolve=True)
+        changed = [
+            k
+            for k in _flat_keys(given)
+            if k not in ("resume", "run_dir") and _select(given, k) != _select(kept, k)
+        ]
+        if changed:
+            print(f"resume: using the saved config; ignoring changed keys {changed}")
+        saved.resume = cfg.resume
+        saved.run_dir = str(run_dir)
+        return validate(saved), run_dir, True
+    validate(cfg)
+    if cfg.run_dir is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.run_dir = f"runs/{stamp}-{cfg.env.name}"
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(
+            f"run_dir={cfg.run_dir!r} already holds a run; continue it with resume={cfg.run_dir} "
+            "or choose another run_dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    return cfg, run_dir, False
+
+
+def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys += _flat_keys(value, path + ".") if isinstance(value, dict) else [path]
+    return keys
+
+
+def _select(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
