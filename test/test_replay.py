@@ -1,0 +1,512 @@
+"""Tests for torchrl_crossq.data.replay: the sliding-window replay buffer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import LazyStackedTensorDict, TensorDict
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
+
+from torchrl_crossq.data import (
+    CachedStorage,
+    SlidingWindowSampler,
+    WindowReplayBuffer,
+    make_replay_buffer,
+)
+
+
+class Collector:
+    """Fake collector: [num_envs, T] batches whose transitions know where they come from.
+
+    Each transition carries its write position (``position``: the n-th transition written),
+    its trajectory (``trajectory``: the n-th env row written) and its episode (``episode``:
+    numbered in the order episodes start). ``("next", "observation")`` is the observation
+    plus one, to check that nested keys stay aligned.
+    """
+
+    def __init__(self, num_envs: int = 2, length: int = 4, episode_lengths=None):
+        self.num_envs, self.length = num_envs, length
+        # Per env, the length of its episodes (cycled); None: episodes never end.
+        self.episode_lengths = episode_lengths
+        self.written = 0
+        self.trajectories = 0
+        self.episodes = 0
+        self.env_step = [0] * num_envs
+        self.env_episode = [None] * num_envs
+
+    def batch(self) -> TensorDict:
+        position = torch.zeros(self.num_envs, self.length, dtype=torch.long)
+        trajectory = torch.zeros_like(position)
+        episode = torch.zeros_like(position)
+        done = torch.zeros(self.num_envs, self.length, 1, dtype=torch.bool)
+        for env in range(self.num_envs):  # row-major: the order the buffer writes them in
+            for t in range(self.length):
+                if self.env_episode[env] is None:
+                    self.env_episode[env] = self.episodes
+                    self.episodes += 1
+                    self.env_step[env] = 0
+                position[env, t] = self.written
+                trajectory[env, t] = self.trajectories
+                episode[env, t] = self.env_episode[env]
+                self.written += 1
+                self.env_step[env] += 1
+                if self.episode_lengths and self.env_step[env] == self.episode_lengths[env]:
+                    done[env, t] = True
+                    self.env_episode[env] = None
+            self.trajectories += 1
+        observation = torch.randn(self.num_envs, self.length, 3)
+        return TensorDict(
+            {
+                "observation": observation,
+                "position": position,
+                "trajectory": trajectory,
+                "episode": episode,
+                "next": {"observation": observation + 1, "done": done},
+            },
+            [self.num_envs, self.length],
+        )
+
+
+class CountingMemmapStorage(LazyMemmapStorage):
+    """A disk storage that counts the indices read from it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.reads = 0
+
+    def get(self, index):
+        self.calls += 1
+        self.reads += torch.as_tensor(index).numel() if not isinstance(index, slice) else 1
+        return super().get(index)
+
+
+def fill(rb, collector: Collector, num_batches: int) -> list[TensorDict]:
+    batches = [collector.batch() for _ in range(num_batches)]
+    for batch in batches:
+        rb.extend(batch)
+    return batches
+
+
+def sampled_values(rb, key: str, num_samples: int = 20) -> set[int]:
+    return set(torch.cat([rb.sample()[key] for _ in range(num_samples)]).tolist())
+
+
+def assert_same_samples(first, second) -> None:
+    assert set(first.keys(True, True)) == set(second.keys(True, True))
+    for key in first.keys(True, True):
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+# ----- the window ----------------------------------------------------------------------------
+
+
+def test_samples_come_only_from_the_newest_trajectories():
+    rb = make_replay_buffer(1000, batch_size=64, sample_window_size=3, seed=0)
+    collector = Collector(num_envs=2, length=4)
+    fill(rb, collector, num_batches=5)  # trajectories 0..9
+    assert sampled_values(rb, "trajectory") <= {7, 8, 9}
+
+
+def test_samples_stay_in_the_window_after_the_storage_wraps_around():
+    # 37 is no multiple of the batch (8 transitions), so wraps cut trajectories in two.
+    rb = make_replay_buffer(37, batch_size=64, sample_window_size=3, seed=0)
+    collector = Collector(num_envs=2, length=4)
+    for _ in range(20):  # 160 transitions written: the storage wraps four times
+        fill(rb, collector, num_batches=1)
+        newest = set(range(max(0, collector.trajectories - 3), collector.trajectories))
+        sample = rb.sample()
+        assert set(sample["trajectory"].tolist()) <= newest
+        # The transition read back is the one the sampler meant: its trajectory and position agree.
+        assert torch.equal(sample["trajectory"], sample["position"] // 4)
+    assert rb.window_size() == 12
+
+
+def test_every_trajectory_in_the_window_is_reachable():
+    rb = make_replay_buffer(50, batch_size=256, sample_window_size=5, seed=0)
+    collector = Collector(num_envs=3, length=4)
+    fill(rb, collector, num_batches=7)  # 84 transitions: wrapped
+    window = set(range(collector.trajectories - 5, collector.trajectories))
+    assert sampled_values(rb, "trajectory") == window
+    assert sampled_values(rb, "position") == set(range(collector.written - 20, collector.written))
+
+
+def test_sampling_is_uniform_over_the_window_transitions():
+    # Trajectories of 2 and 18 transitions: uniform over transitions, not over trajectories.
+    rb = make_replay_buffer(100, batch_size=1000, sample_window_size=2, seed=0)
+    traj_ids = torch.tensor([0] * 5 + [1] * 2 + [2] * 18)
+    rb.extend(TensorDict({"collector": {"traj_ids": traj_ids}, "position": torch.arange(25)}, [25]))
+    counts = torch.bincount(torch.cat([rb.sample()["position"] for _ in range(40)]), minlength=25)
+    assert counts[:5].sum() == 0
+    expected = 40_000 / 20  # per transition; binomial std is about 44
+    assert (counts[5:] - expected).abs().max() < 250
+
+
+def test_window_unit_transition_samples_the_newest_transitions():
+    rb = make_replay_buffer(
+        40, batch_size=128, sample_window_size=10, window_unit="transition", seed=0
+    )
+    collector = Collector(num_envs=2, length=4)
+    fill(rb, collector, num_batches=9)  # 72 transitions: wrapped
+    assert sampled_values(rb, "position") == set(range(62, 72))
+
+
+def test_window_unit_episode_counts_episodes_that_span_batches():
+    # Env 0 runs episodes of 6 steps (they span batches of 4), env 1 episodes of 3 steps.
+    rb = make_replay_buffer(
+        200, batch_size=256, sample_window_size=3, window_unit="episode", seed=0
+    )
+    collector = Collector(num_envs=2, length=4, episode_lengths=[6, 3])
+    batches = fill(rb, collector, num_batches=6)
+    stored = torch.cat([batch.reshape(-1) for batch in batches])
+    newest = collector.episodes - 3
+    in_window = stored["episode"] >= newest
+    assert sampled_values(rb, "position") == set(stored["position"][in_window].tolist())
+    assert rb.window_size() == int(in_window.sum())
+
+
+def test_window_unit_episode_needs_done_flags():
+    rb = make_replay_buffer(100, batch_size=8, sample_window_size=2, window_unit="episode")
+    with pytest.raises(KeyError, match="done"):
+        rb.extend(TensorDict({"observation": torch.zeros(2, 4)}, [2, 4]))
+
+
+def test_window_size_zero_samples_the_whole_buffer():
+    rb = make_replay_buffer(30, batch_size=256, sample_window_size=0, seed=0)
+    collector = Collector(num_envs=2, length=4)
+    fill(rb, collector, num_batches=6)  # 48 transitions: the newest 30 are stored
+    assert sampled_values(rb, "position") == set(range(18, 48))
+
+
+def test_window_longer_than_the_storage_samples_what_the_storage_holds():
+    rb = make_replay_buffer(10, batch_size=256, sample_window_size=3, seed=0)
+    collector = Collector(num_envs=1, length=4)
+    with pytest.warns(UserWarning, match="exceed the capacity"):
+        fill(rb, collector, num_batches=5)  # the 3 newest trajectories are 12 > 10 transitions
+    assert rb.window_size() == 10
+    assert sampled_values(rb, "position") == set(range(10, 20))
+
+
+def test_flat_batch_is_split_into_trajectories_on_collector_traj_ids():
+    rb = make_replay_buffer(100, batch_size=256, sample_window_size=2, seed=0)
+    traj_ids = torch.tensor([4, 4, 4, 7, 7, 9, 9, 9, 9])
+    rb.extend(TensorDict({"collector": {"traj_ids": traj_ids}, "position": torch.arange(9)}, [9]))
+    assert rb.num_trajectories == 3
+    assert sampled_values(rb, "position") == set(range(3, 9))
+
+
+def test_flat_batch_without_traj_ids_is_one_trajectory():
+    rb = make_replay_buffer(100, batch_size=256, sample_window_size=1, seed=0)
+    for start in (0, 6):
+        rb.extend(TensorDict({"position": torch.arange(start, start + 6)}, [6]))
+    assert rb.num_trajectories == 2
+    assert sampled_values(rb, "position") == set(range(6, 12))
+
+
+def test_add_stores_one_transition_as_one_trajectory():
+    rb = make_replay_buffer(100, batch_size=32, sample_window_size=2, seed=0)
+    for position in range(5):
+        assert rb.add(TensorDict({"position": torch.tensor(position)}, [])) == position
+    assert rb.num_trajectories == 5
+    assert sampled_values(rb, "position") == {3, 4}
+
+
+def test_extend_returns_storage_indices_in_the_batch_shape():
+    rb = make_replay_buffer(10, batch_size=4, seed=0)
+    batch = Collector(num_envs=2, length=4).batch()
+    rb.extend(batch)
+    index = rb.extend(batch.clone())
+    assert index.shape == (2, 4)
+    assert index.flatten().tolist() == [8, 9, 0, 1, 2, 3, 4, 5]
+
+
+def test_lazily_stacked_batches_are_stored_row_by_row():
+    rows = [TensorDict({"position": torch.arange(3) + 3 * env}, [3]) for env in range(2)]
+    rb = make_replay_buffer(100, batch_size=64, sample_window_size=1, seed=0)
+    rb.extend(LazyStackedTensorDict.lazy_stack(rows))
+    by_time = [TensorDict({"position": torch.tensor([t, 3 + t])}, [2]) for t in range(3)]
+    rb.extend(LazyStackedTensorDict.lazy_stack(by_time, dim=1))  # stacked along time
+    assert rb.storage[:]["position"].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]
+    assert rb.num_trajectories == 4
+    assert sampled_values(rb, "position") == {3, 4, 5}
+
+
+def test_collector_batches_are_stored_one_trajectory_per_env():
+    pytest.importorskip("gymnasium")
+    from torchrl.collectors import Collector
+    from torchrl.envs import GymEnv, SerialEnv
+
+    env = SerialEnv(2, lambda: GymEnv("Pendulum-v1"))
+    env.set_seed(0)
+    rb = make_replay_buffer(100, batch_size=32, sample_window_size=2, min_buffer_size=4, seed=0)
+    collector = Collector(env, None, frames_per_batch=20, total_frames=40, replay_buffer=rb)
+    try:
+        for _ in collector:
+            pass
+    finally:
+        collector.shutdown()
+    assert len(rb) == 40 and rb.num_trajectories == 4 and rb.ready()
+    sample = rb.sample()
+    assert sample["next", "observation"].shape == (32, 3)
+    assert set(sample["index"].tolist()) <= set(range(20, 40))  # the newest batch
+
+
+def test_sampled_batches_keep_nested_next_keys_aligned():
+    rb = make_replay_buffer(64, batch_size=128, sample_window_size=4, seed=0)
+    fill(rb, Collector(num_envs=2, length=4), num_batches=10)
+    sample = rb.sample()
+    torch.testing.assert_close(sample["next", "observation"], sample["observation"] + 1)
+    assert sample["next", "done"].shape == (128, 1)
+
+
+def test_sampler_in_a_plain_torchrl_buffer_counts_each_extend_as_one_trajectory():
+    rb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(25), sampler=SlidingWindowSampler(2, seed=0), batch_size=256
+    )
+    for start in range(0, 40, 8):
+        rb.extend(TensorDict({"position": torch.arange(start, start + 8)}, [8]))
+    assert sampled_values(rb, "position") == set(range(24, 40))
+
+
+def test_sampler_raises_when_it_missed_writes():
+    storage = LazyTensorStorage(10)
+    rb = TensorDictReplayBuffer(storage=storage, batch_size=4)
+    rb.extend(TensorDict({"x": torch.arange(5)}, [5]))
+    late = TensorDictReplayBuffer(storage=storage, sampler=SlidingWindowSampler(1), batch_size=4)
+    with pytest.raises(RuntimeError, match="must see every write"):
+        late.sample()
+
+
+def test_empty_resets_the_window_and_the_gate():
+    rb = make_replay_buffer(100, batch_size=64, sample_window_size=2, min_buffer_size=1, seed=0)
+    fill(rb, Collector(num_envs=2, length=4), num_batches=3)
+    rb.empty()
+    assert not rb.ready()
+    rb.extend(TensorDict({"position": torch.full((4,), -1)}, [4]))
+    assert rb.ready()
+    assert sampled_values(rb, "position") == {-1}
+
+
+# ----- min_buffer_size gating ------------------------------------------------------------------
+
+
+def test_ready_waits_for_min_buffer_size_trajectories():
+    rb = make_replay_buffer(100, batch_size=8, min_buffer_size=3)
+    collector = Collector(num_envs=2, length=4)
+    assert not rb.ready()
+    fill(rb, collector, num_batches=1)  # 2 trajectories
+    assert not rb.ready()
+    fill(rb, collector, num_batches=1)  # 4 trajectories
+    assert rb.ready()
+
+
+def test_ready_with_zero_min_buffer_size_needs_one_transition():
+    rb = make_replay_buffer(100, batch_size=8, min_buffer_size=0)
+    assert not rb.ready()
+    rb.extend(TensorDict({"x": torch.zeros(1)}, [1]))
+    assert rb.ready()
+
+
+# ----- the memory cache ------------------------------------------------------------------------
+
+
+def cached_buffer(tmp_path, *, cache_size: int, sample_window_size: int, seed: int = 0):
+    disk = CountingMemmapStorage(64, scratch_dir=tmp_path / "disk")
+    rb = WindowReplayBuffer(
+        storage=CachedStorage(disk, cache_size),
+        sampler=SlidingWindowSampler(sample_window_size, seed=seed),
+        batch_size=128,
+    )
+    return rb, disk
+
+
+def test_cache_serves_window_samples_without_reading_the_disk(tmp_path):
+    rb, disk = cached_buffer(tmp_path, cache_size=3, sample_window_size=3)
+    fill(rb, Collector(num_envs=2, length=4), num_batches=12)  # 96 transitions: wrapped
+    disk.calls = disk.reads = 0
+    positions = sampled_values(rb, "position", num_samples=10)
+    assert positions == set(range(84, 96))
+    assert disk.calls == 0
+
+
+def test_cache_misses_read_only_the_uncached_indices_from_disk(tmp_path):
+    rb, disk = cached_buffer(tmp_path, cache_size=2, sample_window_size=6)
+    fill(rb, Collector(num_envs=2, length=4), num_batches=12)
+    disk.reads = 0
+    sample = rb.sample()
+    uncached = int((sample["position"] < 96 - 8).sum())
+    assert 0 < uncached < 128
+    assert disk.reads == uncached
+    torch.testing.assert_close(sample["next", "observation"], sample["observation"] + 1)
+    assert torch.equal(sample["trajectory"], sample["position"] // 4)
+
+
+def test_cached_and_uncached_disk_storage_give_identical_samples(tmp_path):
+    cached, _ = cached_buffer(tmp_path / "a", cache_size=2, sample_window_size=6)
+    plain = WindowReplayBuffer(
+        storage=LazyMemmapStorage(64, scratch_dir=tmp_path / "b"),
+        sampler=SlidingWindowSampler(6, seed=0),
+        batch_size=128,
+    )
+    for batch in [Collector(num_envs=2, length=4).batch() for _ in range(12)]:
+        cached.extend(batch.clone())
+        plain.extend(batch.clone())
+    for _ in range(3):
+        assert_same_samples(cached.sample(), plain.sample())
+
+
+def test_cache_is_sized_from_the_first_trajectories(tmp_path):
+    rb, _ = cached_buffer(tmp_path, cache_size=3, sample_window_size=3)
+    fill(rb, Collector(num_envs=2, length=5), num_batches=1)
+    assert rb.storage.cache_capacity == 15
+
+
+# ----- save and load ---------------------------------------------------------------------------
+
+
+BUFFER_KINDS = {
+    "memory": {"storage": "memory"},
+    "disk-cache": {"storage": "disk", "enable_cache": True, "cache_size": 2},
+}
+
+
+@pytest.mark.parametrize("window_unit", ["trajectory", "episode"])
+@pytest.mark.parametrize("kind", list(BUFFER_KINDS))
+def test_dumps_loads_resumes_with_identical_samples(tmp_path, kind, window_unit):
+    def build(name):
+        extra = dict(BUFFER_KINDS[kind])
+        if kind != "memory":
+            extra["scratch_dir"] = tmp_path / name
+        return make_replay_buffer(
+            40, batch_size=32, sample_window_size=3, window_unit=window_unit, seed=1, **extra
+        )
+
+    collector = Collector(num_envs=2, length=4, episode_lengths=[6, 3])
+    before, after = [collector.batch() for _ in range(7)], [collector.batch() for _ in range(3)]
+    original = build("original")
+    for batch in before:
+        original.extend(batch.clone())
+        original.sample()
+    original.dumps(tmp_path / "checkpoint")
+    resumed = build("resumed")
+    resumed.loads(tmp_path / "checkpoint")
+    assert_same_samples(original.sample(), resumed.sample())
+    for batch in after:
+        original.extend(batch.clone())
+        resumed.extend(batch.clone())
+        for _ in range(2):
+            assert_same_samples(original.sample(), resumed.sample())
+    assert resumed.window_size() == original.window_size()
+
+
+def test_state_dict_round_trip_resumes_with_identical_samples():
+    collector = Collector(num_envs=2, length=4)
+    original = make_replay_buffer(40, batch_size=32, sample_window_size=3, seed=1)
+    fill(original, collector, num_batches=7)
+    original.sample()
+    resumed = make_replay_buffer(40, batch_size=32, sample_window_size=3, seed=2)
+    resumed.load_state_dict(original.state_dict())
+    batch = collector.batch()
+    original.extend(batch.clone())
+    resumed.extend(batch.clone())
+    for _ in range(3):
+        assert_same_samples(original.sample(), resumed.sample())
+
+
+def test_loading_state_saved_with_another_window_raises():
+    original = make_replay_buffer(40, batch_size=8, sample_window_size=3)
+    original.extend(TensorDict({"x": torch.zeros(2, 4)}, [2, 4]))
+    other = make_replay_buffer(40, batch_size=8, sample_window_size=4)
+    with pytest.raises(ValueError, match="sample_window_size=3"):
+        other.load_state_dict(original.state_dict())
+
+
+# ----- memory vs disk, prefetch ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enable_cache", [False, True])
+def test_memory_and_disk_storage_give_identical_samples_for_a_seed(tmp_path, enable_cache):
+    memory = make_replay_buffer(50, batch_size=64, sample_window_size=4, seed=3)
+    disk = make_replay_buffer(
+        50,
+        batch_size=64,
+        sample_window_size=4,
+        seed=3,
+        storage="disk",
+        scratch_dir=tmp_path,
+        enable_cache=enable_cache,
+        cache_size=2,
+    )
+    for batch in [Collector(num_envs=2, length=4).batch() for _ in range(9)]:
+        memory.extend(batch.clone())
+        disk.extend(batch.clone())
+        assert_same_samples(memory.sample(), disk.sample())
+
+
+def test_prefetch_gives_the_samples_of_sequential_sampling():
+    sequential = make_replay_buffer(100, batch_size=16, sample_window_size=3, seed=4)
+    prefetched = make_replay_buffer(100, batch_size=16, sample_window_size=3, seed=4, prefetch=1)
+    for batch in [Collector(num_envs=2, length=4).batch() for _ in range(4)]:
+        sequential.extend(batch.clone())
+        prefetched.extend(batch.clone())
+    for _ in range(5):
+        assert_same_samples(sequential.sample(), prefetched.sample())
+
+
+def test_seed_makes_samples_reproducible():
+    batches = [Collector(num_envs=2, length=4).batch() for _ in range(4)]
+    samples = []
+    for _ in range(2):
+        rb = make_replay_buffer(100, batch_size=16, sample_window_size=3, seed=5)
+        for batch in batches:
+            rb.extend(batch.clone())
+        samples.append(rb.sample())
+    assert_same_samples(*samples)
+
+
+# ----- bad values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"capacity": 0}, ValueError, "capacity=0"),
+        ({"capacity": 10.5}, TypeError, "capacity=10.5"),
+        ({"batch_size": -1}, ValueError, "batch_size=-1"),
+        ({"sample_window_size": 101}, ValueError, "sample_window_size=101 .* capacity"),
+        ({"window_unit": "step"}, ValueError, "window_unit='step'"),
+        ({"storage": "ssd"}, ValueError, "storage='ssd' .* memory, disk"),
+        ({"scratch_dir": "/tmp/x"}, ValueError, "scratch_dir=.* storage='disk'"),
+        ({"min_buffer_size": -2}, ValueError, "min_buffer_size=-2"),
+        ({"min_buffer_size": 101}, ValueError, "min_buffer_size=101"),
+        ({"cache_size": -1}, ValueError, "cache_size=-1"),
+        ({"prefetch": -1}, ValueError, "prefetch=-1"),
+        ({"storage": "disk", "enable_cache": True}, ValueError, "cache_size"),
+        (
+            {"storage": "disk", "enable_cache": True, "cache_size": 101},
+            ValueError,
+            "cache_size=101",
+        ),
+    ],
+)
+def test_bad_values_raise_clear_errors(kwargs, error, match):
+    kwargs = {"capacity": 100, "batch_size": 8} | kwargs
+    with pytest.raises(error, match=match):
+        make_replay_buffer(kwargs.pop("capacity"), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_pin_memory_without_cuda_raises():
+    with pytest.raises(ValueError, match="pin_memory=True needs CUDA"):
+        make_replay_buffer(100, batch_size=8, pin_memory=True)
+
+
+def test_enable_cache_with_memory_storage_warns():
+    with pytest.warns(UserWarning, match="no effect with storage='memory'"):
+        make_replay_buffer(100, batch_size=8, enable_cache=True, cache_size=4)
+
+
+def test_extend_larger_than_capacity_raises():
+    rb = make_replay_buffer(10, batch_size=8)
+    with pytest.raises(ValueError, match="exceeds the capacity of 10"):
+        rb.extend(TensorDict({"x": torch.zeros(3, 4)}, [3, 4]))
