@@ -291,8 +291,7 @@ def train(cfg: DictConfig) -> None:
         and hasattr(logger.experiment, "finish")
     ):
         logger.experiment.finish()
-    train_env.close()
-    eval_env.close()
+    eval_env.close()  # the collector's shutdown closed the training env
 
 
 if __name__ == "__main__":

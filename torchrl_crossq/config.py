@@ -288,15 +288,15 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"env.num_envs={num_envs} (each env steps the same number of times per batch)"
         )
     rb = cfg.algorithm.replay_buffer
-    if (
-        rb.sample_window_size > 0
-        and rb.window_unit == "transition"
-        and rb.sample_window_size > rb.size
-    ):
-        raise ConfigError(
-            f"algorithm.replay_buffer.sample_window_size={rb.sample_window_size} exceeds "
-            f"algorithm.replay_buffer.size={rb.size} transitions"
-        )
+    # Every window unit holds at least one transition, so a window above the capacity is impossible.
+    for key in ("sample_window_size", "cache_size", "min_buffer_size"):
+        if key == "cache_size" and not (rb.enable_cache and rb.storage == "disk"):
+            continue
+        if rb[key] > rb.size:
+            raise ConfigError(
+                f"algorithm.replay_buffer.{key}={rb[key]} exceeds algorithm.replay_buffer.size="
+                f"{rb.size} transitions; use at most the capacity"
+            )
     if cfg.cudagraphs and not cfg.compile:
         raise ConfigError(
             "cudagraphs=true needs compile=true (CUDA graphs are captured by torch.compile)"

@@ -1,0 +1,177 @@
+"""End-to-end runs of sota_implementations/crossq.py on tiny settings, and its configs."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from torchrl_crossq.config import CHOICES, ConfigError, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "sota_implementations" / "crossq.py"
+CONFIGS = ROOT / "configs"
+
+TINY = [
+    "env=pendulum",
+    "collector.total_frames=96",
+    "collector.init_random_frames=32",
+    "collector.frames_per_batch=16",
+    "algorithm.update_epoch=2",
+    "optim.batch_size=16",
+    "network.critic_hidden_sizes=[16,16]",
+    "network.actor_hidden_sizes=[16,16]",
+    "algorithm.replay_buffer.size=1000",
+    "eval.interval=48",
+    "eval.episodes=1",
+    "eval.max_episode_steps=10",
+    "logger.log_interval=32",
+    "checkpoint.interval=48",
+    "progress_bar=false",
+]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("crossq_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compose_config(overrides):
+    load_script()  # registers the schema
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        return compose("crossq", overrides=overrides)
+
+
+def run(overrides, tmp_path):
+    cfg = compose_config([*TINY, f"run_dir={tmp_path}", *overrides])
+    load_script().train(cfg)
+    return tmp_path
+
+
+@pytest.mark.parametrize("backend", ["csv", "none", "wandb", "tensorboard"])
+def test_tiny_run_with_each_logger_backend(tmp_path, backend, monkeypatch):
+    if backend == "tensorboard":
+        pytest.importorskip("tensorboard")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run([f"logger.backend={backend}"], tmp_path)
+    rows = (tmp_path / "eval.csv").read_text().splitlines()
+    assert rows[0] == "frames,return_mean,return_std" and len(rows) == 3  # at 48 and 96 frames
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    assert (tmp_path / "checkpoints" / "ckpt_000000000096" / "COMPLETE").exists()
+    if backend == "csv":
+        scalars = next((tmp_path / "logs").rglob("scalars"))
+        logged = {str(p.relative_to(scalars).with_suffix("")) for p in scalars.rglob("*.csv")}
+        expected = {"eval/return", "train/loss_qvalue", "train/loss_actor", "train/loss_alpha"}
+        assert expected | {"train/alpha", "train/entropy", "perf/frames_per_s"} <= logged
+
+
+def test_two_parallel_envs(tmp_path):
+    run(["env.num_envs=2", "env.vectorization=parallel"], tmp_path)
+    assert len((tmp_path / "eval.csv").read_text().splitlines()) == 3
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    run(["collector.total_frames=48"], tmp_path)
+    cfg = compose_config([*TINY, f"resume={tmp_path}"])
+    load_script().train(cfg)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.collector.total_frames == 48  # the saved config wins
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints[-1] == "ckpt_000000000048"
+
+
+def test_resume_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
+    cfg = compose_config([*TINY, f"resume={tmp_path}"])
+    with pytest.raises(ConfigError, match="is not a run directory"):
+        load_script().train(cfg)
+
+
+def test_embodied_block_loads_verbatim_and_trains_a_few_updates(tmp_path):
+    cfg = compose_config(["experiment=embodied"])
+    assert cfg.algorithm.update_epoch == 32 and cfg.algorithm.gamma == 0.8
+    assert cfg.algorithm.entropy_tuning.alpha_type == "softplus"
+    assert cfg.algorithm.replay_buffer.sample_window_size == 6000
+    run(
+        [
+            "experiment=embodied",
+            "env=pendulum",
+            "env.num_envs=2",
+            "env.vectorization=serial",
+            "collector.frames_per_batch=16",
+            "algorithm.update_epoch=2",
+            "algorithm.replay_buffer.size=10000",
+        ],
+        tmp_path,
+    )
+    assert (tmp_path / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize(
+    "experiment", [None, *(p.stem for p in sorted((CONFIGS / "experiment").glob("*.yaml")))]
+)
+@pytest.mark.parametrize("env", [p.stem for p in sorted((CONFIGS / "env").glob("*.yaml"))])
+def test_every_shipped_config_loads_and_validates(experiment, env):
+    overrides = [f"env={env}"] + ([f"experiment={experiment}"] if experiment else [])
+    validate(compose_config(overrides))
+
+
+BAD_VALUES = {key: "not-a-choice" for key in CHOICES}
+BAD_VALUES["algorithm.group_size"] = 2
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_each_bad_enumerated_value_names_the_key(key):
+    cfg = compose_config([])
+    OmegaConf.update(cfg, key, BAD_VALUES[key])
+    with pytest.raises(ConfigError, match=rf"^{key}=.*use one of"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("algorithm.gamma=1.5", "algorithm.gamma"),
+        ("algorithm.replay_buffer.cache_size=-3", "algorithm.replay_buffer.cache_size"),
+        ("env.num_envs=3", "collector.frames_per_batch"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_config([override]))
+
+
+def test_window_larger_than_the_capacity_names_the_key():
+    cfg = compose_config(["experiment=embodied", "algorithm.replay_buffer.size=100"])
+    with pytest.raises(
+        ConfigError, match=r"algorithm.replay_buffer.sample_window_size=6000 exceeds"
+    ):
+        validate(cfg)
+
+
+def test_cli_typo_and_bad_value_stop_before_any_work(tmp_path):
+    typo = subprocess.run(
+        [sys.executable, str(SCRIPT), "algorithm.agg_qq=min", f"run_dir={tmp_path}/a"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert typo.returncode != 0 and "agg_qq" in typo.stderr
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "algorithm.agg_q=max", f"run_dir={tmp_path}/b"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "algorithm.agg_q='max' is not supported; use one of: min, mean" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_unknown_env_id_lists_close_matches(tmp_path):
+    cfg = compose_config([*TINY, f"run_dir={tmp_path}", "env.name=Pendulum-v2"])
+    from torchrl_crossq.envs import UnknownEnvError
+
+    with pytest.raises(UnknownEnvError, match="did you mean: Pendulum-v1"):
+        load_script().train(cfg)
