@@ -227,7 +227,7 @@ def train(cfg: DictConfig) -> None:
     next_log = frames + cfg.logger.log_interval
     next_eval = frames + cfg.eval.interval if cfg.eval.interval else None
     next_checkpoint = frames + cfg.checkpoint.interval if cfg.checkpoint.interval else None
-    metrics, episode_returns = None, []
+    metrics, episode_returns = {}, []
     window_start, window_frames, window_updates = time.perf_counter(), 0, 0
     try:
         for data in collector:
@@ -239,7 +239,8 @@ def train(cfg: DictConfig) -> None:
             if frames > cfg.collector.init_random_frames and replay_buffer.ready():
                 with autocast:
                     for _ in range(cfg.algorithm.update_epoch):
-                        metrics = updater(replay_buffer.sample().to(device))
+                        # Keep the latest value of each metric (actor terms come every policy delay).
+                        metrics.update(updater(replay_buffer.sample().to(device)).items())
                 window_updates += cfg.algorithm.update_epoch
             window_frames += data.numel()
             pbar.update(data.numel())
@@ -250,7 +251,7 @@ def train(cfg: DictConfig) -> None:
                     "perf/frames_per_s": window_frames / elapsed,
                     "perf/updates_per_s": window_updates / elapsed,
                 }
-                if metrics is not None:
+                if metrics:
                     scalars.update({f"train/{k}": v.item() for k, v in metrics.items()})
                 if episode_returns:
                     scalars["train/return"] = float(np.mean(episode_returns))
