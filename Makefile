@@ -22,6 +22,15 @@ test: $(STAMP)
 train: $(STAMP)
 	$(PY) sota_implementations/crossq.py $(ARGS)
 
+# Allocator settings of perf-notes.md (big freed buffers stay mapped); BENCH_ENV= to disable.
+BENCH_ENV ?= MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(BENCH_ENV) $(PY) bench/update.py --write-results $(ARGS)
+	for script in $(filter-out bench/update.py,$(wildcard bench/*.py)); do \
+		$(BENCH_ENV) $(PY) $$script || exit 1; done
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torchrl_crossq sota_implementations test bench
 	$(VENV)/bin/ruff format --check torchrl_crossq sota_implementations test bench

@@ -1,0 +1,700 @@
+"""Time of one CrossQ update: ours against TorchRL's CrossQLoss and sb3-contrib's CrossQ.train.
+
+One update = critic step every update, actor and temperature steps every 3rd (policy delay 3),
+timed over whole delay cycles so the actor's share is averaged in. Shapes are HalfCheetah-v5's
+(observation 17, action 6), batch 256, actor 256 x 2, two critics of width W x 2, Batch
+Renormalization everywhere (momentum 0.01, warmup 100k), Adam lr 1e-3, betas (0.5, 0.999).
+Every timed update samples its batch from a prefilled replay buffer of 10k transitions
+(sb3 samples inside ``train``, so ours and TorchRL's sample from a TorchRL buffer too).
+
+All implementations run in one process, interleaved rep by rep (the order rotates each rep),
+after a warm-up, under the same allocator settings and thread count; medians are reported.
+The floating-point work of our update is counted analytically and set against a matmul of the
+critic's shape measured on the same machine in the same reps (the hardware limit).
+
+Run: ``make bench`` or
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 .venv/bin/python bench/update.py``.
+The last lines are ``speedup_vs_torchrl: X``, ``speedup_vs_sb3: Y``, ``peak_fraction: Z``
+(width 2048, X = TorchRL time / our time) for scripts to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OBS_DIM = 17  # HalfCheetah-v5
+ACTION_DIM = 6
+BATCH_SIZE = 256
+ACTOR_CELLS = 256
+NUM_QVALUE_NETS = 2
+POLICY_DELAY = 3
+BUFFER_SIZE = 10_000
+LR = 1e-3
+BETAS = (0.5, 0.999)
+GAMMA = 0.99
+BRN_MOMENTUM = 0.01
+BRN_WARMUP = 100_000
+ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+SECTION_START = "<!-- bench/update.py: start (generated, do not edit) -->"
+SECTION_END = "<!-- bench/update.py: end -->"
+
+Update = Callable[[], None]
+
+
+# -- data ---------------------------------------------------------------------------------
+def random_transitions(n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` HalfCheetah-v5 transitions under uniform random actions (random numbers if MuJoCo is missing)."""
+    rng = np.random.default_rng(seed)
+    try:
+        import gymnasium as gym
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = gym.make("HalfCheetah-v5")
+    except Exception as err:  # no MuJoCo: same shapes, random values
+        print(f"# HalfCheetah-v5 unavailable ({type(err).__name__}: {err}); random data instead")
+        obs = rng.standard_normal((n + 1, OBS_DIM)).astype(np.float32)
+        return {
+            "observation": obs[:-1],
+            "action": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+            "next_observation": obs[1:],
+            "reward": rng.standard_normal(n).astype(np.float32),
+            "terminated": np.zeros(n, dtype=bool),
+            "truncated": np.zeros(n, dtype=bool),
+        }
+    env.action_space.seed(seed)
+    columns: dict[str, list] = {
+        k: []
+        for k in ("observation", "action", "next_observation", "reward", "terminated", "truncated")
+    }
+    obs, _ = env.reset(seed=seed)
+    for _ in range(n):
+        action = env.action_space.sample()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(
+            columns, (obs, action, next_obs, reward, terminated, truncated), strict=True
+        ):
+            columns[key].append(value)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    env.close()
+    return {
+        key: np.asarray(
+            values, dtype=np.float32 if key not in ("terminated", "truncated") else bool
+        )
+        for key, values in columns.items()
+    }
+
+
+def torchrl_buffer(data: dict[str, np.ndarray]):
+    """A prefilled ``TensorDictReplayBuffer`` (no prefetch: it hurts on 2 cores, perf-notes)."""
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+    n = len(data["reward"])
+    terminated = torch.from_numpy(data["terminated"]).unsqueeze(-1)
+    done = terminated | torch.from_numpy(data["truncated"]).unsqueeze(-1)
+    transitions = TensorDict(
+        {
+            "observation": torch.from_numpy(data["observation"]),
+            "action": torch.from_numpy(data["action"]),
+            "next": {
+                "observation": torch.from_numpy(data["next_observation"]),
+                "reward": torch.from_numpy(data["reward"]).unsqueeze(-1),
+                "done": done,
+                "terminated": terminated,
+            },
+        },
+        batch_size=[n],
+    )
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(n), batch_size=BATCH_SIZE)
+    buffer.extend(transitions)
+    return buffer
+
+
+# -- the three contestants --------------------------------------------------------------
+def make_ours(width: int, data: dict[str, np.ndarray], precision: str = "fp32") -> Update | None:
+    """Our CrossQUpdater; ``None`` when ``precision`` is not supported by the library."""
+    from torchrl.data import Bounded
+
+    from torchrl_crossq import CrossQLoss, CrossQUpdater, make_actor, make_critic, make_optimizers
+
+    updater_kwargs = {}
+    if precision == "bf16":
+        # TODO(issue 5): the library has no bf16 update path yet. This probes for a
+        # `precision` keyword of CrossQUpdater; adapt it to the real API when it lands.
+        if "precision" not in inspect.signature(CrossQUpdater).parameters:
+            return None
+        updater_kwargs["precision"] = "bf16"
+    torch.manual_seed(0)
+    norm_kwargs = {"momentum": BRN_MOMENTUM, "warmup_steps": BRN_WARMUP}
+    actor = make_actor(
+        OBS_DIM,
+        Bounded(-1.0, 1.0, shape=(ACTION_DIM,)),
+        num_cells=(ACTOR_CELLS, ACTOR_CELLS),
+        norm_kwargs=norm_kwargs,
+    )
+    critic = make_critic(
+        OBS_DIM, ACTION_DIM, num_cells=(width, width), num_qvalue_nets=NUM_QVALUE_NETS,
+        norm_kwargs=norm_kwargs,
+    )  # fmt: skip
+    loss = CrossQLoss(actor, critic)
+    loss.make_value_estimator(gamma=GAMMA)
+    updater = CrossQUpdater(
+        loss, make_optimizers(loss, lr=LR, betas=BETAS), policy_delay=POLICY_DELAY,
+        **updater_kwargs,
+    )  # fmt: skip
+    buffer = torchrl_buffer(data)
+
+    def update() -> None:
+        updater(buffer.sample())
+
+    return update
+
+
+def make_torchrl(width: int, data: dict[str, np.ndarray]) -> Update:
+    """TorchRL 0.14's CrossQLoss with the networks of its SOTA script (sota-implementations/crossq).
+
+    As in utils.py there: MLPs with ``torchrl.modules.BatchRenorm1d`` after each hidden
+    Linear, a TanhNormal ``ProbabilisticActor``, a ``ValueOperator`` critic that the loss
+    expands to 2 vmapped copies, ``loss_function="l2"``. The update steps each term with its
+    own optimiser (not the script's ``q_loss + actor_loss + actor_loss`` sum, which never
+    trains alpha).
+    """
+    from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule
+    from torch import nn
+    from torchrl.data import Bounded
+    from torchrl.modules import MLP, BatchRenorm1d, ProbabilisticActor, TanhNormal, ValueOperator
+    from torchrl.objectives import CrossQLoss
+
+    torch.manual_seed(0)
+
+    def brn_kwargs(features: int) -> dict:
+        return {"num_features": features, "momentum": BRN_MOMENTUM, "warmup_steps": BRN_WARMUP}
+
+    actor_net = MLP(
+        in_features=OBS_DIM,
+        out_features=2 * ACTION_DIM,
+        num_cells=[ACTOR_CELLS, ACTOR_CELLS],
+        activation_class=nn.ReLU,
+        norm_class=BatchRenorm1d,
+        norm_kwargs=brn_kwargs(ACTOR_CELLS),
+    )
+    actor_module = TensorDictModule(
+        nn.Sequential(
+            actor_net, NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1)
+        ),
+        in_keys=["observation"],
+        out_keys=["loc", "scale"],
+    )
+    action_spec = Bounded(-1.0, 1.0, shape=(ACTION_DIM,))
+    actor = ProbabilisticActor(
+        actor_module,
+        in_keys=["loc", "scale"],
+        spec=action_spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={
+            "low": action_spec.space.low,
+            "high": action_spec.space.high,
+            "tanh_loc": False,
+        },
+        default_interaction_type=InteractionType.RANDOM,
+        return_log_prob=False,
+    )
+    qvalue = ValueOperator(
+        MLP(
+            in_features=OBS_DIM + ACTION_DIM,
+            out_features=1,
+            num_cells=[width, width],
+            activation_class=nn.ReLU,
+            norm_class=BatchRenorm1d,
+            norm_kwargs=brn_kwargs(width),
+        ),
+        in_keys=["action", "observation"],
+    )
+    loss = CrossQLoss(
+        actor_network=actor,
+        qvalue_network=qvalue,
+        num_qvalue_nets=NUM_QVALUE_NETS,
+        loss_function="l2",
+        alpha_init=1.0,
+    )
+    loss.make_value_estimator(gamma=GAMMA)
+
+    def adam(params) -> torch.optim.Adam:
+        return torch.optim.Adam(
+            [p for p in params if p.requires_grad], lr=LR, betas=BETAS, eps=1e-8
+        )
+
+    critic_opt = adam(loss.qvalue_network_params.flatten_keys().values())
+    actor_opt = adam(loss.actor_network_params.flatten_keys().values())
+    alpha_opt = torch.optim.Adam([loss.log_alpha], lr=LR)
+    buffer = torchrl_buffer(data)
+    num_updates = 0
+
+    def update() -> None:
+        nonlocal num_updates
+        num_updates += 1
+        batch = buffer.sample()
+        q_loss, _ = loss.qvalue_loss(batch)
+        critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        critic_opt.step()
+        if num_updates % POLICY_DELAY == 0:
+            actor_loss, metadata = loss.actor_loss(batch)
+            actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_opt.step()
+            alpha_loss = loss.alpha_loss(metadata["log_prob"])
+            alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            alpha_opt.step()
+
+    return update
+
+
+def make_sb3(width: int, data: dict[str, np.ndarray]) -> Update:
+    """sb3-contrib's ``CrossQ``; one call of ``update`` is one gradient step of ``CrossQ.train``."""
+    import gymnasium as gym
+    from sb3_contrib import CrossQ
+    from stable_baselines3.common.logger import Logger
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = gym.make("HalfCheetah-v5")
+    except Exception:
+        env = _spaces_only_env()
+    threads = torch.get_num_threads()
+    model = CrossQ(
+        "MlpPolicy",
+        env,
+        learning_rate=LR,
+        buffer_size=BUFFER_SIZE,
+        learning_starts=0,
+        batch_size=BATCH_SIZE,
+        gamma=GAMMA,
+        policy_delay=POLICY_DELAY,
+        policy_kwargs={
+            "net_arch": {"pi": [ACTOR_CELLS, ACTOR_CELLS], "qf": [width, width]},
+            "batch_norm_momentum": BRN_MOMENTUM,
+            "renorm_warmup_steps": BRN_WARMUP,
+            "optimizer_kwargs": {"betas": BETAS},
+        },
+        seed=0,
+        device="cpu",
+    )
+    torch.set_num_threads(threads)  # same thread count for all, whatever sb3 does
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    buffer = model.replay_buffer
+    done = data["terminated"] | data["truncated"]
+    for i in range(len(done)):
+        buffer.add(
+            data["observation"][i : i + 1],
+            data["next_observation"][i : i + 1],
+            data["action"][i : i + 1],
+            data["reward"][i : i + 1],
+            done[i : i + 1],
+            [{"TimeLimit.truncated": bool(data["truncated"][i])}],
+        )
+
+    def update(gradient_steps: int = 1) -> None:
+        model.train(gradient_steps=gradient_steps, batch_size=BATCH_SIZE)
+
+    return update
+
+
+def _spaces_only_env():
+    """HalfCheetah-v5's spaces, for sb3 when MuJoCo is missing (``train`` never steps it)."""
+    import gymnasium as gym
+
+    class SpacesOnly(gym.Env):
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float64)
+        action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(OBS_DIM), {}
+
+        def step(self, action):
+            return np.zeros(OBS_DIM), 0.0, False, False, {}
+
+    return SpacesOnly()
+
+
+# -- work and the hardware limit ----------------------------------------------------------
+def update_flops(width: int) -> float:
+    """Matmul FLOPs of one update, policy delay averaged (2 FLOPs per multiply-add).
+
+    Per sample, one critic's forward is ``Fc = (obs+act)*W + W*W + W`` multiply-adds and the
+    actor's ``Fa = obs*A + A*A + A*2*act``. Backward = 2x forward (input and weight gradients).
+
+        critic step (every update): actor fwd on B (next action, no grad)  2*B*Fa
+                                    E critics fwd+bwd on the joint 2B      6*2B*E*Fc
+        actor step (every D-th):    actor fwd+bwd on B                     6*B*Fa
+                                    E critics fwd on B + input-grad bwd    4*B*E*Fc
+        per update = 12*B*E*Fc + 2*B*Fa + (6*B*Fa + 4*B*E*Fc) / D
+
+    Elementwise work (Batch Renormalization, Adam, the distribution) is not counted.
+    """
+    b, e, d, a = BATCH_SIZE, NUM_QVALUE_NETS, POLICY_DELAY, ACTOR_CELLS
+    fc = (OBS_DIM + ACTION_DIM) * width + width * width + width
+    fa = OBS_DIM * a + a * a + a * 2 * ACTION_DIM
+    return 12 * b * e * fc + 2 * b * fa + (6 * b * fa + 4 * b * e * fc) / d
+
+
+def matmul_peak(precision: str, width: int = 2048, calls: int = 5) -> float:
+    """FLOP/s of ``torch.mm`` of the critic's largest shape, (2B x W) @ (W x W), median of ``calls``.
+
+    bf16 runs under CPU autocast from float32 inputs, as a bf16 update would.
+    """
+    x = torch.randn(2 * BATCH_SIZE, width)
+    w = torch.randn(width, width)
+    flops = 2.0 * 2 * BATCH_SIZE * width * width
+    times = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        torch.mm(x, w)
+        for _ in range(calls):
+            start = time.perf_counter()
+            torch.mm(x, w)
+            times.append(time.perf_counter() - start)
+    return flops / statistics.median(times)
+
+
+# -- timing -----------------------------------------------------------------------------
+def time_updates(update: Update, n: int, sb3: bool) -> float:
+    """Seconds per update over ``n`` consecutive updates (``n`` a multiple of the policy delay)."""
+    gc.collect()
+    start = time.perf_counter()
+    if sb3:
+        update(n)  # one train() call, like sb3's learn loop with gradient_steps=n
+    else:
+        for _ in range(n):
+            update()
+    return (time.perf_counter() - start) / n
+
+
+def bench_width(width: int, args, data: dict[str, np.ndarray]) -> dict:
+    contestants: dict[str, Update] = {
+        "ours": make_ours(width, data),
+        "torchrl": make_torchrl(width, data),
+        "sb3": make_sb3(width, data),
+    }
+    bf16_supported = None
+    if args.precision == "bf16":
+        ours_bf16 = make_ours(width, data, "bf16")
+        bf16_supported = ours_bf16 is not None
+        if bf16_supported:
+            contestants["ours_bf16"] = ours_bf16
+    names = list(contestants)
+    peak_precisions = ["fp32", "bf16"] if args.precision == "bf16" else ["fp32"]
+
+    # Warm-up: optimiser state, allocator pools, lazy inits. Also sizes a timed sample.
+    warm = {}
+    for name in names:
+        warm[name] = min(
+            time_updates(contestants[name], POLICY_DELAY, name == "sb3") for _ in range(args.warmup)
+        )
+    for precision in peak_precisions:
+        matmul_peak(precision)
+    cycles = args.cycles or max(1, math.ceil(args.sample_seconds / (POLICY_DELAY * warm["ours"])))
+    n = cycles * POLICY_DELAY
+
+    times: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, list[float]] = {p: [] for p in peak_precisions}
+    for rep in range(args.reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate the order
+        for name in order:
+            times[name].append(time_updates(contestants[name], n, name == "sb3"))
+        for precision in peak_precisions:
+            peaks[precision].append(matmul_peak(precision))
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    flops = update_flops(width)
+    peak = {p: statistics.median(v) for p, v in peaks.items()}
+    result = {
+        "width": width,
+        "updates_per_sample": n,
+        "times_s": times,
+        "median_s": median,
+        "speedup_vs_torchrl": median["torchrl"] / median["ours"],
+        "speedup_vs_sb3": median["sb3"] / median["ours"],
+        "flop_per_update": flops,
+        "ours_flop_per_s": flops / median["ours"],
+        "matmul_peak_flop_per_s": peak,
+        "matmul_peak_per_rep": peaks,
+        "peak_fraction": flops / median["ours"] / peak["fp32"],
+        "bf16_supported": bf16_supported,
+    }
+    if "ours_bf16" in median:
+        result["speedup_bf16_vs_sb3"] = median["sb3"] / median["ours_bf16"]
+        result["ours_bf16_flop_per_s"] = flops / median["ours_bf16"]
+        result["bf16_peak_fraction"] = flops / median["ours_bf16"] / peak["bf16"]
+    return result
+
+
+def report_width(r: dict) -> list[str]:
+    ms = {k: 1e3 * v for k, v in r["median_s"].items()}
+    lines = [
+        f"width {r['width']}: ms per update, median of {len(r['times_s']['ours'])} reps "
+        f"of {r['updates_per_sample']} updates (min..max)"
+    ]
+    for name, t in r["times_s"].items():
+        lines.append(f"  {name:<10} {ms[name]:8.2f}  ({1e3 * min(t):.2f}..{1e3 * max(t):.2f})")
+    lines.append(
+        f"  ours/torchrl {ms['ours'] / ms['torchrl']:.3f}   ours/sb3 {ms['ours'] / ms['sb3']:.3f}"
+        f"   (speedups {r['speedup_vs_torchrl']:.3f}x, {r['speedup_vs_sb3']:.3f}x)"
+    )
+    peak = r["matmul_peak_flop_per_s"]
+    lines.append(
+        f"  ours: {r['flop_per_update'] / 1e9:.2f} GFLOP/update -> "
+        f"{r['ours_flop_per_s'] / 1e9:.1f} GFLOP/s; fp32 matmul peak {peak['fp32'] / 1e9:.1f} "
+        f"GFLOP/s -> {r['peak_fraction']:.3f} of peak "
+        f"(floor {1e3 * r['flop_per_update'] / peak['fp32']:.2f} ms)"
+    )
+    if "bf16_peak_fraction" in r:
+        lines.append(
+            f"  ours bf16: {r['ours_bf16_flop_per_s'] / 1e9:.1f} GFLOP/s; bf16 matmul peak "
+            f"{peak['bf16'] / 1e9:.1f} GFLOP/s -> {r['bf16_peak_fraction']:.3f} of peak; "
+            f"ours_bf16/sb3 {1 / r['speedup_bf16_vs_sb3']:.3f}"
+        )
+    elif r["bf16_supported"] is False:
+        lines.append(
+            f"  ours bf16: not supported by torchrl_crossq yet (TODO hook in make_ours); "
+            f"bf16 matmul peak {peak['bf16'] / 1e9:.1f} GFLOP/s"
+        )
+    return lines
+
+
+# -- environment and RESULTS.md ----------------------------------------------------------
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = match.group(1) if match else cpu
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "versions": {
+            p: _version(p)
+            for p in ("torch", "torchrl", "tensordict", "stable_baselines3", "sb3_contrib")
+        },
+        "allocator": {v: os.environ.get(v) for v in ALLOCATOR_VARS},
+        "commit": commit or "unknown",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def busy_warning(info: dict, results: list[dict]) -> str | None:
+    """Names the signs of a shared machine: other load at start, an unsteady matmul peak."""
+    signs = []
+    load_start = (
+        float(info["loadavg_start"].split()[0]) if info["loadavg_start"][0].isdigit() else 0
+    )
+    if load_start > 0.5 * (info["cores"] or 1):
+        signs.append(f"load average {load_start} at start on {info['cores']} cores")
+    for r in results:
+        peaks = r["matmul_peak_per_rep"]["fp32"]
+        if max(peaks) > 1.3 * min(peaks):
+            signs.append(
+                f"matmul peak varied {min(peaks) / 1e9:.0f}..{max(peaks) / 1e9:.0f} GFLOP/s "
+                f"across reps at width {r['width']}"
+            )
+    if not signs:
+        return None
+    return "WARNING: the machine looks busy (" + "; ".join(signs) + "): times are unreliable"
+
+
+def write_results(info: dict, results: list[dict], summary: list[str]) -> None:
+    """Replaces (or appends) this script's section of bench/RESULTS.md."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
+    lines = [
+        SECTION_START,
+        "## Per-update time (`bench/update.py`)",
+        "",
+        f"- date: {info['date']}; commit {info['commit']}",
+        f"- command: `{info['command']}`",
+        f"- machine: {info['cpu']}, {info['cores']} cores, torch threads "
+        f"{info['torch_threads']}; load average {info['loadavg_start']} at start, "
+        f"{info['loadavg_end']} at end",
+        f"- versions: Python {info['python']}, {versions}",
+        f"- allocator: {allocator}; sampling from the replay buffer included",
+        *([f"- **{info['warning']}**"] if info["warning"] else []),
+        "",
+        "| width | ours ms | TorchRL ms | sb3-contrib ms | speedup vs TorchRL | speedup vs sb3 "
+        "| ours GFLOP/s | fp32 matmul peak GFLOP/s | peak fraction |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ms = {k: 1e3 * v for k, v in r["median_s"].items()}
+        peak = r["matmul_peak_flop_per_s"]["fp32"]
+        lines.append(
+            f"| {r['width']} | {ms['ours']:.2f} | {ms['torchrl']:.2f} | {ms['sb3']:.2f} "
+            f"| {r['speedup_vs_torchrl']:.3f} | {r['speedup_vs_sb3']:.3f} "
+            f"| {r['ours_flop_per_s'] / 1e9:.1f} | {peak / 1e9:.1f} | {r['peak_fraction']:.3f} |"
+        )
+    lines += ["", "```", *summary, "```", SECTION_END]
+    section = "\n".join(lines)
+    if RESULTS_PATH.exists():
+        text = RESULTS_PATH.read_text()
+    else:
+        text = "# Benchmark results\n\nGenerated by the scripts in `bench/`; do not edit by hand.\n"
+    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS_PATH.write_text(text.rstrip("\n") + "\n")
+
+
+def profile_ours(width: int, data: dict[str, np.ndarray], updates: int = 3 * POLICY_DELAY) -> None:
+    """Prints torch.profiler's top operators (self CPU time) over ``updates`` of ours."""
+    from torch.profiler import ProfilerActivity, profile
+
+    update = make_ours(width, data)
+    for _ in range(2 * POLICY_DELAY):
+        update()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(updates):
+            update()
+    print(f"# profile of ours, width {width}, {updates} updates")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[2048, 256])
+    parser.add_argument("--reps", type=int, default=7, help="timed reps per contestant")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up delay cycles")
+    parser.add_argument(
+        "--cycles", type=int, default=0, help="delay cycles per timed sample (0: auto)"
+    )
+    parser.add_argument(
+        "--sample-seconds", type=float, default=0.3, help="target length of a sample (auto)"
+    )
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1 warm-up")
+    parser.add_argument("--json", type=Path, help="dump all results to this file")
+    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's top ops of ours"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reps, args.warmup, args.sample_seconds = 2, 1, 0.0
+    if args.reps < 1 or args.warmup < 1:
+        parser.error(f"--reps={args.reps} and --warmup={args.warmup} must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import torchrl  # noqa: F401  (its logger exists once imported)
+
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    info = machine_info()
+    info["loadavg_start"] = _loadavg()
+    allocator = ", ".join(
+        f"{k}={v if v is not None else 'unset'}" for k, v in info["allocator"].items()
+    )
+    print(f"# {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}")
+    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(f"# allocator: {allocator}")
+    if not all(info["allocator"].values()):
+        print(
+            "#   (perf-notes: set MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736, as "
+            "`make bench` does; all contestants share this process, so ratios stay fair)"
+        )
+    print(
+        f"# batch {BATCH_SIZE}, obs {OBS_DIM}, action {ACTION_DIM}, policy delay {POLICY_DELAY}, "
+        f"buffer {BUFFER_SIZE}; sampling from the replay buffer INCLUDED in every time"
+    )
+    data = random_transitions(BUFFER_SIZE, seed=0)
+    results = []
+    for width in args.widths:
+        result = bench_width(width, args, data)
+        results.append(result)
+        for line in report_width(result):
+            print(line, flush=True)
+    info["loadavg_end"] = _loadavg()
+    print(f"# load average: {info['loadavg_start']} at start, {info['loadavg_end']} at end")
+    info["warning"] = busy_warning(info, results)
+    if info["warning"]:
+        print(f"# {info['warning']}")
+    if args.profile:
+        profile_ours(max(args.widths), data)
+
+    headline = next((r for r in results if r["width"] == 2048), None)
+    if headline is None:
+        headline = max(results, key=lambda r: r["width"])
+        print(f"# width 2048 not run: the last lines are width {headline['width']}'s")
+    summary = []
+    if args.precision == "bf16":
+        value = headline.get("speedup_bf16_vs_sb3")
+        summary.append(f"speedup_bf16_vs_sb3: {'n/a' if value is None else f'{value:.3f}'}")
+    summary += [
+        f"speedup_vs_torchrl: {headline['speedup_vs_torchrl']:.3f}",
+        f"speedup_vs_sb3: {headline['speedup_vs_sb3']:.3f}",
+        f"peak_fraction: {headline['peak_fraction']:.3f}",
+    ]
+    if args.json:
+        args.json.write_text(json.dumps({"info": info, "results": results}, indent=2))
+    if args.write_results:
+        write_results(info, results, summary)
+    for line in summary:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
