@@ -52,6 +52,7 @@ STORAGE_KINDS = ("memory", "disk")
 _TRAJ_IDS_KEY = ("collector", "traj_ids")
 _DONE_KEY = ("next", "done")
 _LONG = torch.long
+_SEARCH_CHUNK = 200  # ATen's grain size for searchsorted: smaller calls stay on one thread
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
@@ -340,7 +341,12 @@ class SlidingWindowSampler(Sampler):
         if shift.numel() == 1:
             position += shift
         else:
-            position += shift[torch.searchsorted(block_end, position, right=True)]
+            block = torch.empty_like(position)
+            # ATen splits searchsorted over threads above 200 queries; waking them costs far
+            # more than the search (milliseconds when env workers hold the other cores).
+            for queries, out in zip(position.split(_SEARCH_CHUNK), block.split(_SEARCH_CHUNK)):
+                torch.searchsorted(block_end, queries, right=True, out=out)
+            position += shift[block]
         return position.remainder_(storage.max_size), {}
 
     def _sampleable_count(self, storage: Storage, batch_size: int) -> int:

@@ -1,0 +1,282 @@
+"""Sample throughput of the sliding-window replay buffer against TorchRL's plain uniform buffer.
+
+For each buffer size (default 1e5 and 1e6 transitions) one storage is filled (and wrapped)
+with HalfCheetah-v5-shaped transitions (observation and next observation 17 floats, action 6,
+reward, done/terminated/truncated) from collector-like batches of 8 envs x 125 steps, with
+random terminations so that episodes have mixed lengths. On that same storage the script
+times ``sample()`` at batch 256 for:
+
+- ``plain``: ``TensorDictReplayBuffer(storage, sampler=RandomSampler())``, the baseline;
+- ``window-trajectory``: ``WindowReplayBuffer`` over the newest half of the trajectories
+  (one contiguous block: randint + add per sample);
+- ``window-episode``: ``WindowReplayBuffer`` over the newest episodes covering about half of
+  the buffer (many blocks: randint + searchsorted per sample, the worst case).
+
+Contestants run interleaved rep by rep (the order rotates) after a warm-up; medians are
+reported. ``index us`` is the sampler alone (indices, no data read), showing that its cost does
+not grow with the capacity. With ``--disk`` (default on) the same is done on a
+``LazyMemmapStorage``, plus the window buffer with a ``CachedStorage`` holding the window in
+memory (once the OS page cache holds the memmap, disk reads cost about a memory gather, so the
+cache's gain shows only when the data exceed RAM).
+
+On a shared machine, ATen's worker threads stall for milliseconds when other processes hold
+the cores; both sides of a pair stall alike, but ``--threads 1`` gives steadier numbers.
+
+Run: ``.venv/bin/python bench/replay.py`` (``--quick`` for a smoke run). The last lines are
+``slowdown_<size>: X`` for the memory storage, X = plain throughput / window throughput (the
+worse of the two window units); the requirement is X <= 1.5 (``--check`` exits 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
+
+from torchrl_crossq.data import CachedStorage, SlidingWindowSampler, WindowReplayBuffer
+
+OBS_DIM = 17  # HalfCheetah-v5
+ACTION_DIM = 6
+BATCH_SIZE = 256
+NUM_ENVS = 8
+STEPS = 125  # per env and batch: 1000 frames per collector batch
+TERMINATION_PROBABILITY = 1 / 300  # mixed episode lengths, as in Hopper or Walker2d
+MAX_SLOWDOWN = 1.5
+RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+SECTION_START = "<!-- bench/replay.py: start (generated, do not edit) -->"
+SECTION_END = "<!-- bench/replay.py: end -->"
+
+
+def collector_batch(generator: torch.Generator) -> TensorDict:
+    shape = (NUM_ENVS, STEPS)
+    observation = torch.randn(*shape, OBS_DIM, generator=generator)
+    terminated = torch.rand(*shape, 1, generator=generator) < TERMINATION_PROBABILITY
+    truncated = torch.zeros(*shape, 1, dtype=torch.bool)
+    return TensorDict(
+        {
+            "observation": observation,
+            "action": torch.rand(*shape, ACTION_DIM, generator=generator) * 2 - 1,
+            "next": {
+                "observation": torch.randn(*shape, OBS_DIM, generator=generator),
+                "reward": torch.randn(*shape, 1, generator=generator),
+                "done": terminated | truncated,
+                "terminated": terminated,
+                "truncated": truncated,
+            },
+        },
+        list(shape),
+    )
+
+
+def build(size: int, storage_kind: str, scratch_dir: Path) -> dict[str, TensorDictReplayBuffer]:
+    """Fills one storage (wrapping it once) and returns the contestants reading from it."""
+    trajectories_stored = size // STEPS
+    window_trajectories = max(1, trajectories_stored // 2)
+    # Episodes of about 1 / TERMINATION_PROBABILITY steps; aim for half the stored transitions.
+    window_episodes = max(1, int(size / 2 * TERMINATION_PROBABILITY))
+
+    def window_buffer(storage, unit: str) -> WindowReplayBuffer:
+        window = window_trajectories if unit == "trajectory" else window_episodes
+        return WindowReplayBuffer(
+            storage=storage,
+            sampler=SlidingWindowSampler(window, window_unit=unit, seed=0),
+            batch_size=BATCH_SIZE,
+        )
+
+    def disk_storage(name: str) -> LazyMemmapStorage:
+        return LazyMemmapStorage(size, scratch_dir=scratch_dir / name)
+
+    if storage_kind == "memory":
+        writer = window_buffer(LazyTensorStorage(size), "trajectory")
+        followers = {"window-episode": window_buffer(writer.storage, "episode")}
+    else:
+        writer = window_buffer(disk_storage("plain"), "trajectory")
+        cached = CachedStorage(disk_storage("cached"), window_trajectories)
+        followers = {
+            "window-episode": window_buffer(writer.storage, "episode"),
+            "window-cached": window_buffer(cached, "trajectory"),
+        }
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(-(-size * 11 // 10) // (NUM_ENVS * STEPS)):  # 110% of the capacity
+        batch = collector_batch(generator)
+        writer.extend(batch)
+        # Followers share the writer's storage: register the same trajectories, no second write.
+        done = batch["next", "done"].reshape(-1)
+        lengths = torch.full((NUM_ENVS,), STEPS)
+        for name, rb in followers.items():
+            if name == "window-cached":
+                rb.extend(batch)
+            else:
+                rb.sampler.add_trajectories(
+                    lengths, done=done, stream_ids=torch.arange(NUM_ENVS), capacity=size
+                )
+    plain = TensorDictReplayBuffer(
+        storage=writer.storage, sampler=RandomSampler(), batch_size=BATCH_SIZE
+    )
+    return {"plain": plain, "window-trajectory": writer, **followers}
+
+
+def time_samples(rb: TensorDictReplayBuffer, num_samples: int) -> float:
+    start = time.perf_counter()
+    for _ in range(num_samples):
+        rb.sample()
+    return (time.perf_counter() - start) / num_samples
+
+
+def time_indices(rb: TensorDictReplayBuffer, num_samples: int) -> float:
+    sampler, storage = rb.sampler, rb.storage
+    start = time.perf_counter()
+    for _ in range(num_samples):
+        sampler.sample(storage, BATCH_SIZE)
+    return (time.perf_counter() - start) / num_samples
+
+
+def bench(buffers: dict[str, TensorDictReplayBuffer], args: argparse.Namespace) -> dict:
+    """Times each contestant in short interleaved reps; slowdowns are paired per rep."""
+    names = list(buffers)
+    for name in names:  # warm-up: first touches of the data, lazy allocations
+        time_samples(buffers[name], args.samples)
+    sample_s = {name: [] for name in names}
+    index_s = {name: [] for name in names}
+    for rep in range(args.reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            sample_s[name].append(time_samples(buffers[name], args.samples))
+            index_s[name].append(time_indices(buffers[name], args.samples))
+    result = {}
+    for name in names:
+        # Per-rep ratio to the plain buffer's time in the same rep: load from other processes
+        # on a shared machine hits both sides of a pair alike.
+        ratios = [ours / plain for ours, plain in zip(sample_s[name], sample_s["plain"])]
+        buffer = buffers[name]
+        result[name] = {
+            "samples_per_s": 1 / statistics.median(sample_s[name]),
+            "index_us": 1e6 * statistics.median(index_s[name]),
+            "slowdown": statistics.median(ratios),
+            "window_transitions": (
+                buffer.window_size() if isinstance(buffer, WindowReplayBuffer) else len(buffer)
+            ),
+        }
+    return result
+
+
+def size_label(size: int) -> str:
+    exponent = len(str(size)) - 1
+    return f"1e{exponent}" if size == 10**exponent else str(size)
+
+
+def report(size: int, storage_kind: str, result: dict) -> list[str]:
+    lines = [f"# {storage_kind} storage, {size} transitions, batch {BATCH_SIZE}"]
+    lines.append(
+        f"  {'contestant':<18} {'batches/s':>10} {'transitions/s':>14} {'slowdown':>9} "
+        f"{'index us':>9} {'window':>8}"
+    )
+    for name, r in result.items():
+        lines.append(
+            f"  {name:<18} {r['samples_per_s']:>10.0f} {r['samples_per_s'] * BATCH_SIZE:>14.3g} "
+            f"{r['slowdown']:>9.3f} {r['index_us']:>9.1f} {r['window_transitions']:>8}"
+        )
+    return lines
+
+
+def write_results(command: str, lines: list[str], summary: list[str]) -> None:
+    """Replaces (or appends) this script's section of bench/RESULTS.md."""
+    section = "\n".join(
+        [
+            SECTION_START,
+            "## Replay sample throughput (`bench/replay.py`)",
+            "",
+            f"- command: `{command}`; {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}, torch {torch.__version__}",
+            "",
+            "```",
+            *lines,
+            *summary,
+            "```",
+            SECTION_END,
+        ]
+    )
+    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS_PATH.write_text(text.rstrip("\n") + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--reps", type=int, default=11, help="timed reps per contestant")
+    parser.add_argument("--samples", type=int, default=100, help="sample() calls per rep")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-disk", dest="disk", action="store_false", help="skip memmap runs")
+    parser.add_argument("--scratch-dir", type=Path, help="memmap directory (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1e4 only, 2 short reps")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a slowdown exceeds 1.5")
+    parser.add_argument("--json", type=Path, help="dump all results to this file")
+    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.reps, args.samples = [10_000], 3, 20
+    if args.reps < 1 or args.samples < 1 or args.threads < 0 or min(args.sizes) < NUM_ENVS * STEPS:
+        parser.error(
+            f"--reps={args.reps} and --samples={args.samples} must be >= 1 and --sizes >= "
+            f"{NUM_ENVS * STEPS}"
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"# {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch "
+        f"{torch.__version__}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"# obs {OBS_DIM}, action {ACTION_DIM}, batches of {NUM_ENVS} envs x {STEPS} steps, "
+        f"storage filled to 110% (wrapped); {args.reps} reps x {args.samples} samples, medians"
+    )
+    lines, results, summary = [], [], []
+    kinds = ["memory", "disk"] if args.disk else ["memory"]
+    with tempfile.TemporaryDirectory(dir=args.scratch_dir) as scratch:
+        for size in args.sizes:
+            for kind in kinds:
+                buffers = build(size, kind, Path(scratch) / f"{kind}-{size}")
+                result = bench(buffers, args)
+                del buffers
+                results.append({"size": size, "storage": kind, "contestants": result})
+                block = report(size, kind, result)
+                lines += block
+                print("\n".join(block), flush=True)
+                if kind == "memory":
+                    worst = max(r["slowdown"] for n, r in result.items() if n != "plain")
+                    summary.append(f"slowdown_{size_label(size)}: {worst:.3f}")
+    within = all(float(line.split()[-1]) <= MAX_SLOWDOWN for line in summary)
+    summary.append(f"within_{MAX_SLOWDOWN}x: {'yes' if within else 'NO'}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.write_results:
+        write_results(" ".join(["python", *sys.argv]), lines, summary)
+    print("\n".join(summary))
+    return 1 if args.check and not within else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
