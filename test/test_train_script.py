@@ -175,3 +175,12 @@ def test_unknown_env_id_lists_close_matches(tmp_path):
 
     with pytest.raises(UnknownEnvError, match="did you mean: Pendulum-v1"):
         load_script().train(cfg)
+
+
+def test_same_seed_gives_the_same_first_eval_return(tmp_path):
+    first = run(["seed=3", "logger.backend=none"], tmp_path / "a")
+    second = run(["seed=3", "logger.backend=none"], tmp_path / "b")
+    rows = [(p / "eval.csv").read_text().splitlines()[1] for p in (first, second)]
+    assert rows[0] == rows[1]
+    other = run(["seed=4", "logger.backend=none"], tmp_path / "c")
+    assert (other / "eval.csv").read_text().splitlines()[1] != rows[0]
