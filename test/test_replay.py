@@ -171,6 +171,14 @@ def test_window_unit_episode_needs_done_flags():
         rb.extend(TensorDict({"observation": torch.zeros(2, 4)}, [2, 4]))
 
 
+def test_episode_sampler_without_done_flags_raises_and_keeps_its_state():
+    sampler = SlidingWindowSampler(2, window_unit="episode")
+    sampler.add_trajectories(torch.tensor([4]), done=torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs the \\('next', 'done'\\) flags"):
+        sampler.add_trajectories(torch.tensor([4]))
+    assert (sampler.num_written, sampler.num_trajectories) == (4, 1)
+
+
 def test_window_size_zero_samples_the_whole_buffer():
     rb = make_replay_buffer(30, batch_size=256, sample_window_size=0, seed=0)
     collector = Collector(num_envs=2, length=4)
@@ -472,6 +480,7 @@ def test_seed_makes_samples_reproducible():
     [
         ({"capacity": 0}, ValueError, "capacity=0"),
         ({"capacity": 10.5}, TypeError, "capacity=10.5"),
+        ({"capacity": 1e6}, TypeError, "write 1000000"),
         ({"batch_size": -1}, ValueError, "batch_size=-1"),
         ({"sample_window_size": 101}, ValueError, "sample_window_size=101 .* capacity"),
         ({"window_unit": "step"}, ValueError, "window_unit='step'"),

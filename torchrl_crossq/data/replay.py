@@ -22,6 +22,7 @@ plain keyword arguments.
 from __future__ import annotations
 
 import json
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,12 @@ _SEARCH_CHUNK = 200  # ATen's grain size for searchsorted: smaller calls stay on
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}={value!r} must be an int")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        hint = " (YAML reads 1e6 as a float: write 1000000)" if isinstance(value, float) else ""
+        raise TypeError(f"{name}={value!r} must be an int{hint}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}={value} must be >= {minimum}")
-    return value
+    return int(value)
 
 
 class SlidingWindowSampler(Sampler):
@@ -132,7 +134,7 @@ class SlidingWindowSampler(Sampler):
         window_unit: str = "trajectory",
         seed: int | None = None,
     ) -> None:
-        _check_int("sample_window_size", sample_window_size)
+        sample_window_size = _check_int("sample_window_size", sample_window_size)
         if window_unit not in WINDOW_UNITS:
             raise ValueError(
                 f"window_unit={window_unit!r} is not supported; use one of: "
@@ -175,8 +177,9 @@ class SlidingWindowSampler(Sampler):
         self._record_unit = torch.empty(0, dtype=_LONG)
         # Env stream -> id of its unfinished episode (window_unit="episode" only).
         self._open_episodes: dict[int, int] = {}
-        self._window_key: tuple[int, int] | None = None
-        self._window: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        # Cached window blocks, keyed by (transitions written, stored): one attribute so that
+        # a reader on another thread never pairs a key with another key's blocks.
+        self._window: tuple[tuple[int, int], int, torch.Tensor, torch.Tensor] | None = None
 
     def add_trajectories(
         self,
@@ -206,24 +209,23 @@ class SlidingWindowSampler(Sampler):
             return
         if bool((lengths <= 0).any()):
             raise ValueError(f"trajectory lengths must be positive, got {lengths.tolist()}")
-        num_new = int(lengths.sum())
         first = self._num_written
-        self._num_written += num_new
+        if self.window_unit == "episode":  # validates done and stream_ids before any change
+            starts, pieces, units = self._split_episodes(first, lengths, done, stream_ids)
+        elif self.window_unit == "trajectory":
+            starts, pieces = first + torch.cumsum(lengths, 0) - lengths, lengths
+            units = self._next_unit + torch.arange(lengths.numel())
+            self._next_unit += lengths.numel()
+        self._num_written += int(lengths.sum())
         self._num_trajectories += lengths.numel()
-        self._window_key = None
+        self._window = None
         if self.window_unit == "transition":
             self._next_unit = self._num_written
             return
-        if self.window_unit == "trajectory":
-            starts = first + torch.cumsum(lengths, 0) - lengths
-            units = self._next_unit + torch.arange(lengths.numel())
-            self._next_unit += lengths.numel()
-        else:
-            starts, lengths, units = self._split_episodes(first, lengths, done, stream_ids)
         if not self.bounded:
             return  # the window is the whole buffer: no record needed
         start = torch.cat([self._record_start, starts])
-        length = torch.cat([self._record_length, lengths])
+        length = torch.cat([self._record_length, pieces])
         unit = torch.cat([self._record_unit, units])
         keep = unit >= self._next_unit - self.sample_window_size
         if capacity is not None:
@@ -250,7 +252,8 @@ class SlidingWindowSampler(Sampler):
         done = torch.as_tensor(done).reshape(-1).to(torch.bool)
         if done.numel() != num_new:
             raise ValueError(
-                f"done has {done.numel()} flags for {num_new} transitions; expected one per transition"
+                f"done has {done.numel()} flags for {num_new} transitions; expected one "
+                "per transition"
             )
         if stream_ids is None:
             stream_ids = torch.zeros(lengths.numel(), dtype=_LONG)
@@ -295,8 +298,8 @@ class SlidingWindowSampler(Sampler):
         """Returns (transitions in window, block ends, position shift per block)."""
         stored = len(storage)
         key = (self._num_written, stored)
-        if key == self._window_key:
-            return self._window
+        if self._window is not None and self._window[0] == key:
+            return self._window[1:]
         if stored != min(self._num_written, storage.max_size):
             raise RuntimeError(
                 f"{type(self).__name__} saw {self._num_written} transitions written but the "
@@ -323,9 +326,8 @@ class SlidingWindowSampler(Sampler):
         length = end - start
         block_end = torch.cumsum(length, 0)
         count = int(block_end[-1]) if block_end.numel() else 0
-        self._window = (count, block_end, start - (block_end - length))
-        self._window_key = key
-        return self._window
+        self._window = (key, count, block_end, start - (block_end - length))
+        return self._window[1:]
 
     def sample(self, storage: Storage, batch_size: int) -> tuple[torch.Tensor, dict]:
         if len(storage) == 0:
@@ -333,8 +335,9 @@ class SlidingWindowSampler(Sampler):
         count, block_end, shift = self._window_blocks(storage)
         if count == 0:
             raise RuntimeError(
-                f"the window of the newest {self.sample_window_size} {_PLURAL[self.window_unit]} holds "
-                "no stored transition (the storage overwrote it); increase the capacity"
+                f"the window of the newest {self.sample_window_size} "
+                f"{_PLURAL[self.window_unit]} holds no stored transition (the storage "
+                "overwrote it); increase the capacity"
             )
         generator = self._rng if self._rng is not None else self._generator
         position = torch.randint(count, (batch_size,), generator=generator)
@@ -391,7 +394,7 @@ class SlidingWindowSampler(Sampler):
             zip(state_dict["open_streams"].tolist(), state_dict["open_units"].tolist())
         )
         self._generator.set_state(state_dict["generator_state"])
-        self._window_key = None
+        self._window = None
 
     def dumps(self, path: str | Path) -> None:
         path = Path(path)
@@ -441,14 +444,16 @@ class CachedStorage(Storage):
         ...     for step in range(5):
         ...         storage.set(torch.arange(10 * step, 10 * step + 10),
         ...                     TensorDict({"step": torch.full((10,), step)}, [10]))
-        ...     print(storage.cache_capacity, storage.is_cached(torch.tensor([0, 29, 30, 49])).tolist())
-        20 [False, False, True, True]
+        ...     print(storage.cache_capacity)
+        ...     print(storage.is_cached(torch.tensor([0, 29, 30, 49])).tolist())
+        20
+        [False, False, True, True]
     """
 
     def __init__(self, disk: Storage, cache_size: int) -> None:
         if disk.ndim != 1:
             raise ValueError(f"CachedStorage needs a 1-D disk storage; got ndim={disk.ndim}")
-        _check_int("cache_size", cache_size, minimum=1)
+        cache_size = _check_int("cache_size", cache_size, minimum=1)
         if cache_size > disk.max_size:
             raise ValueError(
                 f"cache_size={cache_size} trajectories exceeds the capacity of {disk.max_size} "
@@ -528,6 +533,8 @@ class CachedStorage(Storage):
         if isinstance(index, int):
             return self.get(torch.tensor([index]))[0]
         index = torch.as_tensor(index, dtype=_LONG)
+        if index.ndim != 1:
+            return self.get(index.reshape(-1)).reshape(index.shape)
         cached, slot = self._locate(index)
         if bool(cached.all()):
             return self.cache.get(slot)
@@ -539,10 +546,11 @@ class CachedStorage(Storage):
         out[missed] = self.disk.get(index[missed])
         return out
 
-    def _refill_cache(self) -> None:
-        if self.cache_capacity is None:
+    def _refill_cache(self, capacity: int | None) -> None:
+        """Rebuilds the cache of ``capacity`` transitions from the disk (after a load)."""
+        self.cache = None if capacity is None else LazyTensorStorage(capacity)
+        if self.cache is None:
             return
-        self.cache = LazyTensorStorage(self.cache_capacity)
         num_cached = min(self.cache.max_size, self._num_written, len(self.disk))
         if num_cached:
             position = torch.arange(self._num_written - num_cached, self._num_written)
@@ -588,8 +596,7 @@ class CachedStorage(Storage):
     def _load_cache_metadata(self, metadata: dict[str, Any]) -> None:
         self._num_written = int(metadata["num_written"])
         capacity = metadata["cache_capacity"]
-        self.cache = None if capacity is None else LazyTensorStorage(int(capacity))
-        self._refill_cache()
+        self._refill_cache(None if capacity is None else int(capacity))
         self._bump_mutation_revision()
 
     def __repr__(self) -> str:
@@ -701,8 +708,8 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
             raise TypeError(f"sampler must be a SlidingWindowSampler; got {type(sampler).__name__}")
         if storage.ndim != 1:
             raise ValueError(f"storage must be 1-D (transitions); got ndim={storage.ndim}")
-        _check_int("batch_size", batch_size, minimum=1)
-        _check_int("min_buffer_size", min_buffer_size, minimum=0)
+        batch_size = _check_int("batch_size", batch_size, minimum=1)
+        min_buffer_size = _check_int("min_buffer_size", min_buffer_size, minimum=0)
         capacity = storage.max_size
         if min_buffer_size > capacity:
             raise ValueError(
@@ -738,7 +745,8 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
 
     def window_size(self) -> int:
         """Number of stored transitions that samples are currently drawn from."""
-        return self._sampler.window_size(self._storage)
+        with self._replay_lock:
+            return self._sampler.window_size(self._storage)
 
     def extend(
         self, tensordicts: TensorDictBase, *, update_priority: bool | None = None
@@ -884,9 +892,9 @@ def make_replay_buffer(
         ...     10_000, batch_size=256, sample_window_size=6, min_buffer_size=2, seed=0
         ... )
         >>> for step in range(4):  # 4 collector batches of 4 envs x 25 steps
+        ...     done = torch.zeros(4, 25, 1, dtype=torch.bool)
         ...     batch = TensorDict(
-        ...         {"step": torch.full((4, 25), step), "next": {"done": torch.zeros(4, 25, 1, dtype=torch.bool)}},
-        ...         [4, 25],
+        ...         {"step": torch.full((4, 25), step), "next": {"done": done}}, [4, 25]
         ...     )
         ...     _ = rb.extend(batch)
         >>> rb.ready(), rb.num_trajectories, rb.window_size()
@@ -895,10 +903,10 @@ def make_replay_buffer(
         >>> sorted(sample["step"].unique().tolist()), sample["next", "done"].shape
         ([2, 3], torch.Size([256, 1]))
     """
-    _check_int("capacity", capacity, minimum=1)
-    _check_int("batch_size", batch_size, minimum=1)
-    _check_int("cache_size", cache_size, minimum=0)
-    _check_int("prefetch", prefetch, minimum=0)
+    capacity = _check_int("capacity", capacity, minimum=1)
+    batch_size = _check_int("batch_size", batch_size, minimum=1)
+    cache_size = _check_int("cache_size", cache_size, minimum=0)
+    prefetch = _check_int("prefetch", prefetch, minimum=0)
     if storage not in STORAGE_KINDS:
         raise ValueError(
             f"storage={storage!r} is not supported; use one of: " + ", ".join(STORAGE_KINDS)
@@ -914,7 +922,8 @@ def make_replay_buffer(
     if storage == "memory":
         if scratch_dir is not None:
             raise ValueError(
-                f"scratch_dir={str(scratch_dir)!r} only applies to storage='disk'; got storage='memory'"
+                f"scratch_dir={str(scratch_dir)!r} only applies to storage='disk'; got "
+                "storage='memory'"
             )
         if enable_cache:
             warnings.warn(
