@@ -19,8 +19,10 @@ not grow with the capacity. With ``--disk`` (default on) the same is done on a
 memory (once the OS page cache holds the memmap, disk reads cost about a memory gather, so the
 cache's gain shows only when the data exceed RAM).
 
-On a shared machine, ATen's worker threads stall for milliseconds when other processes hold
-the cores; both sides of a pair stall alike, but ``--threads 1`` gives steadier numbers.
+Torch runs on one thread by default (``--threads``): a 256-row gather is too small to gain
+from more, and on a shared machine ATen's worker threads stall for milliseconds whenever other
+processes hold the cores, which buries both contestants in noise (``--threads 0`` keeps torch's
+default to see it).
 
 Run: ``.venv/bin/python bench/replay.py`` (``--quick`` for a smoke run). The last lines are
 ``slowdown_<size>: X`` for the memory storage, X = plain throughput / window throughput (the
@@ -221,7 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--reps", type=int, default=11, help="timed reps per contestant")
     parser.add_argument("--samples", type=int, default=100, help="sample() calls per rep")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--no-disk", dest="disk", action="store_false", help="skip memmap runs")
     parser.add_argument("--scratch-dir", type=Path, help="memmap directory (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1e4 only, 2 short reps")

@@ -179,6 +179,28 @@ def test_episode_sampler_without_done_flags_raises_and_keeps_its_state():
     assert (sampler.num_written, sampler.num_trajectories) == (4, 1)
 
 
+def test_sampler_reads_only_the_storage_length_and_capacity():
+    class LengthOnlyStorage:  # no data: sampling must not look at any
+        max_size = 1_000_000
+
+        def __len__(self):
+            return self.max_size
+
+    sampler = SlidingWindowSampler(3, seed=0)
+    sampler.add_trajectories(torch.full((2_000,), 1_000))  # 2M transitions: wrapped
+    index, _ = sampler.sample(LengthOnlyStorage(), 256)
+    assert index.shape == (256,)
+    assert bool(((index >= 997_000) & (index < 1_000_000)).all())
+
+
+@pytest.mark.parametrize("window_unit", ["trajectory", "episode"])
+def test_sampler_keeps_records_only_for_the_window(window_unit):
+    rb = make_replay_buffer(64, batch_size=8, sample_window_size=3, window_unit=window_unit, seed=0)
+    fill(rb, Collector(num_envs=2, length=4, episode_lengths=[6, 3]), num_batches=50)
+    # A record per window trajectory, or per piece of a window episode.
+    assert rb.sampler.state_dict()["record_start"].numel() <= 6
+
+
 def test_window_size_zero_samples_the_whole_buffer():
     rb = make_replay_buffer(30, batch_size=256, sample_window_size=0, seed=0)
     collector = Collector(num_envs=2, length=4)
