@@ -134,24 +134,30 @@ class BatchRenorm1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = self._reduce_dims(x)
         # Statistics in float32 even when the matmuls around run in bfloat16.
-        compute_dtype = torch.promote_types(x.dtype, self.running_mean.dtype)
-        x = x.to(compute_dtype)
+        x = x.to(torch.promote_types(x.dtype, self.running_mean.dtype))
         if self.training:
-            scale, shift = self._train_scale_shift(x, dims)
+            centered, scale, shift = self._train_normalize(x, dims)
         else:
-            scale = (self.running_var + self.eps).rsqrt()
-            shift = -self.running_mean * scale
+            stat_shape = self._stat_shape(x)
+            scale = (self.running_var + self.eps).rsqrt().view(stat_shape)
+            shift = -self.running_mean.view(stat_shape) * scale
+            centered = x
         if self.affine:
-            shift = torch.addcmul(self.bias, self.weight, shift)
-            scale = self.weight * scale
-        if self.ensemble_size is not None and x.dim() > 3:
-            view = (self.ensemble_size,) + (1,) * (x.dim() - 2) + (self.num_features,)
-            scale, shift = scale.view(view), shift.view(view)
-        return torch.addcmul(shift, x, scale)
+            stat_shape = self._stat_shape(x)
+            weight = self.weight.view(stat_shape)
+            shift = torch.addcmul(self.bias.view(stat_shape), weight, shift)
+            scale = weight * scale
+        return torch.addcmul(shift, centered, scale)
 
-    def _train_scale_shift(
+    def _stat_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        if self.ensemble_size is None:
+            return (self.num_features,)
+        return (self.ensemble_size,) + (1,) * (x.dim() - 2) + (self.num_features,)
+
+    def _train_normalize(
         self, x: torch.Tensor, dims: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(x - mu_B, r / sigma_B, d)``: the output is ``(x - mu_B) * r / sigma_B + d``."""
         n = 1
         for d in dims:
             n *= x.shape[d]
@@ -161,27 +167,27 @@ class BatchRenorm1d(nn.Module):
                 f"estimate batch statistics, got input of shape {tuple(x.shape)}; "
                 "call .eval() to normalise single samples with the running statistics"
             )
-        keepdim = self.ensemble_size is not None
-        batch_var, batch_mean = torch.var_mean(x, dim=dims, correction=0, keepdim=keepdim)
-        if self.ensemble_size is not None and x.dim() > 3:
-            batch_var = batch_var.view_as(self.running_var)
-            batch_mean = batch_mean.view_as(self.running_mean)
+        stat_shape = self._stat_shape(x)
+        # Two-pass mean and variance: several times faster than torch.var_mean on CPU.
+        batch_mean = x.mean(dims, keepdim=True)
+        centered = x - batch_mean
+        batch_var = centered.square().mean(dims, keepdim=True).view(stat_shape)
+        batch_mean = batch_mean.view(stat_shape)
         batch_std = (batch_var + self.eps).sqrt()
         with torch.no_grad():
-            running_std = (self.running_var + self.eps).sqrt()
+            running_mean = self.running_mean.view(stat_shape)
+            running_var = self.running_var.view(stat_shape)
+            running_std = (running_var + self.eps).sqrt()
             warmed_up = self.num_batches_tracked >= self.warmup_steps
             r = (batch_std / running_std).clamp_(1.0 / self.rmax, self.rmax)
-            d = ((batch_mean - self.running_mean) / running_std).clamp_(-self.dmax, self.dmax)
+            d = ((batch_mean - running_mean) / running_std).clamp_(-self.dmax, self.dmax)
             r = torch.where(warmed_up, r, torch.ones_like(r))
             d = torch.where(warmed_up, d, torch.zeros_like(d))
-            self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), self.momentum)
+            running_mean.lerp_(batch_mean.to(running_mean.dtype), self.momentum)
             unbiased_var = batch_var * (n / (n - 1))
-            self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), self.momentum)
+            running_var.lerp_(unbiased_var.to(running_var.dtype), self.momentum)
             # Capped in place: past warmup the counter stays at warmup_steps.
             self.num_batches_tracked.add_(
                 (self.num_batches_tracked < self.warmup_steps).to(torch.long)
             )
-        # y = (x - mu_B) / sigma_B * r + d, folded into one scale and one shift.
-        scale = r / batch_std
-        shift = d - batch_mean * scale
-        return scale, shift
+        return centered, r / batch_std, d
