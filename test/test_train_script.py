@@ -184,3 +184,27 @@ def test_same_seed_gives_the_same_first_eval_return(tmp_path):
     assert rows[0] == rows[1]
     other = run(["seed=4", "logger.backend=none"], tmp_path / "c")
     assert (other / "eval.csv").read_text().splitlines()[1] != rows[0]
+
+
+def test_sigint_writes_a_checkpoint_before_exiting(tmp_path):
+    import signal
+    import time
+
+    args = [a for a in TINY if not a.startswith(("collector.total_frames", "checkpoint.interval"))]
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args, "collector.total_frames=1000000",
+         "checkpoint.interval=0", "logger.backend=none", f"run_dir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    eval_csv = tmp_path / "eval.csv"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if eval_csv.exists() and len(eval_csv.read_text().splitlines()) > 1:
+            break  # training is under way: the first evaluation is done
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    checkpoints = list((tmp_path / "checkpoints").glob("ckpt_*/COMPLETE"))
+    assert len(checkpoints) == 1
+    assert int(checkpoints[0].read_text()) >= 48
