@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import inspect
 import json
 import logging
 import math
@@ -133,19 +132,13 @@ def torchrl_buffer(data: dict[str, np.ndarray]):
 
 
 # -- the three contestants --------------------------------------------------------------
-def make_ours(width: int, data: dict[str, np.ndarray], precision: str = "fp32") -> Update | None:
-    """Our CrossQUpdater; ``None`` when ``precision`` is not supported by the library."""
+def make_ours(width: int, data: dict[str, np.ndarray], precision: str = "fp32") -> Update:
+    """Our CrossQUpdater at ``precision`` (``"bf16"``: bfloat16 autocast of the losses)."""
     from torchrl.data import Bounded
 
     from torchrl_crossq import CrossQLoss, CrossQUpdater, make_actor, make_critic, make_optimizers
 
-    updater_kwargs = {}
-    if precision == "bf16":
-        # TODO(issue 5): the library has no bf16 update path yet. This probes for a
-        # `precision` keyword of CrossQUpdater; adapt it to the real API when it lands.
-        if "precision" not in inspect.signature(CrossQUpdater).parameters:
-            return None
-        updater_kwargs["precision"] = "bf16"
+    updater_kwargs = {"precision": precision}
     torch.manual_seed(0)
     norm_kwargs = {"momentum": BRN_MOMENTUM, "warmup_steps": BRN_WARMUP}
     actor = make_actor(

@@ -147,6 +147,7 @@ def train(cfg: DictConfig) -> None:
         target_updater=target_updater,
         alpha_scheduler=alpha_scheduler,
         compile=cfg.compile,
+        precision=cfg.precision,
     )
 
     # -- replay buffer ----------------------------------------------------------------------------
@@ -217,7 +218,6 @@ def train(cfg: DictConfig) -> None:
 
     # -- training loop -----------------------------------------------------------------------------
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     pbar = tqdm.tqdm(
         total=cfg.collector.total_frames,
         initial=frames,
@@ -237,10 +237,9 @@ def train(cfg: DictConfig) -> None:
             episode_returns += data["next", "episode_reward"].squeeze(-1)[done].tolist()
 
             if frames > cfg.collector.init_random_frames and replay_buffer.ready():
-                with autocast:
-                    for _ in range(cfg.algorithm.update_epoch):
-                        # Keep the latest value of each metric (actor terms come every policy delay).
-                        metrics.update(updater(replay_buffer.sample().to(device)).items())
+                for _ in range(cfg.algorithm.update_epoch):
+                    # Keep the latest value of each metric (actor terms come every policy delay).
+                    metrics.update(updater(replay_buffer.sample().to(device)).items())
                 window_updates += cfg.algorithm.update_epoch
             window_frames += data.numel()
             pbar.update(data.numel())

@@ -108,3 +108,19 @@ def test_updater_state_dict_round_trip(action_spec):
 def test_soft_update_rejects_bad_values(action_spec, kwargs, match):
     with pytest.raises(ValueError, match=match):
         PeriodicSoftUpdate(build(action_spec, q_head_type="default"), **kwargs)
+
+
+def test_bf16_precision_keeps_float32_parameters_and_statistics(action_spec):
+    loss = build(action_spec)
+    update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=1, precision="bf16")
+    metrics = update(make_batch(16))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert all(t.dtype in (torch.float32, torch.long) for t in loss.state_dict().values())
+
+
+def test_unknown_precision_is_rejected(action_spec):
+    loss = build(action_spec)
+    with pytest.raises(
+        ValueError, match="precision='fp8' is not supported; use one of: fp32, bf16"
+    ):
+        CrossQUpdater(loss, make_optimizers(loss), precision="fp8")

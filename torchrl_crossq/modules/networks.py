@@ -95,7 +95,9 @@ class QEnsemble(nn.Module):
         if norm == "brn":
             layers.append(_brn(in_dim, norm_kwargs, num_qvalue_nets))
         for width in num_cells:
-            layers += [EnsembleLinear(num_qvalue_nets, in_dim, width), activation()]
+            # In place: the matmul's output is not needed by its backward, so ReLU may overwrite it.
+            act = activation(inplace=True) if activation is nn.ReLU else activation()
+            layers += [EnsembleLinear(num_qvalue_nets, in_dim, width), act]
             if norm == "brn":
                 layers.append(_brn(width, norm_kwargs, num_qvalue_nets))
             in_dim = width

@@ -12,6 +12,8 @@ from torchrl_crossq.objectives.crossq import CrossQLoss
 
 # The loss terms each optimiser steps. Every `loss_*` the loss returns must appear here:
 # the anchor bug "alpha never trained" was a loss term that reached no optimiser.
+PRECISIONS = ("fp32", "bf16")
+
 OPTIMISED_LOSSES = {
     "critic": ("loss_qvalue",),
     "actor": ("loss_actor",),
@@ -121,6 +123,9 @@ class CrossQUpdater:
         alpha_scheduler: a learning-rate scheduler of the temperature optimiser,
             stepped with it.
         compile: ``torch.compile`` the critic and actor loss computations.
+        precision: ``"fp32"``, or ``"bf16"``: the loss computations run under
+            bfloat16 autocast (matmuls in bfloat16; parameters, optimiser state and
+            BatchRenorm statistics stay float32).
 
     Examples:
         >>> from tensordict import TensorDict
@@ -149,9 +154,14 @@ class CrossQUpdater:
         target_updater: PeriodicSoftUpdate | None = None,
         alpha_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         compile: bool = False,
+        precision: str = "fp32",
     ) -> None:
         if policy_delay < 1:
             raise ValueError(f"policy_delay={policy_delay} must be >= 1")
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"precision={precision!r} is not supported; use one of: {', '.join(PRECISIONS)}"
+            )
         missing = {"critic", "actor"} - optimizers.keys()
         if loss.temperature.trainable:
             missing |= {"alpha"} - optimizers.keys()
@@ -169,9 +179,16 @@ class CrossQUpdater:
         self.target_updater = target_updater
         self.alpha_scheduler = alpha_scheduler
         self.num_updates = 0
+        self.precision = precision
+        self._device_type = next(loss.parameters()).device.type
         # torch.compile of the two loss computations (the optimiser steps stay eager).
         self._qvalue_loss = torch.compile(loss.qvalue_loss) if compile else loss.qvalue_loss
         self._actor_loss = torch.compile(loss.actor_loss) if compile else loss.actor_loss
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self._device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
 
     def _step(self, name: str, loss: torch.Tensor, max_norm: float | None) -> None:
         optimizer = self.optimizers[name]
@@ -183,7 +200,8 @@ class CrossQUpdater:
 
     def __call__(self, batch: TensorDictBase) -> TensorDict:
         self.num_updates += 1
-        loss_qvalue, value_metadata = self._qvalue_loss(batch)
+        with self._autocast():
+            loss_qvalue, value_metadata = self._qvalue_loss(batch)
         self._step("critic", loss_qvalue, self.clip_grad_norm)
         metrics = {
             "loss_qvalue": loss_qvalue.detach(),
@@ -191,7 +209,8 @@ class CrossQUpdater:
             "target_value_mean": value_metadata["target_value_mean"],
         }
         if self.num_updates % self.policy_delay == 0:
-            loss_actor, actor_metadata = self._actor_loss(batch)
+            with self._autocast():
+                loss_actor, actor_metadata = self._actor_loss(batch)
             self._step("actor", loss_actor, self.clip_grad_norm)
             log_prob = actor_metadata["log_prob"]
             metrics.update(loss_actor=loss_actor.detach(), entropy=-log_prob.mean())
