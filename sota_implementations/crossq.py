@@ -23,6 +23,7 @@ from torchrl.collectors import Collector
 from torchrl_crossq import (
     CrossQLoss,
     CrossQUpdater,
+    NonFiniteLossError,
     PeriodicSoftUpdate,
     make_actor,
     make_critic,
@@ -58,6 +59,11 @@ from torchrl_crossq.objectives.update import make_lr_scheduler
 register_configs()
 
 
+def next_multiple(frames: int, interval: int) -> int:
+    """The first multiple of ``interval`` after ``frames``: a resumed run keeps the same schedule."""
+    return (frames // interval + 1) * interval
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -66,7 +72,7 @@ def _raise_interrupt(signum, frame):
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (ConfigError, UnknownEnvError) as err:  # bad input: one clear line, no traceback
+    except (ConfigError, UnknownEnvError, NonFiniteLossError) as err:  # one clear line
         raise SystemExit(f"error: {err}") from None
 
 
@@ -148,6 +154,7 @@ def train(cfg: DictConfig) -> None:
         alpha_scheduler=alpha_scheduler,
         compile=cfg.compile,
         precision=cfg.precision,
+        on_nonfinite=cfg.on_nonfinite,
     )
 
     # -- replay buffer ----------------------------------------------------------------------------
@@ -159,6 +166,12 @@ def train(cfg: DictConfig) -> None:
     if resuming:
         state = load_latest_checkpoint(run_dir / "checkpoints", replay_buffer=replay_buffer)
         if state is not None:
+            saved_dims = tuple(state.get("env_dims", (obs_dim, action_dim)))
+            if saved_dims != (obs_dim, action_dim):
+                raise ConfigError(
+                    f"resume={cfg.resume!r}: the checkpoint was made for observation/action sizes "
+                    f"{saved_dims} but env.name={cfg.env.name!r} has {(obs_dim, action_dim)}"
+                )
             loss.load_state_dict(state["loss"])
             updater.load_state_dict(state["updater"])
             set_rng_state(state["rng"])
@@ -166,6 +179,9 @@ def train(cfg: DictConfig) -> None:
             train_env.set_seed(cfg.seed + frames)
             print(f"resumed from {state['path']} at {frames} frames")
     history.truncate(frames)
+    if frames >= cfg.collector.total_frames:
+        print(f"{run_dir} already holds all {frames} frames: nothing to resume")
+        return
 
     # -- collector ---------------------------------------------------------------------------------
     actor.eval()  # acting: BRN on running statistics; the loss switches modes and restores them
@@ -199,6 +215,7 @@ def train(cfg: DictConfig) -> None:
             "updater": updater.state_dict(),
             "rng": rng_state(),
             "frames": frames,
+            "env_dims": (obs_dim, action_dim),
             "logger_id": logger_id,
         }
         save_checkpoint(
@@ -224,9 +241,11 @@ def train(cfg: DictConfig) -> None:
         disable=not cfg.progress_bar,
         unit="frames",
     )
-    next_log = frames + cfg.logger.log_interval
-    next_eval = frames + cfg.eval.interval if cfg.eval.interval else None
-    next_checkpoint = frames + cfg.checkpoint.interval if cfg.checkpoint.interval else None
+    next_log = next_multiple(frames, cfg.logger.log_interval)
+    next_eval = next_multiple(frames, cfg.eval.interval) if cfg.eval.interval else None
+    next_checkpoint = (
+        next_multiple(frames, cfg.checkpoint.interval) if cfg.checkpoint.interval else None
+    )
     metrics, episode_returns = {}, []
     window_start, window_frames, window_updates = time.perf_counter(), 0, 0
     try:
@@ -262,14 +281,14 @@ def train(cfg: DictConfig) -> None:
                     ups=f"{scalars['perf/updates_per_s']:.1f}",
                 )
                 window_start, window_frames, window_updates = time.perf_counter(), 0, 0
-                next_log = frames + cfg.logger.log_interval
+                next_log = next_multiple(frames, cfg.logger.log_interval)
             if next_eval is not None and frames >= next_eval:
                 evaluate_now()
                 pbar.set_postfix(eval_return=f"{history.last_return:.1f}")
-                next_eval = frames + cfg.eval.interval
+                next_eval = next_multiple(frames, cfg.eval.interval)
             if next_checkpoint is not None and frames >= next_checkpoint:
                 checkpoint_now()
-                next_checkpoint = frames + cfg.checkpoint.interval
+                next_checkpoint = next_multiple(frames, cfg.checkpoint.interval)
     except KeyboardInterrupt:
         print(f"\ninterrupted at {frames} frames: saving a checkpoint in {run_dir}")
         checkpoint_now()

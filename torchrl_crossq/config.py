@@ -149,6 +149,9 @@ class Config:
     run_dir: str | None = None  # None: runs/<date>-<time>-<env>
     resume: str | None = None  # a run directory to continue
     progress_bar: bool = True
+    on_nonfinite: str = (
+        "raise"  # raise (stop, keep the last good checkpoint) | skip (skip the step)
+    )
     env: EnvConfig = field(default_factory=EnvConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -168,6 +171,7 @@ def register_configs() -> None:
 CHOICES: dict[str, tuple] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("fp32", "bf16"),
+    "on_nonfinite": ("raise", "skip"),
     "env.library": ("gymnasium",),
     "env.vectorization": ("parallel", "serial"),
     "collector.backend": ("direct",),

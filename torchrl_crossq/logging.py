@@ -86,7 +86,10 @@ class EvalHistory:
         self.rows: list[dict[str, float]] = []
         if self.path.exists():
             with self.path.open() as f:
-                self.rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+                self.rows = [
+                    {k: int(float(v)) if k == "frames" else float(v) for k, v in row.items()}
+                    for row in csv.DictReader(f)
+                ]
 
     def truncate(self, frames: int) -> None:
         """Forgets evaluations after ``frames`` (those a resumed run will redo)."""

@@ -3,6 +3,7 @@ from torchrl_crossq.objectives.entropy import Temperature
 from torchrl_crossq.objectives.update import (
     OPTIMISED_LOSSES,
     CrossQUpdater,
+    NonFiniteLossError,
     PeriodicSoftUpdate,
     make_optimizers,
 )
@@ -11,6 +12,7 @@ __all__ = [
     "OPTIMISED_LOSSES",
     "CrossQLoss",
     "CrossQUpdater",
+    "NonFiniteLossError",
     "PeriodicSoftUpdate",
     "Temperature",
     "make_optimizers",

@@ -13,6 +13,12 @@ from torchrl_crossq.objectives.crossq import CrossQLoss
 # The loss terms each optimiser steps. Every `loss_*` the loss returns must appear here:
 # the anchor bug "alpha never trained" was a loss term that reached no optimiser.
 PRECISIONS = ("fp32", "bf16")
+NONFINITE_POLICIES = ("raise", "skip", None)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient became NaN or infinite during an update."""
+
 
 OPTIMISED_LOSSES = {
     "critic": ("loss_qvalue",),
@@ -123,6 +129,12 @@ class CrossQUpdater:
         alpha_scheduler: a learning-rate scheduler of the temperature optimiser,
             stepped with it.
         compile: ``torch.compile`` the critic and actor loss computations.
+        on_nonfinite: what a non-finite loss (or clipped gradient norm) does:
+            ``"raise"`` a :class:`NonFiniteLossError` naming the loss, the update
+            and the last finite values; ``"skip"`` that optimiser step (counted in
+            ``num_skipped``; the BatchRenorm statistics of that forward pass are
+            kept); ``None`` no check. The check reads one scalar per
+            step (a host sync on CUDA).
         precision: ``"fp32"``, or ``"bf16"``: the loss computations run under
             bfloat16 autocast (matmuls in bfloat16; parameters, optimiser state and
             BatchRenorm statistics stay float32).
@@ -155,9 +167,14 @@ class CrossQUpdater:
         alpha_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         compile: bool = False,
         precision: str = "fp32",
+        on_nonfinite: str | None = "raise",
     ) -> None:
         if policy_delay < 1:
             raise ValueError(f"policy_delay={policy_delay} must be >= 1")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite={on_nonfinite!r} is not supported; use one of: raise, skip, None"
+            )
         if precision not in PRECISIONS:
             raise ValueError(
                 f"precision={precision!r} is not supported; use one of: {', '.join(PRECISIONS)}"
@@ -180,6 +197,10 @@ class CrossQUpdater:
         self.alpha_scheduler = alpha_scheduler
         self.num_updates = 0
         self.precision = precision
+        self.on_nonfinite = on_nonfinite
+        self.num_skipped = {name: 0 for name in optimizers}
+        self._last_finite: dict[str, torch.Tensor] = {}
+        self._last_finite_update = 0
         self._device_type = next(loss.parameters()).device.type
         # torch.compile of the two loss computations (the optimiser steps stay eager).
         self._qvalue_loss = torch.compile(loss.qvalue_loss) if compile else loss.qvalue_loss
@@ -193,10 +214,28 @@ class CrossQUpdater:
     def _step(self, name: str, loss: torch.Tensor, max_norm: float | None) -> None:
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
+        if self.on_nonfinite is not None and not torch.isfinite(loss.detach()).all():
+            return self._nonfinite(name, OPTIMISED_LOSSES[name][0], loss)
         loss.backward()
         if max_norm is not None:
-            torch.nn.utils.clip_grad_norm_(_params_of(optimizer), max_norm, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(_params_of(optimizer), max_norm, foreach=True)
+            if self.on_nonfinite is not None and not torch.isfinite(norm):
+                optimizer.zero_grad(set_to_none=True)
+                return self._nonfinite(name, f"the gradient of {OPTIMISED_LOSSES[name][0]}", norm)
         optimizer.step()
+        return None
+
+    def _nonfinite(self, name: str, what: str, value: torch.Tensor) -> None:
+        if self.on_nonfinite == "skip":
+            self.num_skipped[name] += 1
+            return
+        last = {k: round(float(v), 6) for k, v in self._last_finite.items()}
+        raise NonFiniteLossError(
+            f"{what} is not finite ({float(value.detach().float().mean())}) at update "
+            f"{self.num_updates}; last finite values (update {self._last_finite_update}): {last}. "
+            "Lower the learning rate, clip gradients (optim.clip_grad_norm) or set "
+            "on_nonfinite=skip; the last checkpoint was written before this update."
+        )
 
     def __call__(self, batch: TensorDictBase) -> TensorDict:
         self.num_updates += 1
@@ -223,6 +262,9 @@ class CrossQUpdater:
         if self.target_updater is not None:
             self.target_updater.step()
         metrics["alpha"] = self.loss.alpha
+        if self.on_nonfinite == "raise":
+            self._last_finite.update(metrics)
+            self._last_finite_update = self.num_updates
         return TensorDict(metrics, batch_size=[])
 
     def state_dict(self) -> dict:

@@ -1,0 +1,217 @@
+"""Crash safety, numerical guards and bad input (kill, resume, corrupted files, fuzzed configs)."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import ACTION_DIM, OBS_DIM, make_batch
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from test_train_script import SCRIPT, TINY, compose_config, load_script, run
+
+from torchrl_crossq import (
+    CrossQLoss,
+    CrossQUpdater,
+    NonFiniteLossError,
+    make_actor,
+    make_critic,
+    make_optimizers,
+)
+from torchrl_crossq.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from torchrl_crossq.config import (
+    CHOICES,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_INTERVAL,
+    ConfigError,
+    validate,
+)
+
+
+def wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_sigkill_mid_run_then_resume_reaches_the_final_frame_count(tmp_path):
+    args = [a for a in TINY if not a.startswith(("collector.total_frames", "checkpoint.interval"))]
+    common = [*args, "collector.total_frames=400", "checkpoint.interval=64", "logger.backend=csv"]
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *common, f"run_dir={tmp_path}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert wait_for(lambda: len(list_checkpoints(tmp_path / "checkpoints")) >= 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = int(list_checkpoints(tmp_path / "checkpoints")[-1].name.split("_")[1])
+    assert 0 < killed_at < 400
+    resumed = subprocess.run(
+        [sys.executable, str(SCRIPT), f"resume={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at {killed_at} frames" in resumed.stdout
+    state = load_latest_checkpoint(tmp_path / "checkpoints")
+    assert state["frames"] == 400
+    # Every transition collected up to the checkpoint survived the kill, then the rest came in.
+    buffer = torch.load(
+        tmp_path / "checkpoints" / "ckpt_000000000400" / "replay" / "sampler" / "sampler_state.pt",
+        weights_only=True,
+    )
+    assert buffer["num_written"] == 400
+    frames = [float(r.split(",")[0]) for r in (tmp_path / "eval.csv").read_text().splitlines()[1:]]
+    assert frames == sorted(set(frames))  # no evaluation duplicated by the resume
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path):
+    run([], tmp_path)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    load_script().train(compose_config([f"resume={tmp_path}"]))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_truncated_checkpoint_is_detected_and_the_previous_one_used(tmp_path):
+    for frames in (10, 20):
+        save_checkpoint(tmp_path, frames, {"frames": frames, "x": torch.arange(1000)}, keep=3)
+    newest = tmp_path / "ckpt_000000000020" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=r"ckpt_000000000020 is unreadable"):
+        state = load_latest_checkpoint(tmp_path)
+    assert state["frames"] == 10
+
+
+def test_keeps_only_the_last_k_checkpoints_and_no_temporary_folders(tmp_path):
+    for frames in range(1, 6):
+        save_checkpoint(tmp_path, frames, {"frames": frames}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "ckpt_000000000004",
+        "ckpt_000000000005",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000000004", "ckpt_000000000005"]
+
+
+def test_half_written_checkpoint_folder_is_ignored(tmp_path):
+    save_checkpoint(tmp_path, 1, {"frames": 1})
+    (tmp_path / "ckpt_000000000002").mkdir()  # a crash before COMPLETE was written
+    assert load_latest_checkpoint(tmp_path)["frames"] == 1
+
+
+def test_checkpoint_for_another_env_is_refused_with_both_shapes(tmp_path):
+    run([], tmp_path)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    saved.env.name = "InvertedPendulum-v5"
+    saved.collector.total_frames = 200
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    with pytest.raises(
+        ConfigError, match=r"sizes \(3, 1\) but env.name='InvertedPendulum-v5' has \(4, 1\)"
+    ):
+        load_script().train(compose_config([f"resume={tmp_path}"]))
+
+
+# -- numerical guards ---------------------------------------------------------------------------------
+def build_updater(action_spec, **kwargs):
+    torch.manual_seed(0)
+    actor = make_actor(OBS_DIM, action_spec, num_cells=(8,))
+    loss = CrossQLoss(actor, make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,)))
+    return CrossQUpdater(loss, make_optimizers(loss), policy_delay=1, **kwargs)
+
+
+def test_nonfinite_loss_raises_naming_the_loss_update_and_last_finite_values(action_spec):
+    update = build_updater(action_spec)
+    update(make_batch(16))
+    bad = make_batch(16)
+    bad["next", "reward"][0] = float("nan")
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"loss_qvalue is not finite .* at update 2; last finite values \(update 1\): \{.*'loss_qvalue'",
+    ):
+        update(bad)
+
+
+def test_nonfinite_gradient_is_caught_through_the_clipped_norm(action_spec, monkeypatch):
+    update = build_updater(action_spec, clip_grad_norm=1.0)
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("inf"))
+    )
+    before = [p.clone() for p in update.optimizers["critic"].param_groups[0]["params"]]
+    with pytest.raises(NonFiniteLossError, match="the gradient of loss_qvalue is not finite"):
+        update(make_batch(16))
+    after = update.optimizers["critic"].param_groups[0]["params"]
+    assert all(torch.equal(b, p) for b, p in zip(before, after))
+
+
+def test_skip_leaves_weights_untouched_and_counts(action_spec):
+    update = build_updater(action_spec, on_nonfinite="skip")
+    weights = [p for p in update.loss.qvalue_network_params.values(True, True) if p.requires_grad]
+    before = [p.clone() for p in weights]
+    bad = make_batch(16)
+    bad["next", "reward"][:] = float("inf")
+    update(bad)
+    assert update.num_skipped["critic"] == 1
+    assert all(torch.equal(b, p) for b, p in zip(before, weights))
+
+
+def test_training_stops_cleanly_on_a_nonfinite_loss_keeping_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    from torchrl_crossq.objectives import update as update_module
+
+    real_call = update_module.CrossQUpdater.__call__
+
+    def poisoned(self, batch):
+        if self.num_updates >= 4:
+            batch["next", "reward"] = batch["next", "reward"] * float("nan")
+        return real_call(self, batch)
+
+    monkeypatch.setattr(update_module.CrossQUpdater, "__call__", poisoned)
+    with pytest.raises(SystemExit, match="loss_qvalue is not finite"):
+        load_script().main.__wrapped__(compose_config([*TINY, f"run_dir={tmp_path}"]))
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000000048"]
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def test_wrong_type_names_the_key():
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException)) as err:
+        compose_config(["optim.batch_size=abc"])
+    assert "optim.batch_size" in str(err.value) + str(err.value.__cause__)
+
+
+def bad_overrides(seed: int, count: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    numbers = [*POSITIVE, *NON_NEGATIVE, *UNIT_INTERVAL]
+    values = ["-1", "-0.5", "nan", "inf", "-inf", "1e9x", "[]", "''", "null", "{a: 1}"]
+    cases = []
+    for _ in range(count):
+        if rng.random() < 0.3:
+            key = rng.choice(sorted(CHOICES))
+            value = rng.choice(["bogus", "MIN", "-1", "''", "3.5"])
+        else:
+            key = rng.choice(numbers)
+            value = rng.choice(values)
+        cases.append((key, value))
+    cases.append(("algorithm.not_a_key", "1"))
+    return cases
+
+
+@pytest.mark.parametrize("key, value", bad_overrides(seed=0, count=40))
+def test_fuzzed_invalid_override_ends_in_a_clean_error_naming_the_key(key, value):
+    try:
+        cfg = compose_config([f"{key}={value}"])
+    except (ConfigCompositionException, OmegaConfBaseException) as err:
+        text = str(err) + str(err.__cause__)
+        assert key.split(".")[-1] in text
+        return
+    if key in ("network.dmax",) and value == "inf":
+        pytest.skip("an infinite dmax is a valid (unbounded) correction")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(key)
