@@ -53,6 +53,7 @@ from torchrl_crossq.logging import (
     logger_run_id,
     make_logger,
     plot_learning_curve,
+    truncate_csv_logs,
 )
 from torchrl_crossq.objectives.update import make_lr_scheduler
 
@@ -179,6 +180,7 @@ def train(cfg: DictConfig) -> None:
             train_env.set_seed(cfg.seed + frames)
             print(f"resumed from {state['path']} at {frames} frames")
     history.truncate(frames)
+    truncate_csv_logs(run_dir / "logs", frames)
     if frames >= cfg.collector.total_frames:
         print(f"{run_dir} already holds all {frames} frames: nothing to resume")
         return

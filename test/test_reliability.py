@@ -70,6 +70,10 @@ def test_sigkill_mid_run_then_resume_reaches_the_final_frame_count(tmp_path):
     assert buffer["num_written"] == 400
     frames = [float(r.split(",")[0]) for r in (tmp_path / "eval.csv").read_text().splitlines()[1:]]
     assert frames == sorted(set(frames))  # no evaluation duplicated by the resume
+    assert frames == [48 * k for k in range(1, 9)] + [400]  # the schedule survives the kill
+    logged = next((tmp_path / "logs").rglob("scalars/eval/return.csv")).read_text().splitlines()
+    steps = [int(line.split(",")[0]) for line in logged]
+    assert steps == sorted(set(steps)) and steps[-1] == 400
 
 
 def test_resume_of_a_finished_run_does_nothing(tmp_path):

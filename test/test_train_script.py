@@ -208,3 +208,10 @@ def test_sigint_writes_a_checkpoint_before_exiting(tmp_path):
     checkpoints = list((tmp_path / "checkpoints").glob("ckpt_*/COMPLETE"))
     assert len(checkpoints) == 1
     assert int(checkpoints[0].read_text()) >= 48
+
+
+def test_same_seed_gives_bit_identical_training_losses(tmp_path):
+    runs = [run(["seed=5", "logger.backend=csv"], tmp_path / name) for name in "ab"]
+    logs = [next(r.rglob("scalars/train/loss_qvalue.csv")).read_text() for r in runs]
+    assert len(logs[0].splitlines()) >= 2
+    assert logs[0] == logs[1]

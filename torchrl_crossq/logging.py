@@ -138,3 +138,15 @@ def plot_learning_curve(history: EvalHistory, path: str | Path, title: str) -> P
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def truncate_csv_logs(log_dir: str | Path, frames: int) -> None:
+    """Drops CSV-logger rows logged after ``frames``, so a resumed run does not log steps twice.
+
+    TorchRL's ``CSVLogger`` writes ``<log_dir>/<exp>/scalars/<name>.csv`` with ``step,value`` rows.
+    """
+    for path in Path(log_dir).rglob("scalars/**/*.csv"):
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line and int(float(line.split(",", 1)[0])) <= frames]
+        if len(kept) != len(lines):
+            path.write_text("".join(f"{line}\n" for line in kept))
