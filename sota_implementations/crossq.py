@@ -10,7 +10,7 @@ The configuration and the meaning of every key: configs/crossq.yaml and torchrl_
 
 from __future__ import annotations
 
-import signal
+import functools
 import time
 
 import hydra
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import tqdm
 from omegaconf import DictConfig
-from torchrl.collectors import Collector
 
 from torchrl_crossq import (
     CrossQLoss,
@@ -30,11 +29,13 @@ from torchrl_crossq import (
     make_optimizers,
 )
 from torchrl_crossq.checkpoint import (
+    StopOnSignal,
     load_latest_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from torchrl_crossq.collectors import make_collector
 from torchrl_crossq.config import (
     ConfigError,
     loss_kwargs,
@@ -65,10 +66,6 @@ def next_multiple(frames: int, interval: int) -> int:
     return (frames // interval + 1) * interval
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @hydra.main(config_path="../configs", config_name="crossq", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
@@ -86,21 +83,22 @@ def train(cfg: DictConfig) -> None:
 
     # -- environments ---------------------------------------------------------------------
     env_kwargs = {"max_episode_steps": cfg.env.max_episode_steps}
-    train_env = make_env(
+    # Built where it runs (here, or in each collector worker); seeded through the collector.
+    make_train_env = functools.partial(
+        make_env,
         cfg.env.name,
         num_envs=cfg.env.num_envs,
         vectorization=cfg.env.vectorization,
-        seed=cfg.seed,
         **env_kwargs,
     )
     eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_kwargs)
-    obs_dim, action_dim = env_dims(train_env)
+    obs_dim, action_dim = env_dims(eval_env)
 
     # -- networks and loss ----------------------------------------------------------------------
     norm = resolve_norm(cfg)
     actor = make_actor(
         obs_dim,
-        train_env.action_spec_unbatched,
+        eval_env.action_spec,
         num_cells=cfg.network.actor_hidden_sizes,
         norm=norm,
         norm_kwargs=norm_kwargs(cfg),
@@ -177,7 +175,6 @@ def train(cfg: DictConfig) -> None:
             updater.load_state_dict(state["updater"])
             set_rng_state(state["rng"])
             frames, logger_id = state["frames"], state.get("logger_id")
-            train_env.set_seed(cfg.seed + frames)
             print(f"resumed from {state['path']} at {frames} frames")
     history.truncate(frames)
     truncate_csv_logs(run_dir / "logs", frames)
@@ -187,18 +184,20 @@ def train(cfg: DictConfig) -> None:
 
     # -- collector ---------------------------------------------------------------------------------
     actor.eval()  # acting: BRN on running statistics; the loss switches modes and restores them
-    collector = Collector(
-        train_env,
+    collector = make_collector(
+        make_train_env,
         actor,
+        backend=cfg.collector.backend,
+        num_workers=cfg.collector.num_workers,
         frames_per_batch=cfg.collector.frames_per_batch,
         total_frames=cfg.collector.total_frames - frames,
         init_random_frames=max(0, cfg.collector.init_random_frames - frames),
         policy_device=device,
-        env_device="cpu",
-        storing_device="cpu",
-        backend=cfg.collector.backend,
-        auto_register_policy_transforms=False,
+        ray_address=cfg.ray.address,
+        ray_num_cpus=cfg.ray.num_cpus,
+        seed=cfg.seed + frames,  # a resumed run gets fresh, reproducible env seeds
     )
+    rounds = 0
 
     # -- logger ----------------------------------------------------------------------------------
     logger = make_logger(
@@ -236,7 +235,6 @@ def train(cfg: DictConfig) -> None:
         log_metrics(logger, {"eval/return": mean, "eval/return_std": std}, frames)
 
     # -- training loop -----------------------------------------------------------------------------
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     pbar = tqdm.tqdm(
         total=cfg.collector.total_frames,
         initial=frames,
@@ -250,54 +248,58 @@ def train(cfg: DictConfig) -> None:
     )
     metrics, episode_returns = {}, []
     window_start, window_frames, window_updates = time.perf_counter(), 0, 0
-    try:
-        for data in collector:
-            frames += data.numel()
-            replay_buffer.extend(data)
-            done = data["next", "done"].squeeze(-1)
-            episode_returns += data["next", "episode_reward"].squeeze(-1)[done].tolist()
+    with StopOnSignal() as stop:
+        try:
+            for data in collector:
+                frames += data.numel()
+                replay_buffer.extend(data)
+                done = data["next", "done"].squeeze(-1)
+                episode_returns += data["next", "episode_reward"].squeeze(-1)[done].tolist()
 
-            if frames > cfg.collector.init_random_frames and replay_buffer.ready():
-                for _ in range(cfg.algorithm.update_epoch):
-                    # Keep the latest value of each metric (actor terms come every policy delay).
-                    metrics.update(updater(replay_buffer.sample().to(device)).items())
-                window_updates += cfg.algorithm.update_epoch
-            window_frames += data.numel()
-            pbar.update(data.numel())
+                if frames > cfg.collector.init_random_frames and replay_buffer.ready():
+                    for _ in range(cfg.algorithm.update_epoch):
+                        # Keep the latest value of each metric (actor terms come every policy delay).
+                        metrics.update(updater(replay_buffer.sample().to(device)).items())
+                    window_updates += cfg.algorithm.update_epoch
+                    rounds += 1
+                    if cfg.collector.backend != "sync" and rounds % cfg.collector.sync_every == 0:
+                        collector.update_policy_weights_()  # worker copies of the actor catch up
+                window_frames += data.numel()
+                pbar.update(data.numel())
 
-            if frames >= next_log:
-                elapsed = time.perf_counter() - window_start
-                scalars = {
-                    "perf/frames_per_s": window_frames / elapsed,
-                    "perf/updates_per_s": window_updates / elapsed,
-                }
-                if metrics:
-                    scalars.update({f"train/{k}": v.item() for k, v in metrics.items()})
-                if episode_returns:
-                    scalars["train/return"] = float(np.mean(episode_returns))
-                    episode_returns = []
-                log_metrics(logger, scalars, frames)
-                pbar.set_postfix(
-                    eval_return=f"{history.last_return:.1f}",
-                    fps=f"{scalars['perf/frames_per_s']:.0f}",
-                    ups=f"{scalars['perf/updates_per_s']:.1f}",
-                )
-                window_start, window_frames, window_updates = time.perf_counter(), 0, 0
-                next_log = next_multiple(frames, cfg.logger.log_interval)
-            if next_eval is not None and frames >= next_eval:
-                evaluate_now()
-                pbar.set_postfix(eval_return=f"{history.last_return:.1f}")
-                next_eval = next_multiple(frames, cfg.eval.interval)
-            if next_checkpoint is not None and frames >= next_checkpoint:
-                checkpoint_now()
-                next_checkpoint = next_multiple(frames, cfg.checkpoint.interval)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at {frames} frames: saving a checkpoint in {run_dir}")
-        checkpoint_now()
-        raise SystemExit(130) from None
-    finally:
-        pbar.close()
-        collector.shutdown()
+                if frames >= next_log:
+                    elapsed = time.perf_counter() - window_start
+                    scalars = {
+                        "perf/frames_per_s": window_frames / elapsed,
+                        "perf/updates_per_s": window_updates / elapsed,
+                    }
+                    if metrics:
+                        scalars.update({f"train/{k}": v.item() for k, v in metrics.items()})
+                    if episode_returns:
+                        scalars["train/return"] = float(np.mean(episode_returns))
+                        episode_returns = []
+                    log_metrics(logger, scalars, frames)
+                    pbar.set_postfix(
+                        eval_return=f"{history.last_return:.1f}",
+                        fps=f"{scalars['perf/frames_per_s']:.0f}",
+                        ups=f"{scalars['perf/updates_per_s']:.1f}",
+                    )
+                    window_start, window_frames, window_updates = time.perf_counter(), 0, 0
+                    next_log = next_multiple(frames, cfg.logger.log_interval)
+                if next_eval is not None and frames >= next_eval:
+                    evaluate_now()
+                    pbar.set_postfix(eval_return=f"{history.last_return:.1f}")
+                    next_eval = next_multiple(frames, cfg.eval.interval)
+                if next_checkpoint is not None and frames >= next_checkpoint:
+                    checkpoint_now()
+                    next_checkpoint = next_multiple(frames, cfg.checkpoint.interval)
+                if stop.requested is not None:  # Ctrl-C or SIGTERM: save between rounds, then exit
+                    print(f"\nstopped at {frames} frames: saving a checkpoint in {run_dir}")
+                    checkpoint_now()
+                    raise SystemExit(130)
+        finally:
+            pbar.close()
+            collector.shutdown()
 
     if not history.rows or history.rows[-1]["frames"] != frames:
         evaluate_now()
@@ -312,7 +314,7 @@ def train(cfg: DictConfig) -> None:
         and hasattr(logger.experiment, "finish")
     ):
         logger.experiment.finish()
-    eval_env.close()  # the collector's shutdown closed the training env
+    eval_env.close()  # the collector's shutdown closed the training envs
 
 
 if __name__ == "__main__":

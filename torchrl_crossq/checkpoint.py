@@ -6,6 +6,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,37 @@ def load_latest_checkpoint(directory: str | Path, *, replay_buffer=None) -> dict
         state["path"] = str(path)
         return state
     return None
+
+
+class StopOnSignal:
+    """Turns SIGINT/SIGTERM into a stop request that the training loop honours between rounds.
+
+    The loop checks :attr:`requested` after each collection round, writes a
+    checkpoint and exits, so no signal lands in the middle of an update. A
+    second signal raises ``KeyboardInterrupt`` at once (the last checkpoint stays).
+
+    Examples:
+        >>> with StopOnSignal() as stop:
+        ...     stop.requested is None
+        True
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        self.requested = signum
+
+    def __enter__(self) -> StopOnSignal:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

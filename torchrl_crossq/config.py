@@ -41,7 +41,17 @@ class CollectorConfig:
     total_frames: int = 1_000_000
     init_random_frames: int = 5_000  # paper: 5000 uniform random steps before learning
     frames_per_batch: int = 1  # paper: one env step per update (UTD 1)
-    backend: str = "direct"
+    backend: str = "sync"  # sync (one process) | multi_sync | multi_async (worker processes) | ray
+    num_workers: int = 2  # worker processes / Ray collectors (multi_* and ray backends)
+    sync_every: int = 1  # collection rounds between policy-weight syncs to the workers
+
+
+@dataclass
+class RayConfig:
+    address: str | None = (
+        None  # join this Ray cluster (e.g. "auto" or "ray://host:10001"); None: local
+    )
+    num_cpus: int | None = None  # CPUs of a local Ray instance (None: all)
 
 
 @dataclass
@@ -160,6 +170,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def register_configs() -> None:
@@ -174,7 +185,7 @@ CHOICES: dict[str, tuple] = {
     "on_nonfinite": ("raise", "skip"),
     "env.library": ("gymnasium",),
     "env.vectorization": ("parallel", "serial"),
-    "collector.backend": ("direct",),
+    "collector.backend": ("sync", "multi_sync", "multi_async", "ray"),
     "network.norm": ("auto", "brn", "none"),
     "algorithm.group_size": (1,),
     "algorithm.agg_q": ("min", "mean"),
@@ -194,6 +205,8 @@ CHOICES: dict[str, tuple] = {
 POSITIVE = (
     "collector.total_frames",
     "collector.frames_per_batch",
+    "collector.num_workers",
+    "collector.sync_every",
     "env.num_envs",
     "optim.lr",
     "optim.batch_size",
@@ -290,6 +303,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"collector.frames_per_batch={frames_per_batch} must be a multiple of "
             f"env.num_envs={num_envs} (each env steps the same number of times per batch)"
+        )
+    workers = cfg.collector.num_workers
+    if cfg.collector.backend in ("multi_sync", "ray") and frames_per_batch % (workers * num_envs):
+        raise ConfigError(
+            f"collector.frames_per_batch={frames_per_batch} must be a multiple of "
+            f"collector.num_workers * env.num_envs = {workers * num_envs} with "
+            f"collector.backend={cfg.collector.backend} (each worker fills an equal share)"
         )
     rb = cfg.algorithm.replay_buffer
     # Every window unit holds at least one transition, so a window above the capacity is impossible.

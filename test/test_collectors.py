@@ -1,0 +1,80 @@
+"""Collection backends: one process, worker processes, Ray; the training loop is the same."""
+
+import functools
+
+import pytest
+import torch
+from test_train_script import run
+from torchrl.data import Bounded
+
+from torchrl_crossq import make_actor
+from torchrl_crossq.collectors import make_collector
+from torchrl_crossq.envs import make_env
+
+
+def ray_or_skip():
+    return pytest.importorskip(
+        "ray", reason="Ray is an optional extra: pip install -e '.[distributed]'"
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shutdown_ray():
+    yield
+    try:
+        import ray
+    except ImportError:
+        return
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["multi_sync", "multi_async", "ray"])
+def test_backend_collects_and_trains_a_few_updates(tmp_path, backend):
+    if backend == "ray":
+        ray_or_skip()
+    run(
+        [
+            f"collector.backend={backend}",
+            "collector.num_workers=2",
+            "collector.frames_per_batch=32",
+            "collector.total_frames=192",
+            "ray.num_cpus=2",
+            "logger.backend=none",
+        ],
+        tmp_path,
+    )
+    rows = (tmp_path / "eval.csv").read_text().splitlines()
+    assert rows[-1].startswith("192,")
+
+
+@pytest.mark.parametrize("backend", ["multi_sync", "multi_async", "ray"])
+def test_workers_act_with_the_learner_weights_after_a_sync(backend):
+    if backend == "ray":
+        ray_or_skip()
+    actor = make_actor(3, Bounded(-2.0, 2.0, shape=(1,)), num_cells=(16,)).eval()
+    collector = make_collector(
+        functools.partial(make_env, "Pendulum-v1"), actor, seed=0, backend=backend,
+        num_workers=2, frames_per_batch=32, total_frames=32 * 8, ray_num_cpus=2,
+    )  # fmt: skip
+    try:
+        batches = iter(collector)
+        assert next(batches)["loc"].abs().sum() > 0
+        with torch.no_grad():
+            for p in actor.parameters():
+                p.zero_()  # the learner's new weights: loc == 0 for every observation
+        collector.update_policy_weights_()
+        # Async workers may each hand in one batch they started before the sync.
+        locs = [next(batches)["loc"].abs().sum() for _ in range(6)]
+        assert all(loc == 0 for loc in locs[2:]), locs
+    finally:
+        collector.shutdown()
+
+
+def test_unknown_backend_names_the_key_and_choices():
+    with pytest.raises(
+        ValueError, match=r"collector.backend=.threads. is not supported; use one of: sync"
+    ):
+        make_collector(
+            make_env, None, seed=0, backend="threads", frames_per_batch=8, total_frames=8
+        )
