@@ -1,0 +1,579 @@
+"""Sample efficiency on short budgets: our training script against sb3-contrib's CrossQ.
+
+Both implementations train with the same hyperparameters (``HYPERPARAMETERS`` below; the
+paper's, except the critic width, 256 by default for the short runs, and the number of random
+steps before learning) from the same seeds, and are evaluated at the same frame points with
+the same number of deterministic episodes (actor in eval mode, the TanhNormal's mode / sb3's
+``predict(deterministic=True)``), each on its own eval env seeded ``seed + 10000``.
+
+- ours: ``sota_implementations/crossq.py`` as a user runs it (hydra overrides, one subprocess
+  per run); the run directory's ``eval.csv`` holds ``frames, return_mean, return_std``.
+- sb3: ``sb3_contrib.CrossQ`` with ``learning_starts`` = our ``init_random_frames``, its
+  critic/actor widths, Batch Renormalization momentum, eps and warmup set to ours, and its
+  temperature optimiser rebuilt with Adam betas (0.5, 0.999) as ours (sb3 builds it with torch's
+  default betas (0.9, 0.999)); evaluated by a callback after every ``eval_interval``-th env
+  step (one critic update before ours evaluates at the same frame count: sb3 trains after
+  its callback). Also one subprocess per run, written by this file (``--sb3-run``).
+
+BRN warmup is 100k steps for both, so short runs never leave the warmup (same for both).
+Every run gets ``OMP_NUM_THREADS=--threads`` (default 1: on a shared 2-core machine ATen's
+worker threads stall whenever other processes hold the cores) and this process's allocator
+settings. ``--jobs 2`` runs two at a time.
+
+Default tasks: Pendulum-v1 and InvertedPendulum-v5, 5k frames each (1000 random), critic
+256 x 2, actor 256 x 2, 3 seeds; about 20-30 minutes on 2 cores. ``--tasks halfcheetah``
+(also hopper, walker2d) adds MuJoCo locomotion; bench/README.md has the long version.
+
+Run: ``.venv/bin/python bench/learning.py`` (``--quick`` for a smoke run). Curves go to
+``bench/out/learning.png``, runs to ``bench/out/learning/<task>/<impl>-seed<S>/``. The last
+lines are ``final_<task>_<impl>: mean +- std`` (final eval return across seeds) and
+``ours_vs_sb3_<task>: above|within one std|below``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
+from update import _loadavg, machine_info
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "sota_implementations" / "crossq.py"
+OUT_DIR = Path(__file__).with_name("out")
+RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+SECTION_START = "<!-- bench/learning.py: start (generated, do not edit) -->"
+SECTION_END = "<!-- bench/learning.py: end -->"
+IMPLS = ("ours", "sb3")
+EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000
+MAX_EVAL_STEPS = 1_000  # eval.max_episode_steps of the script
+
+# Matched hyperparameters (the paper's; torchrl_crossq/config.py has their origins).
+HYPERPARAMETERS = {
+    "lr": 1e-3,
+    "betas": (0.5, 0.999),  # Adam, actor, critic and temperature
+    "batch_size": 256,
+    "gamma": 0.99,
+    "policy_delay": 3,
+    "num_qvalue_nets": 2,
+    "actor_width": 256,  # actor hidden layers: 2 x this
+    "batch_norm_momentum": 0.01,
+    "batch_norm_eps": 1e-3,
+    "warmup_steps": 100_000,
+    "initial_alpha": 1.0,  # temperature learned, target entropy -action_dim
+    "replay_size": 1_000_000,  # capped at the run's frames (same content: nothing is evicted)
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark task and its budget."""
+
+    env_group: str  # configs/env/<env_group>.yaml
+    env_id: str  # gymnasium id
+    frames: int
+    init_random_frames: int  # ours: collector.init_random_frames; sb3: learning_starts
+    eval_interval: int
+    eval_episodes: int
+    critic_width: int = 256
+
+
+TASKS = {
+    "pendulum": Task("pendulum", "Pendulum-v1", 5_000, 1_000, 500, 5),
+    "inverted_pendulum": Task("inverted_pendulum", "InvertedPendulum-v5", 5_000, 1_000, 500, 5),
+    "halfcheetah": Task("halfcheetah", "HalfCheetah-v5", 20_000, 5_000, 5_000, 5),
+    "hopper": Task("hopper", "Hopper-v5", 20_000, 5_000, 5_000, 5),
+    "walker2d": Task("walker2d", "Walker2d-v5", 20_000, 5_000, 5_000, 5),
+}
+DEFAULT_TASKS = ("pendulum", "inverted_pendulum")
+
+
+# -- one run ---------------------------------------------------------------------------------
+def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
+    """The training script's command line for one run, every matched value spelled out."""
+    hp = HYPERPARAMETERS
+    width, actor = task.critic_width, hp["actor_width"]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        f"env={task.env_group}",
+        f"seed={seed}",
+        f"device={device}",
+        f"run_dir={run_dir}",
+        "env.num_envs=1",
+        f"collector.total_frames={task.frames}",
+        f"collector.init_random_frames={task.init_random_frames}",
+        "collector.frames_per_batch=1",
+        f"optim.lr={hp['lr']}",
+        f"optim.beta1={hp['betas'][0]}",
+        f"optim.beta2={hp['betas'][1]}",
+        f"optim.batch_size={hp['batch_size']}",
+        f"optim.policy_update_delay={hp['policy_delay']}",
+        f"algorithm.gamma={hp['gamma']}",
+        "algorithm.q_head_type=crossq",
+        f"algorithm.entropy_tuning.initial_alpha={hp['initial_alpha']}",
+        f"algorithm.replay_buffer.size={min(hp['replay_size'], task.frames)}",
+        f"network.critic_hidden_sizes=[{width},{width}]",
+        f"network.actor_hidden_sizes=[{actor},{actor}]",
+        f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
+        f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
+        f"network.batch_norm_eps={hp['batch_norm_eps']}",
+        f"network.warmup_steps={hp['warmup_steps']}",
+        f"eval.interval={task.eval_interval}",
+        f"eval.episodes={task.eval_episodes}",
+        f"eval.max_episode_steps={MAX_EVAL_STEPS}",
+        "checkpoint.interval=0",
+        "logger.backend=none",
+        "progress_bar=false",
+    ]
+
+
+def sb3_run(spec: dict) -> None:
+    """Trains and evaluates sb3-contrib's CrossQ (``--sb3-run``); writes ``eval.csv`` like ours."""
+    import warnings
+
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from sb3_contrib import CrossQ
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    warnings.filterwarnings("ignore")
+    task, seed, run_dir = Task(**spec["task"]), spec["seed"], Path(spec["run_dir"])
+    torch.set_num_threads(spec["threads"])
+    hp = HYPERPARAMETERS
+    model = CrossQ(
+        "MlpPolicy",
+        gym.make(task.env_id),
+        learning_rate=hp["lr"],
+        buffer_size=min(hp["replay_size"], task.frames),
+        learning_starts=task.init_random_frames,
+        batch_size=hp["batch_size"],
+        gamma=hp["gamma"],
+        train_freq=1,
+        gradient_steps=1,
+        policy_delay=hp["policy_delay"],
+        ent_coef=f"auto_{hp['initial_alpha']}",
+        target_entropy="auto",
+        policy_kwargs={
+            "net_arch": {
+                "pi": [hp["actor_width"]] * 2,
+                "qf": [task.critic_width] * 2,
+            },
+            "n_critics": hp["num_qvalue_nets"],
+            "batch_norm_momentum": hp["batch_norm_momentum"],
+            "batch_norm_eps": hp["batch_norm_eps"],
+            "renorm_warmup_steps": hp["warmup_steps"],
+            "optimizer_kwargs": {"betas": hp["betas"]},
+        },
+        seed=seed,
+        device=spec["device"],
+    )
+    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
+    model.ent_coef_optimizer = torch.optim.Adam(
+        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
+    )
+    torch.set_num_threads(spec["threads"])
+
+    eval_env = gym.make(task.env_id)
+    eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
+    rows: list[dict] = []
+
+    def evaluate(frames: int) -> None:
+        returns = []
+        for _ in range(task.eval_episodes):
+            obs, _ = eval_env.reset()
+            total, steps, done = 0.0, 0, False
+            while not done and steps < MAX_EVAL_STEPS:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = eval_env.step(action)
+                total, steps = total + float(reward), steps + 1
+                done = terminated or truncated
+            returns.append(total)
+        rows.append(
+            {
+                "frames": frames,
+                "return_mean": float(np.mean(returns)),
+                "return_std": float(np.std(returns)),
+            }
+        )
+        write_eval_csv(run_dir / "eval.csv", rows)
+
+    class EvalEvery(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % task.eval_interval == 0:
+                evaluate(self.num_timesteps)
+            return True
+
+    model.learn(total_timesteps=task.frames, callback=EvalEvery())
+    if not rows or rows[-1]["frames"] != model.num_timesteps:
+        evaluate(model.num_timesteps)
+
+
+def write_eval_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("frames", "return_mean", "return_std"))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_eval_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespace) -> dict:
+    """Runs one training run in a subprocess; returns its eval rows and wall time."""
+    run_dir = args.out / name / f"{impl}-seed{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
+    run_dir.mkdir(parents=True)
+    if impl == "ours":
+        command = ours_command(task, seed, run_dir, args.device)
+    else:
+        spec = {
+            "task": asdict(task),
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "threads": args.threads,
+            "device": args.device,
+        }
+        command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    wall_s = time.perf_counter() - start
+    (run_dir / "output.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"{impl} {name} seed {seed} exited {done.returncode}:\n{tail}")
+    rows = read_eval_csv(run_dir / "eval.csv")
+    print(
+        f"  {name:<17} {impl:<4} seed {seed}: final {rows[-1]['return_mean']:9.1f} "
+        f"at {rows[-1]['frames']:.0f} frames ({wall_s:.0f} s)",
+        flush=True,
+    )
+    return {"task": name, "impl": impl, "seed": seed, "rows": rows, "wall_s": wall_s}
+
+
+# -- aggregation -------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation across seeds (0 for one seed)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict], tasks: list[str]) -> dict:
+    """Per task and implementation: final return and mean over eval points, across seeds."""
+    summary: dict = {}
+    for name in tasks:
+        summary[name] = {}
+        for impl in IMPLS:
+            mine = sorted(
+                (r for r in runs if r["task"] == name and r["impl"] == impl),
+                key=lambda r: r["seed"],
+            )
+            if not mine:
+                continue
+            finals = [r["rows"][-1]["return_mean"] for r in mine]
+            average = [statistics.fmean(row["return_mean"] for row in r["rows"]) for r in mine]
+            frames = sorted({row["frames"] for r in mine for row in r["rows"]})
+            curve = []
+            for f in frames:
+                values = [
+                    row["return_mean"] for r in mine for row in r["rows"] if row["frames"] == f
+                ]
+                curve.append((f, *_mean_std(values), len(values)))
+            summary[name][impl] = {
+                "seeds": [r["seed"] for r in mine],
+                "finals": finals,
+                "final": _mean_std(finals),
+                "average": _mean_std(average),
+                "curve": curve,
+                "wall_s": statistics.median(r["wall_s"] for r in mine),
+            }
+    return summary
+
+
+def verdict(summary: dict, name: str) -> str | None:
+    """``above``, ``within one std`` or ``below``: ours' final return against sb3's.
+
+    Within one std: the means differ by at most the larger of the two across-seed stds.
+    """
+    if "ours" not in summary[name] or "sb3" not in summary[name]:
+        return None
+    (ours, ours_std), (sb3, sb3_std) = summary[name]["ours"]["final"], summary[name]["sb3"]["final"]
+    if ours >= sb3:
+        return "above"
+    return "within one std" if sb3 - ours <= max(ours_std, sb3_std) else "below"
+
+
+def plot(summary: dict, runs: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summary), figsize=(5.5 * len(summary), 4), squeeze=False)
+    for ax, (name, by_impl) in zip(axes[0], summary.items(), strict=True):
+        for color, (impl, s) in zip(("C0", "C1"), by_impl.items(), strict=False):
+            frames = [c[0] for c in s["curve"]]
+            mean = [c[1] for c in s["curve"]]
+            std = [c[2] for c in s["curve"]]
+            label = {"ours": "ours (crossq.py)", "sb3": "sb3-contrib CrossQ"}[impl]
+            ax.plot(
+                frames, mean, marker="o", color=color, label=f"{label}, {len(s['seeds'])} seeds"
+            )
+            ax.fill_between(
+                frames,
+                [m - d for m, d in zip(mean, std, strict=True)],
+                [m + d for m, d in zip(mean, std, strict=True)],
+                color=color,
+                alpha=0.2,
+            )
+            for r in runs:
+                if r["task"] == name and r["impl"] == impl:
+                    ax.plot(
+                        [row["frames"] for row in r["rows"]],
+                        [row["return_mean"] for row in r["rows"]],
+                        color=color,
+                        alpha=0.3,
+                        linewidth=0.8,
+                    )
+        ax.set_title(f"{TASKS[name].env_id}")
+        ax.set_xlabel("frames")
+        ax.set_ylabel("eval return (mean over seeds +- std)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# -- report ---------------------------------------------------------------------------------
+def _pm(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.1f} +- {pair[1]:.1f}"
+
+
+def report(summary: dict) -> list[str]:
+    lines = [
+        f"{'task':<18} {'impl':<5} {'seeds':>5} {'final return':>18} "
+        f"{'mean over evals':>18} {'median wall s':>13}"
+    ]
+    for name, by_impl in summary.items():
+        for impl, s in by_impl.items():
+            lines.append(
+                f"{name:<18} {impl:<5} {len(s['seeds']):>5} {_pm(s['final']):>18} "
+                f"{_pm(s['average']):>18} {s['wall_s']:>13.0f}"
+            )
+    return lines
+
+
+def summary_lines(summary: dict) -> list[str]:
+    lines = []
+    for name, by_impl in summary.items():
+        for impl, s in by_impl.items():
+            lines.append(f"final_{name}_{impl}: {_pm(s['final'])}")
+        result = verdict(summary, name)
+        if result is not None:
+            lines.append(f"ours_vs_sb3_{name}: {result}")
+    return lines
+
+
+def write_results(info: dict, args, tasks: dict[str, Task], summary: dict, summary_text) -> None:
+    """Replaces (or appends) this script's section of bench/RESULTS.md."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
+    hp = HYPERPARAMETERS
+    lines = [
+        SECTION_START,
+        "## Sample efficiency, ours vs sb3-contrib CrossQ (`bench/learning.py`)",
+        "",
+        f"- date: {info['date']}; commit {info['commit']}",
+        f"- command: `{info['command']}`",
+        f"- machine: {info['cpu']}, {info['cores']} cores, {args.threads} torch thread(s) per "
+        f"run, {args.jobs} run(s) at a time, device {args.device}; load average "
+        f"{info['loadavg_start']} at start, {info['loadavg_end']} at end",
+        f"- versions: Python {info['python']}, {versions}",
+        f"- allocator: {allocator}",
+        f"- matched: Adam lr {hp['lr']}, betas {hp['betas']} (actor, critic, temperature), batch "
+        f"{hp['batch_size']}, gamma {hp['gamma']}, policy delay {hp['policy_delay']}, "
+        f"{hp['num_qvalue_nets']} critics, actor {hp['actor_width']} x 2, BRN momentum "
+        f"{hp['batch_norm_momentum']}, eps {hp['batch_norm_eps']}, warmup {hp['warmup_steps']:,}"
+        f" (never left on these budgets), initial temperature {hp['initial_alpha']}, target "
+        "entropy -action_dim, UTD 1, one env",
+        "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000; "
+        "final return = the last evaluation's mean over its episodes; mean +- std across seeds "
+        "(sample std); ``within one std``: means differ by at most the larger std",
+        "",
+        "| task | frames | random frames | critic width | eval every / episodes | impl | seeds "
+        "| final return | per seed | mean over evals | median wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_impl in summary.items():
+        t = tasks[name]
+        for impl, s in by_impl.items():
+            per_seed = ", ".join(f"{v:.1f}" for v in s["finals"])
+            lines.append(
+                f"| {t.env_id} | {t.frames:,} | {t.init_random_frames:,} | {t.critic_width} "
+                f"| {t.eval_interval:,} / {t.eval_episodes} | {impl} | {len(s['seeds'])} "
+                f"| {_pm(s['final'])} | {per_seed} | {_pm(s['average'])} | {s['wall_s']:.0f} |"
+            )
+    for name, by_impl in summary.items():
+        impls = list(by_impl)
+        lines += [
+            "",
+            f"Eval return over frames, {tasks[name].env_id} (mean +- std across seeds):",
+            "",
+            "| frames | " + " | ".join(impls) + " |",
+            "|---" * (len(impls) + 1) + "|",
+        ]
+        curves = {impl: {c[0]: c for c in by_impl[impl]["curve"]} for impl in impls}
+        for frames in sorted({f for c in curves.values() for f in c}):
+            cells = [
+                _pm(curves[impl][frames][1:3]) if frames in curves[impl] else "" for impl in impls
+            ]
+            lines.append(f"| {frames:,.0f} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Curves: `bench/out/learning.png` (not committed; rerun to draw it).",
+        "",
+        "```",
+        *summary_text,
+        "```",
+        SECTION_END,
+    ]
+    section = "\n".join(lines)
+    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS_PATH.write_text(text.rstrip("\n") + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS))
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--frames", type=int, help="frames per run (default: per task)")
+    parser.add_argument("--init-random-frames", type=int, help="random steps (default: per task)")
+    parser.add_argument("--width", type=int, help="critic width (default: 256)")
+    parser.add_argument("--eval-interval", type=int, help="frames between evals (per task)")
+    parser.add_argument("--eval-episodes", type=int, help="episodes per eval (per task)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (both implementations)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "learning", help="run directories")
+    parser.add_argument("--plot", type=Path, default=OUT_DIR / "learning.png")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1.5k frames")
+    parser.add_argument("--json", type=Path, help="dump all results to this file")
+    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        args.frames = args.frames or 1_500
+        args.init_random_frames = args.init_random_frames or 500
+        args.eval_interval = args.eval_interval or 500
+        args.eval_episodes = args.eval_episodes or 2
+    for key in ("frames", "width", "eval_interval", "eval_episodes", "threads", "jobs"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            parser.error(f"--{key.replace('_', '-')}={value} must be >= 1")
+    if args.init_random_frames is not None and args.init_random_frames < 0:
+        parser.error(f"--init-random-frames={args.init_random_frames} must be >= 0")
+    return args
+
+
+def task_settings(args: argparse.Namespace) -> dict[str, Task]:
+    """The chosen tasks with the command line's overrides applied."""
+    overrides = {
+        "frames": args.frames,
+        "init_random_frames": args.init_random_frames,
+        "critic_width": args.width,
+        "eval_interval": args.eval_interval,
+        "eval_episodes": args.eval_episodes,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    tasks = {name: replace(TASKS[name], **overrides) for name in args.tasks}
+    for name, t in tasks.items():
+        if t.init_random_frames >= t.frames:
+            raise SystemExit(
+                f"error: {name}: init_random_frames={t.init_random_frames} >= frames={t.frames}: "
+                "nothing would be learned; lower --init-random-frames or raise --frames"
+            )
+    return tasks
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.sb3_run:
+        sb3_run(json.loads(args.sb3_run))
+        return
+    tasks = task_settings(args)
+    info = machine_info()
+    info["loadavg_start"] = _loadavg()
+    allocator = ", ".join(f"{k}={v if v else 'unset'}" for k, v in info["allocator"].items())
+    print(f"# {info['cpu']}, {info['cores']} cores; {args.threads} torch thread(s) per run, "
+          f"{args.jobs} run(s) at a time; allocator: {allocator}")  # fmt: skip
+    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    for name, t in tasks.items():
+        print(
+            f"# {name}: {t.env_id}, {t.frames} frames ({t.init_random_frames} random), critic "
+            f"{t.critic_width} x 2, eval every {t.eval_interval} frames x {t.eval_episodes} "
+            f"episodes, seeds {args.seeds}"
+        )
+    # ours and sb3 of one seed side by side, so both meet the same machine load
+    jobs = [(name, impl, seed) for name in tasks for seed in args.seeds for impl in args.impls]
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    try:
+        futures = [
+            pool.submit(run_one, name, impl, tasks[name], seed, args) for name, impl, seed in jobs
+        ]
+        runs = [f.result() for f in futures]
+    finally:
+        pool.shutdown(cancel_futures=True)  # a failed run stops the benchmark
+    info["loadavg_end"] = _loadavg()
+    summary = aggregate(runs, list(tasks))
+    for line in report(summary):
+        print(line)
+    curve = plot(summary, runs, args.plot)
+    print(f"# curves: {curve}; runs: {args.out}")
+    print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
+    summary_text = summary_lines(summary)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "info": info,
+                    "tasks": {k: asdict(v) for k, v in tasks.items()},
+                    "hyperparameters": HYPERPARAMETERS,
+                    "summary": summary,
+                    "runs": runs,
+                },
+                indent=2,
+            )
+        )
+    if args.write_results:
+        write_results(info, args, tasks, summary, summary_text)
+    for line in summary_text:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
