@@ -382,3 +382,21 @@ def test_same_critic_target_as_torchrl_crossq_loss(action_spec, batch):
     torch.manual_seed(7)
     _, metadata = ours.qvalue_loss(batch.clone())
     torch.testing.assert_close(metadata["target_value"], captured["target"].squeeze(-1))
+
+
+def test_an_error_inside_a_network_reaches_the_caller_unchanged(action_spec, batch):
+    loss = build(action_spec)
+
+    def broken_critic(module, args):
+        raise ValueError("broken critic")
+
+    def interrupted_actor(module, args):
+        raise KeyboardInterrupt
+
+    hook = brns(loss.qvalue_network)[0].register_forward_pre_hook(broken_critic)
+    with pytest.raises(ValueError, match="broken critic"):
+        loss(batch)
+    hook.remove()
+    loss.actor_network.register_forward_pre_hook(interrupted_actor)
+    with pytest.raises(KeyboardInterrupt):
+        loss.qvalue_loss(batch)

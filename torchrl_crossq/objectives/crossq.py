@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,23 @@ Q_HEAD_TYPES = ("crossq", "default")
 AGG_Q = ("min", "mean")
 BOOTSTRAP_TYPES = ("standard", "always")
 REDUCTIONS = ("mean", "sum", "none")
+
+
+@contextlib.contextmanager
+def _parameters_in(module: torch.nn.Module, params: TensorDictBase) -> Iterator[None]:
+    """Swaps ``params`` into ``module`` for the block, then puts the previous ones back.
+
+    ``TensorDictBase.to_module`` used directly as a context manager turns any
+    exception raised inside the block into "Converting a tensordict to boolean
+    value is not permitted" (its ``__exit__`` returns a TensorDict); this keeps
+    the original error.
+    """
+    swap = params.to_module(module, preserve_module_state=False)
+    swap.__enter__()
+    try:
+        yield
+    finally:
+        swap.__exit__(None, None, None)
 
 
 def _check_choice(name: str, value, accepted: Sequence[str]) -> None:
@@ -307,7 +325,7 @@ class CrossQLoss(LossModule):
 
     def _q(self, td: TensorDictBase, params: TensorDictBase, training: bool) -> torch.Tensor:
         with (
-            params.to_module(self.qvalue_network, preserve_module_state=False),
+            _parameters_in(self.qvalue_network, params),
             set_training_mode(self.qvalue_network, training),
         ):
             return self.qvalue_network(td).get(self.tensor_keys.state_action_value)
@@ -317,7 +335,7 @@ class CrossQLoss(LossModule):
         with (
             torch.no_grad(),
             set_exploration_type(ExplorationType.RANDOM),
-            self.actor_network_params.to_module(self.actor_network, preserve_module_state=False),
+            _parameters_in(self.actor_network, self.actor_network_params),
             set_training_mode(self.actor_network, False),
         ):
             dist = self.actor_network.get_dist(next_td.select(*self._actor_in_keys()))
@@ -392,7 +410,7 @@ class CrossQLoss(LossModule):
         tensordict = self._check_input(tensordict)
         with (
             set_exploration_type(ExplorationType.RANDOM),
-            self.actor_network_params.to_module(self.actor_network, preserve_module_state=False),
+            _parameters_in(self.actor_network, self.actor_network_params),
             set_training_mode(self.actor_network, True),
         ):
             dist = self.actor_network.get_dist(tensordict.select(*self._actor_in_keys()))
