@@ -397,6 +397,6 @@ def test_an_error_inside_a_network_reaches_the_caller_unchanged(action_spec, bat
     with pytest.raises(ValueError, match="broken critic"):
         loss(batch)
     hook.remove()
-    loss.actor_network.register_forward_pre_hook(interrupted_actor)
+    brns(loss.actor_network)[0].register_forward_pre_hook(interrupted_actor)
     with pytest.raises(KeyboardInterrupt):
         loss.qvalue_loss(batch)
