@@ -199,6 +199,7 @@ def write_results(info: dict, args, results: list[dict], plain: float, summary: 
         f"; load average {info['loadavg_start']} at start, {info['loadavg_end']} at end",
         f"- versions: Python {info['python']}, {versions}",
         f"- allocator: {allocator}",
+        *([f"- **{info['warning']}**"] if info["warning"] else []),
         f"- {ENV_NAME}; frames/s are medians of {args.chunks} chunks of about "
         f"{args.frames // args.chunks} frames after {args.warmup_frames} warm-up frames; "
         "ratio = ours / the plain gymnasium loop (random actions, one process)",
@@ -306,8 +307,13 @@ def main(argv: list[str] | None = None) -> None:
         f"# plain loop chunks {min(plain_rates):,.0f}..{max(plain_rates):,.0f} f/s; "
         f"load average {info['loadavg_start']} at start, {info['loadavg_end']} at end"
     )
+    info["warning"] = None
     if max(plain_rates) > 1.3 * min(plain_rates):
-        print("# WARNING: the plain loop's rate varied by more than 30%: the machine looks busy")
+        info["warning"] = (
+            f"WARNING: the plain loop's rate varied {min(plain_rates):,.0f}..{max(plain_rates):,.0f}"
+            " frames/s across the run: the machine looks busy, rates are unreliable"
+        )
+        print(f"# {info['warning']}")
     summary = summary_lines(results, plain)
     if args.json:
         args.json.write_text(
