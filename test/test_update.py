@@ -124,3 +124,13 @@ def test_unknown_precision_is_rejected(action_spec):
         ValueError, match="precision='fp8' is not supported; use one of: fp32, bf16"
     ):
         CrossQUpdater(loss, make_optimizers(loss), precision="fp8")
+
+
+def test_compiled_update_runs_on_cpu(action_spec):
+    loss = build(action_spec)
+    update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=1, compile=True)
+    critic = snapshot(loss.qvalue_network_params)
+    for _ in range(2):
+        metrics = update(make_batch(16))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert changed(critic, loss.qvalue_network_params)
