@@ -28,6 +28,7 @@ from torchrl_crossq import (
     make_critic,
     make_optimizers,
 )
+from torchrl_crossq.allocator import keep_freed_memory
 from torchrl_crossq.checkpoint import (
     StopOnSignal,
     load_latest_checkpoint,
@@ -77,6 +78,7 @@ def main(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> None:
     # -- config, run directory, seeding ---------------------------------------------
     cfg, run_dir, resuming = prepare_run(cfg)
+    keep_freed_memory()  # no page faults on the update's re-allocated activations
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
