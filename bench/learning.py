@@ -27,7 +27,7 @@ Default tasks: Pendulum-v1 and InvertedPendulum-v5, 5k frames each (1000 random)
 Run: ``.venv/bin/python bench/learning.py`` (``--quick`` for a smoke run). Curves go to
 ``bench/out/learning.png``, runs to ``bench/out/learning/<task>/<impl>-seed<S>/``. The last
 lines are ``final_<task>_<impl>: mean +- std`` (final eval return across seeds) and
-``ours_vs_sb3_<task>: above|within one std|below``.
+``ours_vs_sb3_<task>: within one std|above ...|below ... (difference; std)``.
 """
 
 from __future__ import annotations
@@ -306,16 +306,20 @@ def aggregate(runs: list[dict], tasks: list[str]) -> dict:
 
 
 def verdict(summary: dict, name: str) -> str | None:
-    """``above``, ``within one std`` or ``below``: ours' final return against sb3's.
+    """Ours' final return against sb3's, in units of the larger of the two across-seed stds.
 
-    Within one std: the means differ by at most the larger of the two across-seed stds.
+    ``within one std`` when the means differ by at most that std, else ``above`` or ``below``
+    by more than one std; the difference and the std follow in parentheses.
     """
     if "ours" not in summary[name] or "sb3" not in summary[name]:
         return None
     (ours, ours_std), (sb3, sb3_std) = summary[name]["ours"]["final"], summary[name]["sb3"]["final"]
-    if ours >= sb3:
-        return "above"
-    return "within one std" if sb3 - ours <= max(ours_std, sb3_std) else "below"
+    difference, std = ours - sb3, max(ours_std, sb3_std)
+    if abs(difference) <= std:
+        result = "within one std"
+    else:
+        result = f"{'above' if difference > 0 else 'below'} by more than one std"
+    return f"{result} (ours - sb3 = {difference:+.1f}; larger std {std:.1f})"
 
 
 def plot(summary: dict, runs: list[dict], path: Path) -> Path:
@@ -392,7 +396,7 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-def write_results(info: dict, args, tasks: dict[str, Task], summary: dict, summary_text) -> None:
+def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_text) -> None:
     """Replaces (or appends) this script's section of bench/RESULTS.md."""
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
@@ -403,8 +407,8 @@ def write_results(info: dict, args, tasks: dict[str, Task], summary: dict, summa
         "",
         f"- date: {info['date']}; commit {info['commit']}",
         f"- command: `{info['command']}`",
-        f"- machine: {info['cpu']}, {info['cores']} cores, {args.threads} torch thread(s) per "
-        f"run, {args.jobs} run(s) at a time, device {args.device}; load average "
+        f"- machine: {info['cpu']}, {info['cores']} cores, {info['threads']} torch thread(s) per "
+        f"run, {info['jobs']} run(s) at a time, device {info['device']}; load average "
         f"{info['loadavg_start']} at start, {info['loadavg_end']} at end",
         f"- versions: Python {info['python']}, {versions}",
         f"- allocator: {allocator}",
@@ -416,7 +420,7 @@ def write_results(info: dict, args, tasks: dict[str, Task], summary: dict, summa
         "entropy -action_dim, UTD 1, one env",
         "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000; "
         "final return = the last evaluation's mean over its episodes; mean +- std across seeds "
-        "(sample std); ``within one std``: means differ by at most the larger std",
+        "(sample std); within one std: the means differ by at most the larger of the two stds",
         "",
         "| task | frames | random frames | critic width | eval every / episodes | impl | seeds "
         "| final return | per seed | mean over evals | median wall s |",
@@ -527,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     tasks = task_settings(args)
     info = machine_info()
+    info.update(threads=args.threads, jobs=args.jobs, device=args.device, seeds=args.seeds)
     info["loadavg_start"] = _loadavg()
     allocator = ", ".join(f"{k}={v if v else 'unset'}" for k, v in info["allocator"].items())
     print(f"# {info['cpu']}, {info['cores']} cores; {args.threads} torch thread(s) per run, "
@@ -570,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     if args.write_results:
-        write_results(info, args, tasks, summary, summary_text)
+        write_results(info, tasks, summary, summary_text)
     for line in summary_text:
         print(line)
 
