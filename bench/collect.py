@@ -105,7 +105,7 @@ def bench_setup(
         env,
         actor,
         frames_per_batch=frames_per_batch,
-        total_frames=2 * phase,
+        total_frames=-1,  # endless: a collector closes its env before yielding its last batch
         init_random_frames=phase,
         policy_device="cpu",
         env_device="cpu",
