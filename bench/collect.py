@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import math
-import re
 import statistics
 import sys
 import time
@@ -44,13 +43,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
+from results_file import section_markers, write_section  # bench/ is on sys.path
 from update import _loadavg, machine_info
 
 ENV_NAME = "HalfCheetah-v5"
 POLICIES = ("random", "actor")
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-SECTION_START = "<!-- bench/collect.py: start (generated, do not edit) -->"
-SECTION_END = "<!-- bench/collect.py: end -->"
+SECTION_START, SECTION_END = section_markers("bench/collect.py")
 
 
 class PlainLoop:
@@ -219,13 +217,7 @@ def write_results(info: dict, args, results: list[dict], plain: float, summary: 
         )
     lines += ["", "```", *summary, "```", SECTION_END]
     section = "\n".join(lines)
-    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS_PATH.write_text(text.rstrip("\n") + "\n")
+    write_section(section, SECTION_START, SECTION_END)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,7 +36,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -47,14 +46,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
+from results_file import section_markers, write_section  # bench/ is on sys.path
 from update import _loadavg, machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-SECTION_START = "<!-- bench/learning.py: start (generated, do not edit) -->"
-SECTION_END = "<!-- bench/learning.py: end -->"
+SECTION_START, SECTION_END = section_markers("bench/learning.py")
 IMPLS = ("ours", "sb3")
 EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000
 MAX_EVAL_STEPS = 1_000  # eval.max_episode_steps of the script
@@ -460,13 +458,7 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         SECTION_END,
     ]
     section = "\n".join(lines)
-    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS_PATH.write_text(text.rstrip("\n") + "\n")
+    write_section(section, SECTION_START, SECTION_END)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

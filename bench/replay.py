@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from results_file import section_markers, write_section  # bench/ is on sys.path
 from tensordict import TensorDict
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
@@ -56,9 +56,7 @@ NUM_ENVS = 8
 STEPS = 125  # per env and batch: 1000 frames per collector batch
 TERMINATION_PROBABILITY = 1 / 300  # mixed episode lengths, as in Hopper or Walker2d
 MAX_SLOWDOWN = 1.5
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-SECTION_START = "<!-- bench/replay.py: start (generated, do not edit) -->"
-SECTION_END = "<!-- bench/replay.py: end -->"
+SECTION_START, SECTION_END = section_markers("bench/replay.py")
 
 
 def collector_batch(generator: torch.Generator) -> TensorDict:
@@ -209,13 +207,7 @@ def write_results(command: str, lines: list[str], summary: list[str]) -> None:
             SECTION_END,
         ]
     )
-    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS_PATH.write_text(text.rstrip("\n") + "\n")
+    write_section(section, SECTION_START, SECTION_END)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
