@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.frames} timed frames per policy in {args.chunks} chunks"
     )
     plain_loop = PlainLoop()
-    plain_loop.rate(args.plain_steps // 4)  # warm-up
+    plain_loop.rate(args.plain_steps)  # warm-up
     plain_rates, results = [], []
     for vectorization, num_envs, steps in setups(args):
         plain_rates.append(plain_loop.rate(args.plain_steps))
