@@ -133,21 +133,20 @@ class BatchRenorm1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = self._reduce_dims(x)
+        stat_shape = self._stat_shape(x)
         # Statistics in float32 even when the matmuls around run in bfloat16.
         x = x.to(torch.promote_types(x.dtype, self.running_mean.dtype))
         if self.training:
-            centered, scale, shift = self._train_normalize(x, dims)
+            # x becomes (x - mu_B) / sigma_B; the output is x * r + d.
+            x, scale, shift = self._train_normalize(x, dims, stat_shape)
         else:
-            stat_shape = self._stat_shape(x)
             scale = (self.running_var + self.eps).rsqrt().view(stat_shape)
             shift = -self.running_mean.view(stat_shape) * scale
-            centered = x
         if self.affine:
-            stat_shape = self._stat_shape(x)
             weight = self.weight.view(stat_shape)
             shift = torch.addcmul(self.bias.view(stat_shape), weight, shift)
             scale = weight * scale
-        return torch.addcmul(shift, centered, scale)
+        return torch.addcmul(shift, x, scale)
 
     def _stat_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         if self.ensemble_size is None:
@@ -155,7 +154,7 @@ class BatchRenorm1d(nn.Module):
         return (self.ensemble_size,) + (1,) * (x.dim() - 2) + (self.num_features,)
 
     def _train_normalize(
-        self, x: torch.Tensor, dims: tuple[int, ...]
+        self, x: torch.Tensor, dims: tuple[int, ...], stat_shape: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(x_hat, r, d)`` with ``x_hat = (x - mu_B) / sigma_B``; the output is ``x_hat * r + d``.
 
@@ -171,7 +170,6 @@ class BatchRenorm1d(nn.Module):
                 f"estimate batch statistics, got input of shape {tuple(x.shape)}; "
                 "call .eval() to normalise single samples with the running statistics"
             )
-        stat_shape = self._stat_shape(x)
         x_hat, batch_mean, batch_var = _BatchNormalize.apply(x, dims, self.eps)
         with torch.no_grad():
             batch_mean, batch_var = batch_mean.view(stat_shape), batch_var.view(stat_shape)
