@@ -39,6 +39,7 @@ from torchrl_crossq.checkpoint import (
 from torchrl_crossq.collectors import make_collector
 from torchrl_crossq.config import (
     ConfigError,
+    env_label,
     loss_kwargs,
     norm_kwargs,
     prepare_run,
@@ -48,7 +49,13 @@ from torchrl_crossq.config import (
     resolve_norm,
 )
 from torchrl_crossq.data import make_replay_buffer
-from torchrl_crossq.envs import UnknownEnvError, env_dims, evaluate, make_env
+from torchrl_crossq.envs import (
+    MissingExtraError,
+    UnknownEnvError,
+    env_dims,
+    evaluate,
+    make_env,
+)
 from torchrl_crossq.logging import (
     EvalHistory,
     log_metrics,
@@ -71,7 +78,7 @@ def next_multiple(frames: int, interval: int) -> int:
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (ConfigError, UnknownEnvError, NonFiniteLossError) as err:  # one clear line
+    except (ConfigError, UnknownEnvError, MissingExtraError, NonFiniteLossError) as err:
         raise SystemExit(f"error: {err}") from None
 
 
@@ -84,7 +91,11 @@ def train(cfg: DictConfig) -> None:
     np.random.seed(cfg.seed)
 
     # -- environments ---------------------------------------------------------------------
-    env_kwargs = {"max_episode_steps": cfg.env.max_episode_steps}
+    env_kwargs = {
+        "task": cfg.env.task,
+        "backend": cfg.env.backend,
+        "max_episode_steps": cfg.env.max_episode_steps,
+    }
     # Built where it runs (here, or in each collector worker); seeded through the collector.
     make_train_env = functools.partial(
         make_env,
@@ -230,11 +241,20 @@ def train(cfg: DictConfig) -> None:
         )
 
     def evaluate_now() -> None:
-        mean, std = evaluate(
+        result = evaluate(
             eval_env, actor, episodes=cfg.eval.episodes, max_steps=cfg.eval.max_episode_steps
         )
-        history.append(frames, mean, std)
-        log_metrics(logger, {"eval/return": mean, "eval/return_std": std}, frames)
+        history.append(frames, *result)
+        scalars = {"eval/return": result.return_mean, "eval/return_std": result.return_std}
+        if result.success_rate is not None:
+            scalars["eval/success_rate"] = result.success_rate
+        log_metrics(logger, scalars, frames)
+
+    def progress(**values) -> None:
+        values["eval_return"] = f"{history.last_return:.1f}"
+        if history.has_success:
+            values["eval_success"] = f"{history.last_success_rate:.2f}"
+        pbar.set_postfix(**values)
 
     # -- training loop -----------------------------------------------------------------------------
     pbar = tqdm.tqdm(
@@ -248,7 +268,7 @@ def train(cfg: DictConfig) -> None:
     next_checkpoint = (
         next_multiple(frames, cfg.checkpoint.interval) if cfg.checkpoint.interval else None
     )
-    metrics, episode_returns = {}, []
+    metrics, episode_returns, episode_successes = {}, [], []
     window_start, window_frames, window_updates = time.perf_counter(), 0, 0
     with StopOnSignal() as stop:
         try:
@@ -257,6 +277,8 @@ def train(cfg: DictConfig) -> None:
                 replay_buffer.extend(data)
                 done = data["next", "done"].squeeze(-1)
                 episode_returns += data["next", "episode_reward"].squeeze(-1)[done].tolist()
+                if ("next", "episode_success") in data.keys(True):
+                    episode_successes += data["next", "episode_success"].squeeze(-1)[done].tolist()
 
                 if frames > cfg.collector.init_random_frames and replay_buffer.ready():
                     for _ in range(cfg.algorithm.update_epoch):
@@ -280,9 +302,11 @@ def train(cfg: DictConfig) -> None:
                     if episode_returns:
                         scalars["train/return"] = float(np.mean(episode_returns))
                         episode_returns = []
+                    if episode_successes:
+                        scalars["train/success_rate"] = float(np.mean(episode_successes))
+                        episode_successes = []
                     log_metrics(logger, scalars, frames)
-                    pbar.set_postfix(
-                        eval_return=f"{history.last_return:.1f}",
+                    progress(
                         fps=f"{scalars['perf/frames_per_s']:.0f}",
                         ups=f"{scalars['perf/updates_per_s']:.1f}",
                     )
@@ -290,7 +314,7 @@ def train(cfg: DictConfig) -> None:
                     next_log = next_multiple(frames, cfg.logger.log_interval)
                 if next_eval is not None and frames >= next_eval:
                     evaluate_now()
-                    pbar.set_postfix(eval_return=f"{history.last_return:.1f}")
+                    progress()
                     next_eval = next_multiple(frames, cfg.eval.interval)
                 if next_checkpoint is not None and frames >= next_checkpoint:
                     checkpoint_now()
@@ -306,8 +330,12 @@ def train(cfg: DictConfig) -> None:
     if not history.rows or history.rows[-1]["frames"] != frames:
         evaluate_now()
     checkpoint_now()
-    curve = plot_learning_curve(history, run_dir / "curve.png", title=f"CrossQ {cfg.env.name}")
-    print(f"final eval return {history.last_return:.1f} after {frames} frames; run dir {run_dir}")
+    curve = plot_learning_curve(history, run_dir / "curve.png", title=f"CrossQ {env_label(cfg)}")
+    success = f", success rate {history.last_success_rate:.2f}" if history.has_success else ""
+    print(
+        f"final eval return {history.last_return:.1f}{success} after {frames} frames; "
+        f"run dir {run_dir}"
+    )
     if curve is not None:
         print(f"learning curve: {curve}")
     if (

@@ -60,7 +60,8 @@ def test_tiny_run_with_each_logger_backend(tmp_path, backend, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     run([f"logger.backend={backend}"], tmp_path)
     rows = (tmp_path / "eval.csv").read_text().splitlines()
-    assert rows[0] == "frames,return_mean,return_std" and len(rows) == 3  # at 48 and 96 frames
+    assert rows[0] == "frames,return_mean,return_std,success_rate" and len(rows) == 3  # 48, 96
+    assert rows[1].endswith(",nan")  # Pendulum reports no success
     assert (tmp_path / "curve.png").stat().st_size > 0
     assert (tmp_path / "checkpoints" / "ckpt_000000000096" / "COMPLETE").exists()
     if backend == "csv":
@@ -100,6 +101,7 @@ def test_embodied_block_loads_verbatim_and_trains_a_few_updates(tmp_path):
         [
             "experiment=embodied",
             "env=pendulum",
+            "env.backend=gymnasium",
             "env.num_envs=2",
             "env.vectorization=serial",
             "collector.frames_per_batch=16",

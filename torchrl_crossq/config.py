@@ -28,8 +28,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class EnvConfig:
-    name: str = "HalfCheetah-v5"  # a gymnasium id
-    library: str = "gymnasium"
+    name: str = "HalfCheetah-v5"  # a gymnasium id, or Meta-World/MT1 (with env.task)
+    task: str | None = None  # Meta-World task (reach-v3, push-v3, ...); only for Meta-World/MT1
+    backend: str = "gymnasium"  # gymnasium (GymEnv + Parallel/SerialEnv) | envpool (C++ threads)
+    library: str = "gymnasium"  # TorchRL's SOTA key; the simulator is chosen by env.backend
     num_envs: int = 1  # paper: 1
     vectorization: str = "parallel"  # parallel (ParallelEnv, worker processes) | serial (SerialEnv)
     max_episode_steps: int | None = None  # None: the env's own limit
@@ -184,6 +186,7 @@ CHOICES: dict[str, tuple] = {
     "precision": ("fp32", "bf16"),
     "on_nonfinite": ("raise", "skip"),
     "env.library": ("gymnasium",),
+    "env.backend": ("gymnasium", "envpool"),
     "env.vectorization": ("parallel", "serial"),
     "collector.backend": ("sync", "multi_sync", "multi_async", "ray"),
     "network.norm": ("auto", "brn", "none"),
@@ -432,7 +435,7 @@ def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
     validate(cfg)
     if cfg.run_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.run_dir = f"runs/{stamp}-{cfg.env.name}"
+        cfg.run_dir = f"runs/{stamp}-{env_label(cfg)}"
     run_dir = Path(cfg.run_dir)
     if (run_dir / "config.yaml").exists():
         raise ConfigError(
@@ -442,6 +445,11 @@ def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     return cfg, run_dir, False
+
+
+def env_label(cfg: DictConfig) -> str:
+    """A short, path-safe name of the task: ``HalfCheetah-v5``, ``reach-v3``."""
+    return cfg.env.task or cfg.env.name.replace("/", "-")
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> list[str]:

@@ -1,30 +1,59 @@
-"""Environment factories: gymnasium tasks through TorchRL's GymEnv, ParallelEnv and SerialEnv."""
+"""Environment factories: gymnasium and Meta-World tasks through TorchRL's GymEnv, ParallelEnv and
+SerialEnv, or EnvPool's threaded C++ envs through TorchRL's MultiThreadedEnv."""
 
 from __future__ import annotations
 
 import difflib
 import functools
+from typing import NamedTuple
 
 import torch
+from tensordict import TensorDictBase
+from torchrl.data import Categorical, Composite
 from torchrl.envs import (
     DoubleToFloat,
     EnvBase,
     GymEnv,
+    GymWrapper,
     ParallelEnv,
     RewardSum,
     SerialEnv,
     StepCounter,
+    Transform,
     TransformedEnv,
 )
+from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_crossq.modules.networks import set_training_mode
+from torchrl_crossq.threaded_env import EnvPoolEnv
 
 VECTORIZATIONS = ("parallel", "serial")
+ENV_BACKENDS = ("gymnasium", "envpool")
+METAWORLD = (
+    "Meta-World/MT1"  # env.name of the Meta-World single-task group; env.task names the task
+)
+SUCCESS_KEY = "success"
+EMBODIED_INSTALL = "pip install -e '.[embodied]'"
 
 
 class UnknownEnvError(ValueError):
     """An environment id that the installed simulators do not provide."""
+
+
+class MissingExtraError(ImportError):
+    """A simulator that lives in an optional extra that is not installed."""
+
+
+def _require(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{what} needs the {module!r} package of the embodied extra: {EMBODIED_INSTALL}"
+        ) from err
 
 
 def check_env_id(name: str) -> None:
@@ -47,36 +76,172 @@ def check_env_id(name: str) -> None:
     raise UnknownEnvError(f"env.name={name!r} is not a registered gymnasium environment; {hint}")
 
 
-def _make_single_env(name: str, max_episode_steps: int | None, device) -> EnvBase:
+def metaworld_tasks() -> list[str]:
+    """The Meta-World v3 single-task names (``reach-v3``, ``push-v3``, ...); needs the extra."""
+    metaworld = _require("metaworld", f"env.name={METAWORLD}")
+    return sorted(metaworld.env_dict.ALL_V3_ENVIRONMENTS)
+
+
+def envpool_id(name: str, task: str | None = None) -> str:
+    """EnvPool's id of a task: MuJoCo ids are shared, Meta-World's are CamelCase.
+
+    Examples:
+        >>> envpool_id("HalfCheetah-v5")
+        'HalfCheetah-v5'
+        >>> envpool_id("Meta-World/MT1", "pick-place-v3")
+        'MetaWorld/PickPlace-v3'
+    """
+    if name != METAWORLD:
+        return name
+    stem, version = task.rsplit("-", 1)
+    return "MetaWorld/" + "".join(part.capitalize() for part in stem.split("-")) + f"-{version}"
+
+
+def check_env(name: str, task: str | None = None, backend: str = "gymnasium") -> None:
+    """Checks that ``name`` (and ``task``) can be built with ``backend``, with a clear error if not.
+
+    Raises :class:`UnknownEnvError` (listing close matches) for an unknown id or
+    task, :class:`MissingExtraError` (naming the install command) when the
+    backend or Meta-World is not installed, and ``ValueError`` for a bad backend.
+    """
+    if backend not in ENV_BACKENDS:
+        raise ValueError(
+            f"env.backend={backend!r} is not supported; use one of: {', '.join(ENV_BACKENDS)}"
+        )
+    if name == METAWORLD:
+        tasks = metaworld_tasks()
+        if task not in tasks:
+            close = difflib.get_close_matches(str(task), tasks, n=5, cutoff=0.6)
+            hint = (
+                f"did you mean: {', '.join(close)}?" if close else f"use one of: {', '.join(tasks)}"
+            )
+            raise UnknownEnvError(f"env.task={task!r} is not a Meta-World v3 task; {hint}")
+    elif task is not None:
+        raise UnknownEnvError(
+            f"env.task={task!r} is only used with env.name={METAWORLD}; "
+            f"for env.name={name!r} set env.task=null"
+        )
+    if backend == "envpool":
+        envpool = _require("envpool", "env.backend=envpool")
+        known = envpool.list_all_envs()
+        pool_id = envpool_id(name, task)
+        if pool_id not in known:
+            close = difflib.get_close_matches(pool_id, known, n=5, cutoff=0.6)
+            hint = f"did you mean: {', '.join(close)}?" if close else "see envpool.list_all_envs()"
+            raise UnknownEnvError(f"env.name={name!r} is not an EnvPool task ({pool_id}); {hint}")
+    elif name != METAWORLD:
+        check_env_id(name)
+
+
+def _make_single_env(name: str, task: str | None, max_episode_steps: int | None, device) -> EnvBase:
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    return GymEnv(name, device=device, **kwargs)
+    if name != METAWORLD:
+        return GymEnv(name, device=device, **kwargs)
+    import gymnasium as gym
+
+    _require("metaworld", f"env.name={METAWORLD}")  # registers the Meta-World/* ids
+    base = gym.make(name, env_name=task, disable_env_checker=True, **kwargs)
+    env = GymWrapper(base, device=device)
+    env.set_info_dict_reader(SuccessReader())
+    return env
+
+
+class SuccessReader(BaseInfoDictReader):
+    """Reads a gymnasium env's scalar ``info["success"]`` (Meta-World: 0.0/1.0) as a bool ``[1]``.
+
+    TorchRL's ``default_info_dict_reader`` expects numpy values; Meta-World's are floats.
+    Reset infos carry no ``success``: it reads as false.
+    """
+
+    def __init__(self) -> None:
+        self._spec = Composite({SUCCESS_KEY: Categorical(2, (1,), dtype=torch.bool)}, shape=[])
+
+    def __call__(self, info_dict: dict, tensordict: TensorDictBase) -> TensorDictBase:
+        value = bool(info_dict.get(SUCCESS_KEY, 0.0) > 0)
+        tensordict.set(SUCCESS_KEY, torch.tensor([value], device=tensordict.device))
+        return tensordict
+
+    def reset(self) -> None:  # the key and spec are fixed
+        pass
+
+    @property
+    def info_spec(self) -> Composite:
+        return self._spec
+
+
+class EpisodeSuccess(Transform):
+    """Writes ``episode_success``: whether ``success`` was true at any step of the episode so far.
+
+    Success rate, as reported for manipulation tasks, is the fraction of episodes
+    whose ``episode_success`` is true when they end.
+    """
+
+    def __init__(self, in_key: str = SUCCESS_KEY, out_key: str = "episode_success") -> None:
+        super().__init__(in_keys=[in_key], out_keys=[out_key])
+
+    def _reset(
+        self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase
+    ) -> TensorDictBase:
+        out_key = self.out_keys[0]
+        shape = (*tensordict_reset.batch_size, 1)
+        previous = None if tensordict is None else tensordict.get(out_key, None)
+        reset = None if tensordict is None else tensordict.get("_reset", None)
+        if previous is None or reset is None:
+            value = torch.zeros(shape, dtype=torch.bool, device=tensordict_reset.device)
+        else:
+            value = previous & ~reset.reshape(shape)
+        tensordict_reset.set(out_key, value)
+        return tensordict_reset
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        success = next_tensordict.get(self.in_keys[0]).bool()
+        previous = tensordict.get(self.out_keys[0], None)
+        value = success if previous is None else previous | success.reshape(previous.shape)
+        next_tensordict.set(self.out_keys[0], value)
+        return next_tensordict
+
+    def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        shape = (*observation_spec.shape, 1)
+        observation_spec[self.out_keys[0]] = Categorical(
+            2, shape, dtype=torch.bool, device=observation_spec.device
+        )
+        return observation_spec
 
 
 def make_env(
     name: str,
     *,
+    task: str | None = None,
+    backend: str = "gymnasium",
     num_envs: int = 1,
     vectorization: str = "parallel",
     max_episode_steps: int | None = None,
     seed: int | None = None,
     device: torch.device | str = "cpu",
 ) -> EnvBase:
-    """Builds a float32 TorchRL env of ``num_envs`` copies of gymnasium task ``name``.
+    """Builds a float32 TorchRL env of ``num_envs`` copies of task ``name``.
 
     Transforms: ``DoubleToFloat`` (MuJoCo observations are float64),
-    ``StepCounter`` (writes ``step_count``) and ``RewardSum`` (writes
-    ``episode_reward``). Truncation by the time limit sets ``truncated`` and
-    ``done`` but not ``terminated``, so the TD target keeps bootstrapping.
+    ``StepCounter`` (writes ``step_count``), ``RewardSum`` (writes
+    ``episode_reward``) and, for tasks that report ``success`` (Meta-World),
+    :class:`EpisodeSuccess` (writes ``episode_success``). Truncation by the
+    time limit sets ``truncated`` and ``done`` but not ``terminated``, so the TD
+    target keeps bootstrapping.
 
     Args:
-        name: a gymnasium id, e.g. ``"HalfCheetah-v5"``.
+        name: a gymnasium id, e.g. ``"HalfCheetah-v5"``, or ``"Meta-World/MT1"``
+            with ``task``.
 
     Keyword Args:
+        task: the Meta-World task (``"reach-v3"``...); only with ``name="Meta-World/MT1"``.
+        backend: ``"gymnasium"`` (TorchRL's ``GymEnv`` in ``ParallelEnv``/``SerialEnv``)
+            or ``"envpool"`` (EnvPool's C++ envs stepped in threads, through
+            TorchRL's ``MultiThreadedEnv``; batch size ``[num_envs]`` even for one env).
         num_envs: copies stepped together; the env's batch size is ``[num_envs]``
-            (``[]`` for a single env).
-        vectorization: ``"parallel"`` (``ParallelEnv``, one worker process per
-            env) or ``"serial"`` (``SerialEnv``, in process: faster when a step
-            is cheaper than the inter-process hop, as MuJoCo's are).
+            (``[]`` for a single gymnasium env).
+        vectorization: gymnasium backend: ``"parallel"`` (``ParallelEnv``, one
+            worker process per env) or ``"serial"`` (``SerialEnv``, in process:
+            faster when a step is cheaper than the inter-process hop, as MuJoCo's are).
         max_episode_steps: override of the task's time limit.
         seed: seeds the env(s); copies get consecutive seeds.
         device: where the env's tensors live.
@@ -87,23 +252,34 @@ def make_env(
         >>> td["observation"].dtype, td.batch_size
         (torch.float32, torch.Size([3]))
     """
-    check_env_id(name)
+    check_env(name, task, backend)
     if vectorization not in VECTORIZATIONS:
         raise ValueError(
             f"env.vectorization={vectorization!r} is not supported; use one of: parallel, serial"
         )
     if num_envs < 1:
         raise ValueError(f"env.num_envs={num_envs} must be >= 1")
-    create = functools.partial(_make_single_env, name, max_episode_steps, "cpu")
-    if num_envs == 1:
-        base = create()
-    elif vectorization == "parallel":
-        base = ParallelEnv(num_envs, create, mp_start_method="spawn")
+    if backend == "envpool":
+        pool_kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        if seed is not None:
+            pool_kwargs["seed"] = int(seed)
+        if name == METAWORLD:  # as gymnasium's MT1: the goal is part of the observation
+            pool_kwargs["partially_observable"] = False
+        base = EnvPoolEnv(num_envs, envpool_id(name, task), create_env_kwargs=pool_kwargs)
+        seed = None  # given at construction: EnvPool cannot be reseeded in place
     else:
-        base = SerialEnv(num_envs, create)
+        create = functools.partial(_make_single_env, name, task, max_episode_steps, "cpu")
+        if num_envs == 1:
+            base = create()
+        elif vectorization == "parallel":
+            base = ParallelEnv(num_envs, create, mp_start_method="spawn")
+        else:
+            base = SerialEnv(num_envs, create)
     env = TransformedEnv(base, DoubleToFloat())
     env.append_transform(StepCounter())
     env.append_transform(RewardSum())
+    if SUCCESS_KEY in base.observation_spec.keys():
+        env.append_transform(EpisodeSuccess())
     if seed is not None:
         env.set_seed(seed)
     return env.to(device)
@@ -115,13 +291,22 @@ def env_dims(env: EnvBase) -> tuple[int, int]:
     return obs_spec.shape[-1], env.action_spec.shape[-1]
 
 
-def evaluate(env: EnvBase, policy, *, episodes: int, max_steps: int) -> tuple[float, float]:
-    """Mean and std of the return of ``episodes`` deterministic episodes (actor in eval mode).
+class EvalResult(NamedTuple):
+    """Deterministic-evaluation summary; ``success_rate`` is ``None`` for tasks without ``success``."""
+
+    return_mean: float
+    return_std: float
+    success_rate: float | None = None
+
+
+def evaluate(env: EnvBase, policy, *, episodes: int, max_steps: int) -> EvalResult:
+    """Return mean/std and success rate of ``episodes`` deterministic episodes (actor in eval mode).
 
     Actions are the TanhNormal's deterministic action (``ExplorationType.DETERMINISTIC``);
-    each episode runs until ``done`` or ``max_steps``.
+    each episode runs until ``done`` or ``max_steps``. An episode counts as a
+    success when ``success`` was true at any of its steps.
     """
-    returns = []
+    returns, successes = [], []
     with (
         torch.no_grad(),
         set_exploration_type(ExplorationType.DETERMINISTIC),
@@ -132,5 +317,8 @@ def evaluate(env: EnvBase, policy, *, episodes: int, max_steps: int) -> tuple[fl
                 max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
             )
             returns.append(float(rollout["next", "reward"].sum()))
+            if ("next", SUCCESS_KEY) in rollout.keys(True):
+                successes.append(bool(rollout["next", SUCCESS_KEY].any()))
     values = torch.tensor(returns)
-    return float(values.mean()), float(values.std(unbiased=False))
+    success_rate = sum(successes) / len(successes) if successes else None
+    return EvalResult(float(values.mean()), float(values.std(unbiased=False)), success_rate)

@@ -73,13 +73,13 @@ def log_metrics(logger: Logger | None, metrics: Mapping[str, float], step: int) 
 
 
 class EvalHistory:
-    """Evaluation results ``(frames, return mean, return std)``, kept in ``eval.csv`` of the run.
+    """Evaluation results ``(frames, return mean, return std, success rate)``, kept in ``eval.csv``.
 
     Appending writes through, so a crash keeps every finished evaluation and a
-    resumed run reads them back.
+    resumed run reads them back. ``success_rate`` is NaN for tasks without success.
     """
 
-    FIELDS = ("frames", "return_mean", "return_std")
+    FIELDS = ("frames", "return_mean", "return_std", "success_rate")
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -87,7 +87,10 @@ class EvalHistory:
         if self.path.exists():
             with self.path.open() as f:
                 self.rows = [
-                    {k: int(float(v)) if k == "frames" else float(v) for k, v in row.items()}
+                    {
+                        key: int(float(row[key])) if key == "frames" else _float(row.get(key))
+                        for key in self.FIELDS
+                    }
                     for row in csv.DictReader(f)
                 ]
 
@@ -102,17 +105,43 @@ class EvalHistory:
             writer.writeheader()
             writer.writerows(self.rows)
 
-    def append(self, frames: int, return_mean: float, return_std: float) -> None:
-        self.rows.append({"frames": frames, "return_mean": return_mean, "return_std": return_std})
+    def append(
+        self,
+        frames: int,
+        return_mean: float,
+        return_std: float,
+        success_rate: float | None = None,
+    ) -> None:
+        self.rows.append(
+            {
+                "frames": frames,
+                "return_mean": return_mean,
+                "return_std": return_std,
+                "success_rate": math.nan if success_rate is None else success_rate,
+            }
+        )
         self._rewrite()
 
     @property
     def last_return(self) -> float:
         return self.rows[-1]["return_mean"] if self.rows else math.nan
 
+    @property
+    def last_success_rate(self) -> float:
+        return self.rows[-1]["success_rate"] if self.rows else math.nan
+
+    @property
+    def has_success(self) -> bool:
+        return any(not math.isnan(row["success_rate"]) for row in self.rows)
+
+
+def _float(text: str | None) -> float:
+    return math.nan if text in (None, "") else float(text)
+
 
 def plot_learning_curve(history: EvalHistory, path: str | Path, title: str) -> Path | None:
-    """Saves eval return (mean +- std) against frames as a PNG; ``None`` when there is nothing to plot."""
+    """Saves eval return (mean +- std) against frames as a PNG, and the success rate beside it
+    for tasks that report success; ``None`` when there is nothing to plot."""
     if not history.rows:
         return None
     import matplotlib
@@ -123,15 +152,26 @@ def plot_learning_curve(history: EvalHistory, path: str | Path, title: str) -> P
     frames = [r["frames"] for r in history.rows]
     mean = [r["return_mean"] for r in history.rows]
     std = [r["return_std"] for r in history.rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    panels = 2 if history.has_success else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
     ax.plot(frames, mean, marker="o", label="eval return")
     ax.fill_between(
         frames, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25
     )
-    ax.set_xlabel("frames")
     ax.set_ylabel("eval return")
+    if history.has_success:
+        success = axes[0, 1]
+        success.plot(
+            frames, [r["success_rate"] for r in history.rows], marker="o", color="tab:green"
+        )
+        success.set_ylim(-0.05, 1.05)
+        success.set_ylabel("eval success rate")
+        success.set_title(f"{title}: success rate")
+    for panel in axes[0]:
+        panel.set_xlabel("frames")
+        panel.grid(alpha=0.3)
     ax.set_title(title)
-    ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     path = Path(path)
