@@ -23,10 +23,14 @@ settings. ``--jobs 2`` runs two at a time.
 Default tasks: Pendulum-v1 and InvertedPendulum-v5, 5k frames each (1000 random), critic
 256 x 2, actor 256 x 2, 3 seeds; about 20-30 minutes on 2 cores. ``--tasks halfcheetah``
 (also hopper, walker2d) adds MuJoCo locomotion; bench/README.md has the long version.
+``--tasks reach push``: Meta-World reach-v3 and push-v3 (extra ``embodied``), 12k frames (4096
+random), 3 seeds, success rate compared: ours is ``experiment=embodied`` on the gymnasium
+backend, sb3 gets the preset's widths (critic 512, actor 256), gamma 0.8, initial temperature
+0.01 and target entropy -4; about 70 minutes with ``--jobs 2`` on 2 cores.
 
 Run: ``.venv/bin/python bench/learning.py`` (``--quick`` for a smoke run). Curves go to
 ``bench/out/learning.png``, runs to ``bench/out/learning/<task>/<impl>-seed<S>/``. The last
-lines are ``final_<task>_<impl>: mean +- std`` (final eval return across seeds) and
+lines are ``final_<task>_<impl>: mean +- std`` (final eval return, or success rate, across seeds) and
 ``ours_vs_sb3_<task>: within one std|above ...|below ... (difference; std)``.
 """
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import statistics
@@ -56,6 +61,8 @@ SECTION_START, SECTION_END = section_markers("bench/learning.py")
 IMPLS = ("ours", "sb3")
 EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000
 MAX_EVAL_STEPS = 1_000  # eval.max_episode_steps of the script
+METAWORLD = "Meta-World/MT1"
+EVAL_FIELDS = ("frames", "return_mean", "return_std", "success_rate")  # the script's eval.csv
 
 # Matched hyperparameters (the paper's; torchrl_crossq/config.py has their origins).
 HYPERPARAMETERS = {
@@ -85,6 +92,16 @@ class Task:
     eval_interval: int
     eval_episodes: int
     critic_width: int = 256
+    env_task: str | None = None  # Meta-World task (env_id Meta-World/MT1): success rate compared
+
+    @property
+    def metric(self) -> str:
+        """The eval.csv column compared across implementations."""
+        return "success_rate" if self.env_task else "return_mean"
+
+    @property
+    def label(self) -> str:
+        return self.env_task or self.env_id
 
 
 TASKS = {
@@ -93,13 +110,58 @@ TASKS = {
     "halfcheetah": Task("halfcheetah", "HalfCheetah-v5", 20_000, 5_000, 5_000, 5),
     "hopper": Task("hopper", "Hopper-v5", 20_000, 5_000, 5_000, 5),
     "walker2d": Task("walker2d", "Walker2d-v5", 20_000, 5_000, 5_000, 5),
+    # Meta-World: ours is experiment=embodied (on the gymnasium backend, the simulator code sb3
+    # steps); sb3 gets the preset's widths, gamma, temperature and learning start.
+    "reach": Task("metaworld", METAWORLD, 12_000, 4_096, 4_000, 10, 512, "reach-v3"),
+    "push": Task("metaworld", METAWORLD, 12_000, 4_096, 4_000, 10, 512, "push-v3"),
 }
 DEFAULT_TASKS = ("pendulum", "inverted_pendulum")
 
 
+# The embodied preset's values (configs/experiment/embodied.yaml) where they differ from the above;
+# sb3 gets them too. Not matchable: sb3 has no gradient clipping (ours: 10) and parametrises the
+# temperature as exp(log alpha) (ours: softplus); ours steps 8 envs, 4 steps each per round.
+META_WORLD_HYPERPARAMETERS = {
+    "gamma": 0.8,
+    "initial_alpha": 0.01,
+    "target_entropy": -4.0,
+    "actor_width": 256,
+}
+
+
+def hyperparameters(task: Task) -> dict:
+    return {**HYPERPARAMETERS, **(META_WORLD_HYPERPARAMETERS if task.env_task else {})}
+
+
 # -- one run ---------------------------------------------------------------------------------
+def meta_world_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
+    """``experiment=embodied`` as a user runs it, on the gymnasium backend, with the bench budget."""
+    width = task.critic_width
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "experiment=embodied",
+        f"env.task={task.env_task}",
+        "env.backend=gymnasium",
+        "env.vectorization=serial",
+        f"seed={seed}",
+        f"device={device}",
+        f"run_dir={run_dir}",
+        f"collector.total_frames={task.frames}",
+        f"collector.init_random_frames={task.init_random_frames}",
+        f"network.critic_hidden_sizes=[{width},{width}]",
+        f"eval.interval={task.eval_interval}",
+        f"eval.episodes={task.eval_episodes}",
+        "checkpoint.interval=0",
+        "logger.backend=none",
+        "progress_bar=false",
+    ]
+
+
 def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
     """The training script's command line for one run, every matched value spelled out."""
+    if task.env_task:
+        return meta_world_command(task, seed, run_dir, device)
     hp = HYPERPARAMETERS
     width, actor = task.critic_width, hp["actor_width"]
     return [
@@ -150,10 +212,18 @@ def sb3_run(spec: dict) -> None:
     warnings.filterwarnings("ignore")
     task, seed, run_dir = Task(**spec["task"]), spec["seed"], Path(spec["run_dir"])
     torch.set_num_threads(spec["threads"])
-    hp = HYPERPARAMETERS
+    hp = hyperparameters(task)
+
+    def make() -> gym.Env:
+        if not task.env_task:
+            return gym.make(task.env_id)
+        import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+        return gym.make(task.env_id, env_name=task.env_task, disable_env_checker=True)
+
     model = CrossQ(
         "MlpPolicy",
-        gym.make(task.env_id),
+        make(),
         learning_rate=hp["lr"],
         buffer_size=min(hp["replay_size"], task.frames),
         learning_starts=task.init_random_frames,
@@ -163,7 +233,7 @@ def sb3_run(spec: dict) -> None:
         gradient_steps=1,
         policy_delay=hp["policy_delay"],
         ent_coef=f"auto_{hp['initial_alpha']}",
-        target_entropy="auto",
+        target_entropy=hp.get("target_entropy", "auto"),
         policy_kwargs={
             "net_arch": {
                 "pi": [hp["actor_width"]] * 2,
@@ -184,26 +254,29 @@ def sb3_run(spec: dict) -> None:
     )
     torch.set_num_threads(spec["threads"])
 
-    eval_env = gym.make(task.env_id)
+    eval_env = make()
     eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
     rows: list[dict] = []
 
     def evaluate(frames: int) -> None:
-        returns = []
+        returns, successes = [], []
         for _ in range(task.eval_episodes):
             obs, _ = eval_env.reset()
-            total, steps, done = 0.0, 0, False
+            total, steps, done, success = 0.0, 0, False, False
             while not done and steps < MAX_EVAL_STEPS:
                 action, _ = model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, _ = eval_env.step(action)
+                obs, reward, terminated, truncated, info = eval_env.step(action)
                 total, steps = total + float(reward), steps + 1
+                success |= bool(info.get("success", 0.0) > 0)  # at any step, as ours
                 done = terminated or truncated
             returns.append(total)
+            successes.append(success)
         rows.append(
             {
                 "frames": frames,
                 "return_mean": float(np.mean(returns)),
                 "return_std": float(np.std(returns)),
+                "success_rate": float(np.mean(successes)) if task.env_task else math.nan,
             }
         )
         write_eval_csv(run_dir / "eval.csv", rows)
@@ -221,14 +294,16 @@ def sb3_run(spec: dict) -> None:
 
 def write_eval_csv(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=("frames", "return_mean", "return_std"))
+        writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
 
 
 def read_eval_csv(path: Path) -> list[dict]:
     with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: float(row.get(k) or math.nan) for k in EVAL_FIELDS} for row in csv.DictReader(f)
+        ]
 
 
 def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespace) -> dict:
@@ -258,7 +333,7 @@ def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespac
         raise RuntimeError(f"{impl} {name} seed {seed} exited {done.returncode}:\n{tail}")
     rows = read_eval_csv(run_dir / "eval.csv")
     print(
-        f"  {name:<17} {impl:<4} seed {seed}: final {rows[-1]['return_mean']:9.1f} "
+        f"  {name:<17} {impl:<4} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
         f"at {rows[-1]['frames']:.0f} frames ({wall_s:.0f} s)",
         flush=True,
     )
@@ -283,14 +358,13 @@ def aggregate(runs: list[dict], tasks: list[str]) -> dict:
             )
             if not mine:
                 continue
-            finals = [r["rows"][-1]["return_mean"] for r in mine]
-            average = [statistics.fmean(row["return_mean"] for row in r["rows"]) for r in mine]
+            metric = TASKS[name].metric
+            finals = [r["rows"][-1][metric] for r in mine]
+            average = [statistics.fmean(row[metric] for row in r["rows"]) for r in mine]
             frames = sorted({row["frames"] for r in mine for row in r["rows"]})
             curve = []
             for f in frames:
-                values = [
-                    row["return_mean"] for r in mine for row in r["rows"] if row["frames"] == f
-                ]
+                values = [row[metric] for r in mine for row in r["rows"] if row["frames"] == f]
                 curve.append((f, *_mean_std(values), len(values)))
             summary[name][impl] = {
                 "seeds": [r["seed"] for r in mine],
@@ -317,7 +391,8 @@ def verdict(summary: dict, name: str) -> str | None:
         result = "within one std"
     else:
         result = f"{'above' if difference > 0 else 'below'} by more than one std"
-    return f"{result} (ours - sb3 = {difference:+.1f}; larger std {std:.1f})"
+    digits = _digits(name)
+    return f"{result} (ours - sb3 = {difference:+.{digits}f}; larger std {std:.{digits}f})"
 
 
 def plot(summary: dict, runs: list[dict], path: Path) -> Path:
@@ -347,14 +422,15 @@ def plot(summary: dict, runs: list[dict], path: Path) -> Path:
                 if r["task"] == name and r["impl"] == impl:
                     ax.plot(
                         [row["frames"] for row in r["rows"]],
-                        [row["return_mean"] for row in r["rows"]],
+                        [row[TASKS[name].metric] for row in r["rows"]],
                         color=color,
                         alpha=0.3,
                         linewidth=0.8,
                     )
-        ax.set_title(f"{TASKS[name].env_id}")
+        ax.set_title(TASKS[name].label)
         ax.set_xlabel("frames")
-        ax.set_ylabel("eval return (mean over seeds +- std)")
+        what = "success rate" if TASKS[name].env_task else "return"
+        ax.set_ylabel(f"eval {what} (mean over seeds +- std)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -365,20 +441,24 @@ def plot(summary: dict, runs: list[dict], path: Path) -> Path:
 
 
 # -- report ---------------------------------------------------------------------------------
-def _pm(pair: tuple[float, float]) -> str:
-    return f"{pair[0]:.1f} +- {pair[1]:.1f}"
+def _digits(name: str) -> int:
+    return 2 if TASKS[name].env_task else 1  # success rates in [0, 1]; returns
+
+
+def _pm(pair: tuple[float, float], digits: int = 1) -> str:
+    return f"{pair[0]:.{digits}f} +- {pair[1]:.{digits}f}"
 
 
 def report(summary: dict) -> list[str]:
     lines = [
-        f"{'task':<18} {'impl':<5} {'seeds':>5} {'final return':>18} "
+        f"{'task':<18} {'impl':<5} {'seeds':>5} {'final':>18} "
         f"{'mean over evals':>18} {'median wall s':>13}"
     ]
     for name, by_impl in summary.items():
         for impl, s in by_impl.items():
             lines.append(
-                f"{name:<18} {impl:<5} {len(s['seeds']):>5} {_pm(s['final']):>18} "
-                f"{_pm(s['average']):>18} {s['wall_s']:>13.0f}"
+                f"{name:<18} {impl:<5} {len(s['seeds']):>5} {_pm(s['final'], _digits(name)):>18} "
+                f"{_pm(s['average'], _digits(name)):>18} {s['wall_s']:>13.0f}"
             )
     return lines
 
@@ -387,7 +467,7 @@ def summary_lines(summary: dict) -> list[str]:
     lines = []
     for name, by_impl in summary.items():
         for impl, s in by_impl.items():
-            lines.append(f"final_{name}_{impl}: {_pm(s['final'])}")
+            lines.append(f"final_{name}_{impl}: {_pm(s['final'], _digits(name))}")
         result = verdict(summary, name)
         if result is not None:
             lines.append(f"ours_vs_sb3_{name}: {result}")
@@ -415,29 +495,45 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         f"{hp['num_qvalue_nets']} critics, actor {hp['actor_width']} x 2, BRN momentum "
         f"{hp['batch_norm_momentum']}, eps {hp['batch_norm_eps']}, warmup {hp['warmup_steps']:,}"
         f" (never left on these budgets), initial temperature {hp['initial_alpha']}, target "
-        "entropy -action_dim, UTD 1, one env",
+        "entropy -action_dim, UTD 1, one env (MuJoCo and classic-control tasks)",
+    ]
+    if any(t.env_task for t in tasks.values()):
+        mw = META_WORLD_HYPERPARAMETERS
+        lines.append(
+            "- Meta-World tasks: ours is `experiment=embodied` (8 envs x 4 steps per round, 32 "
+            "updates per round: UTD 1; gradient-norm clip 10; softplus temperature) on the "
+            "gymnasium backend; sb3 one env, UTD 1, with the same lr, betas, batch, policy delay, "
+            f"BRN settings, critic width, actor {mw['actor_width']} x 2, gamma {mw['gamma']}, "
+            f"initial temperature {mw['initial_alpha']}, target entropy {mw['target_entropy']} and "
+            "learning start; success = `success` true at any step of a deterministic episode"
+        )
+    lines += [
         "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000; "
-        "final return = the last evaluation's mean over its episodes; mean +- std across seeds "
-        "(sample std); within one std: the means differ by at most the larger of the two stds",
+        "final = the last evaluation's mean over its episodes (return, or success rate for "
+        "Meta-World); mean +- std across seeds (sample std); within one std: the means differ "
+        "by at most the larger of the two stds",
         "",
         "| task | frames | random frames | critic width | eval every / episodes | impl | seeds "
-        "| final return | per seed | mean over evals | median wall s |",
+        "| final return / success rate | per seed | mean over evals | median wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, by_impl in summary.items():
         t = tasks[name]
         for impl, s in by_impl.items():
-            per_seed = ", ".join(f"{v:.1f}" for v in s["finals"])
+            digits = _digits(name)
+            per_seed = ", ".join(f"{v:.{digits}f}" for v in s["finals"])
             lines.append(
-                f"| {t.env_id} | {t.frames:,} | {t.init_random_frames:,} | {t.critic_width} "
+                f"| {t.label} | {t.frames:,} | {t.init_random_frames:,} | {t.critic_width} "
                 f"| {t.eval_interval:,} / {t.eval_episodes} | {impl} | {len(s['seeds'])} "
-                f"| {_pm(s['final'])} | {per_seed} | {_pm(s['average'])} | {s['wall_s']:.0f} |"
+                f"| {_pm(s['final'], digits)} | {per_seed} | {_pm(s['average'], digits)} "
+                f"| {s['wall_s']:.0f} |"
             )
     for name, by_impl in summary.items():
         impls = list(by_impl)
         lines += [
             "",
-            f"Eval return over frames, {tasks[name].env_id} (mean +- std across seeds):",
+            f"Eval {'success rate' if tasks[name].env_task else 'return'} over frames, "
+            f"{tasks[name].label} (mean +- std across seeds):",
             "",
             "| frames | " + " | ".join(impls) + " |",
             "|---" * (len(impls) + 1) + "|",
@@ -445,7 +541,8 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         curves = {impl: {c[0]: c for c in by_impl[impl]["curve"]} for impl in impls}
         for frames in sorted({f for c in curves.values() for f in c}):
             cells = [
-                _pm(curves[impl][frames][1:3]) if frames in curves[impl] else "" for impl in impls
+                _pm(curves[impl][frames][1:3], _digits(name)) if frames in curves[impl] else ""
+                for impl in impls
             ]
             lines.append(f"| {frames:,.0f} | " + " | ".join(cells) + " |")
     lines += [
