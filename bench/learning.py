@@ -57,7 +57,11 @@ from update import _loadavg, machine_info
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-SECTION_START, SECTION_END = section_markers("bench/learning.py")
+# Locomotion/control and Meta-World results live in separate sections, so neither run erases the other.
+SECTIONS = {
+    False: section_markers("bench/learning.py"),
+    True: section_markers("bench/learning.py --tasks reach push"),
+}
 IMPLS = ("ours", "sb3")
 EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000
 MAX_EVAL_STEPS = 1_000  # eval.max_episode_steps of the script
@@ -479,9 +483,14 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
     hp = HYPERPARAMETERS
+    meta_world = any(t.env_task for t in tasks.values())
+    if meta_world and not all(t.env_task for t in tasks.values()):
+        raise SystemExit("error: --write-results: run the Meta-World tasks apart from the others")
+    start, end = SECTIONS[meta_world]
+    title = "Meta-World success" if meta_world else "Sample efficiency"
     lines = [
-        SECTION_START,
-        "## Sample efficiency, ours vs sb3-contrib CrossQ (`bench/learning.py`)",
+        start,
+        f"## {title}, ours vs sb3-contrib CrossQ (`bench/learning.py`)",
         "",
         f"- date: {info['date']}; commit {info['commit']}",
         f"- command: `{info['command']}`",
@@ -497,7 +506,7 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         f" (never left on these budgets), initial temperature {hp['initial_alpha']}, target "
         "entropy -action_dim, UTD 1, one env (MuJoCo and classic-control tasks)",
     ]
-    if any(t.env_task for t in tasks.values()):
+    if meta_world:
         mw = META_WORLD_HYPERPARAMETERS
         lines.append(
             "- Meta-World tasks: ours is `experiment=embodied` (8 envs x 4 steps per round, 32 "
@@ -552,10 +561,10 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         "```",
         *summary_text,
         "```",
-        SECTION_END,
+        end,
     ]
     section = "\n".join(lines)
-    write_section(section, SECTION_START, SECTION_END)
+    write_section(section, start, end)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -619,6 +628,8 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     tasks = task_settings(args)
+    if args.write_results and len({bool(t.env_task) for t in tasks.values()}) > 1:
+        raise SystemExit("error: --write-results: run the Meta-World tasks apart from the others")
     info = machine_info()
     info.update(threads=args.threads, jobs=args.jobs, device=args.device, seeds=args.seeds)
     info["loadavg_start"] = _loadavg()
