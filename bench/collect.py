@@ -1,11 +1,19 @@
-"""Env frames/s of our collection setup against a plain gymnasium loop, HalfCheetah-v5.
+"""Collection frames/s: env backends against a plain gymnasium loop, then collector backends.
 
-The baseline is the loop everyone writes first: ``gymnasium.make("HalfCheetah-v5")`` stepped
-with ``action_space.sample()`` in one process, reset when an episode ends. Ours is what the
-training script runs: ``torchrl_crossq.envs.make_env(name, num_envs=N, vectorization=...)``
-(``GymEnv`` + ``DoubleToFloat``, ``StepCounter``, ``RewardSum``; ``SerialEnv`` in process or
-``ParallelEnv`` with one worker process per env) driven by a TorchRL ``Collector`` with
-``frames_per_batch = N x steps per batch`` (the script's UTD-1 setting is one step per env).
+Part ``envs`` (issue "embodied"). The baseline is the loop everyone writes first:
+``gymnasium.make(task)`` stepped with ``action_space.sample()`` in one process, reset when an
+episode ends. Ours is what the training script runs: ``torchrl_crossq.envs.make_env(name,
+task=..., backend=..., num_envs=N, vectorization=...)`` (``DoubleToFloat``, ``StepCounter``,
+``RewardSum``, plus ``EpisodeSuccess`` on Meta-World) driven by a TorchRL ``Collector`` with
+``frames_per_batch = N x steps per batch`` (the script's UTD-1 setting is one step per env; the
+embodied preset's is 4: 32 frames over 8 envs). The setups, for HalfCheetah-v5 and Meta-World
+``reach-v3`` at N = 1, 2, 4, 8 envs:
+
+- ``serial``: gymnasium envs (``GymEnv``) in TorchRL's ``SerialEnv``, in this process;
+- ``parallel``: gymnasium envs in ``ParallelEnv``, one worker process per env;
+- ``envpool``: EnvPool's C++ envs stepped in its threads (``EnvPoolEnv``, a TorchRL
+  ``MultiThreadedEnv``); batch size ``[N]`` even for one env;
+- ``single``: one gymnasium env without vectorization (``serial`` and ``parallel`` at N = 1).
 
 Each setup is measured under two policies, in one collector, in this order:
 
@@ -15,22 +23,38 @@ Each setup is measured under two policies, in one collector, in this order:
   eval mode, sampling a TanhNormal action), as the script acts after the random steps.
 
 Every phase starts with a warm-up; then its frames are timed in chunks and the median chunk
-rate is reported. A chunk of the plain loop runs before every setup, so the baseline is sampled
-through the whole run; ratios are ours / the median plain rate (1.0: as fast as raw stepping).
-Worker start-up (``ParallelEnv`` spawns its processes) is reported, not timed in the rates.
+rate is reported. The setups of one size run back to back (serial, parallel, envpool), so the
+EnvPool ratios compare neighbours in time; a chunk of the plain loop runs before every setup, so
+the baseline is sampled through the whole run; ratios to it are ours / the median plain rate
+(1.0: as fast as raw stepping). Worker start-up (``ParallelEnv`` spawns its processes) is
+reported, not timed in the rates.
+
+Part ``collectors`` (issue "scale out"): frames/s of ``torchrl_crossq.collectors.make_collector``
+for each ``collector.backend`` (``sync``: one process, the 1-worker baseline; ``multi_sync``,
+``multi_async``: worker processes; ``ray``: Ray workers, when Ray is installed) at 1, 2, 4
+workers, each worker stepping one HalfCheetah-v5 env with our actor (``--collector-policy``),
+batches of about 1000 frames. The first batch (worker start-up) and a warm-up batch are not
+timed; the rate is the frames of the timed batches over their wall time. A plain-loop chunk
+runs before every backend to show how busy the machine was.
 
 Torch runs on one thread by default (``--threads``): on a shared 2-core machine ATen's worker
 threads stall for milliseconds whenever other processes hold the cores (``--threads 0`` keeps
-torch's default). ``ParallelEnv`` itself lowers the main process to
-``max(1, threads - workers)`` threads while its workers live.
+torch's default). ``ParallelEnv`` and the multi-process collectors lower the main process to
+``max(1, threads - workers)`` threads while their workers live; worker processes use one.
 
-Run: ``.venv/bin/python bench/collect.py`` (``--quick`` for a smoke run). The last lines are
-``ratio_<policy>_<vectorization>_<envs>: X`` for one step per env per batch.
+Run: ``.venv/bin/python bench/collect.py`` (``--part envs|collectors``, ``--quick`` for a
+smoke run). The last lines are ``frames_per_s_<backend>_<W>workers: X`` (collectors), then
+``ratio_<policy>_<setup>_<N>envs_<task>: X`` (ours / plain loop) and
+``envpool_vs_<serial|parallel>_<N>envs[_<S>steps]_<task>: X`` (EnvPool's frames/s over
+gymnasium's, random policy; no ``_<S>steps`` at one step per env per batch), ending with
+``envpool_vs_parallel_8envs_HalfCheetah-v5`` and ``envpool_vs_parallel_8envs_reach-v3``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -44,20 +68,63 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
 from results_file import section_markers, write_section  # bench/ is on sys.path
-from update import _loadavg, machine_info
+from update import _loadavg, _version, machine_info
 
-ENV_NAME = "HalfCheetah-v5"
+ENV_TASKS = ("HalfCheetah-v5", "reach-v3")
+ENV_SETUPS = ("serial", "parallel", "envpool")
+GYMNASIUM_SETUPS = ("serial", "parallel")
 POLICIES = ("random", "actor")
-SECTION_START, SECTION_END = section_markers("bench/collect.py")
+COLLECTOR_BACKENDS = ("sync", "multi_sync", "multi_async", "ray")
+EXTRA_PACKAGES = ("gymnasium", "mujoco", "envpool", "metaworld", "ray")
+ENVS_SECTION = section_markers("bench/collect.py")
+COLLECTORS_SECTION = section_markers("bench/collect.py (collectors)")
+BUSY_SPREAD = 1.3  # plain-loop chunks varying more than this: the machine is busy
+
+# Full run and --quick smoke run; a flag given on the command line wins over both.
+FULL = {
+    "envs": [1, 2, 4, 8],
+    "steps_per_batch": [1, 4],
+    "frames": 2000,
+    "chunks": 4,
+    "warmup_frames": 200,
+    "plain_steps": 3000,
+    "workers": [1, 2, 4],
+    "collector_frames_per_batch": 1000,
+    "collector_batches": 8,
+}
+QUICK = {
+    "envs": [1, 2],
+    "steps_per_batch": [1],
+    "frames": 200,
+    "chunks": 2,
+    "warmup_frames": 40,
+    "plain_steps": 500,
+    "workers": [1, 2],
+    "collector_frames_per_batch": 100,
+    "collector_batches": 2,
+}
+
+
+def env_id(label: str) -> tuple[str, str | None]:
+    """``(name, task)`` for ``make_env``: a gymnasium id, or a Meta-World task (``reach-v3``)."""
+    import gymnasium as gym
+
+    from torchrl_crossq.envs import METAWORLD
+
+    return (label, None) if label in gym.envs.registry else (METAWORLD, label)
 
 
 class PlainLoop:
     """The baseline: one gymnasium env stepped with random actions in this process."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, label: str, seed: int = 0) -> None:
         import gymnasium as gym
 
-        self.env = gym.make(ENV_NAME)
+        name, task = env_id(label)
+        if task is None:
+            self.env = gym.make(name)
+        else:  # Meta-World's MT1 id (registered by check_env's import), as make_env builds it
+            self.env = gym.make(name, env_name=task, disable_env_checker=True)
         self.env.action_space.seed(seed)
         self.env.reset(seed=seed)
 
@@ -79,8 +146,28 @@ def _round_up(frames: int, multiple: int) -> int:
     return max(multiple, math.ceil(frames / multiple) * multiple)
 
 
-def bench_setup(
-    vectorization: str, num_envs: int, steps_per_batch: int, args: argparse.Namespace
+def setup_label(setup: str, num_envs: int) -> str:
+    """One gymnasium env is neither serial nor parallel: ``make_env`` builds it bare."""
+    return "single" if setup in GYMNASIUM_SETUPS and num_envs == 1 else setup
+
+
+def missing_backend(label: str, setup: str) -> str | None:
+    """Why ``setup`` cannot build task ``label`` here (an extra not installed), else ``None``."""
+    from torchrl_crossq.envs import MissingExtraError, check_env
+
+    name, task = env_id(label)
+    try:  # an unknown task is the user's typo: check_env's UnknownEnvError stops the run
+        check_env(name, task, "envpool" if setup == "envpool" else "gymnasium")
+    except MissingExtraError as err:
+        return str(err)
+    return None
+
+
+# -- part envs -------------------------------------------------------------------------------------
+
+
+def bench_env_setup(
+    label: str, setup: str, num_envs: int, steps_per_batch: int, args: argparse.Namespace
 ) -> dict:
     """Frames/s of one env setup under the random policy, then under our actor."""
     from torchrl.collectors import Collector
@@ -93,8 +180,10 @@ def bench_setup(
     chunk = _round_up(args.frames // args.chunks, frames_per_batch)
     phase = warmup + args.chunks * chunk
 
+    name, task = env_id(label)
+    backend = {"backend": "envpool"} if setup == "envpool" else {"vectorization": setup}
     start = time.perf_counter()
-    env = make_env(ENV_NAME, num_envs=num_envs, vectorization=vectorization, seed=0)
+    env = make_env(name, task=task, num_envs=num_envs, seed=0, **backend)
     obs_dim, _ = env_dims(env)
     torch.manual_seed(0)
     actor = make_actor(obs_dim, env.action_spec_unbatched)
@@ -111,26 +200,28 @@ def bench_setup(
         backend="direct",
         auto_register_policy_transforms=False,
     )
-    batches = iter(collector)
-    first = next(batches)  # the first batch starts ParallelEnv's workers
-    setup_s = time.perf_counter() - start
-
-    threads_during = torch.get_num_threads()
-    rates: dict[str, list[float]] = {}
-    collected = first.numel()
-    for policy in POLICIES:
-        while collected < warmup + (phase if policy == "actor" else 0):
-            collected += next(batches).numel()
-        rates[policy] = []
-        for _ in range(args.chunks):
-            frames, start = 0, time.perf_counter()
-            while frames < chunk:
-                frames += next(batches).numel()
-            rates[policy].append(frames / (time.perf_counter() - start))
-            collected += frames
-    collector.shutdown()
+    try:
+        batches = iter(collector)
+        first = next(batches)  # the first batch starts ParallelEnv's workers
+        setup_s = time.perf_counter() - start
+        threads_during = torch.get_num_threads()
+        rates: dict[str, list[float]] = {}
+        collected = first.numel()
+        for policy in POLICIES:
+            while collected < warmup + (phase if policy == "actor" else 0):
+                collected += next(batches).numel()
+            rates[policy] = []
+            for _ in range(args.chunks):
+                frames, start = 0, time.perf_counter()
+                while frames < chunk:
+                    frames += next(batches).numel()
+                rates[policy].append(frames / (time.perf_counter() - start))
+                collected += frames
+    finally:
+        collector.shutdown()
     return {
-        "vectorization": vectorization if num_envs > 1 else "single",
+        "task": label,
+        "setup": setup_label(setup, num_envs),
         "num_envs": num_envs,
         "steps_per_batch": steps_per_batch,
         "frames_per_batch": frames_per_batch,
@@ -142,117 +233,444 @@ def bench_setup(
     }
 
 
-def setups(args: argparse.Namespace) -> list[tuple[str, int, int]]:
-    """``(vectorization, envs, steps per batch)``; one env is the same in both vectorizations."""
+def env_setups(setups: list[str], args: argparse.Namespace) -> list[tuple[int, int, str]]:
+    """``(steps per batch, envs, setup)``, the setups of one size back to back."""
     result = []
     for steps in args.steps_per_batch:
-        for vectorization in args.vectorizations:
-            for num_envs in args.envs:
-                if num_envs == 1 and vectorization != args.vectorizations[0]:
-                    continue
-                result.append((vectorization, num_envs, steps))
+        for num_envs in args.envs:
+            labels = set()
+            for setup in setups:
+                if setup_label(setup, num_envs) not in labels:  # one bare env, measured once
+                    labels.add(setup_label(setup, num_envs))
+                    result.append((steps, num_envs, setup))
     return result
 
 
-def report(results: list[dict], plain: float) -> list[str]:
-    lines = [
-        f"plain gymnasium loop: {plain:,.0f} frames/s (median over the run)",
-        f"{'setup':<10} {'envs':>4} {'steps/batch':>11} {'random f/s':>10} {'ratio':>6} "
-        f"{'actor f/s':>10} {'ratio':>6} {'start s':>7}",
-    ]
-    for r in results:
-        m = r["median"]
-        lines.append(
-            f"{r['vectorization']:<10} {r['num_envs']:>4} {r['steps_per_batch']:>11} "
-            f"{m['random']:>10,.0f} {m['random'] / plain:>6.3f} "
-            f"{m['actor']:>10,.0f} {m['actor'] / plain:>6.3f} {r['setup_s']:>7.1f}"
-        )
-    return lines
-
-
-def summary_lines(results: list[dict], plain: float) -> list[str]:
-    lines = []
-    for r in results:
-        if r["steps_per_batch"] != 1:
+def run_envs(args: argparse.Namespace, threads: int) -> dict:
+    """All env setups of all tasks; returns the rows, the plain-loop rates and the skips."""
+    results, plain_rates, skipped = [], {}, []
+    for label in args.tasks:
+        reason = missing_backend(label, "gymnasium")
+        if reason is not None:  # no plain loop without gymnasium's env either
+            skipped.append(f"{label}: skipped ({reason})")
+            print(f"# {skipped[-1]}", flush=True)
             continue
-        for policy in POLICIES:
+        setups = []
+        for setup in args.setups:
+            reason = missing_backend(label, setup)
+            if reason is None:
+                setups.append(setup)
+            else:
+                skipped.append(f"{label} {setup}: skipped ({reason})")
+                print(f"# {skipped[-1]}", flush=True)
+        plain_loop = PlainLoop(label)
+        plain_loop.rate(args.plain_steps)  # warm-up
+        rates = plain_rates[label] = []
+        for steps, num_envs, setup in env_setups(setups, args):
+            rates.append(plain_loop.rate(args.plain_steps))
+            result = bench_env_setup(label, setup, num_envs, steps, args)
+            torch.set_num_threads(threads)  # ParallelEnv's shutdown may change it
+            results.append(result)
+            m = result["median"]
+            print(
+                f"  {label} {result['setup']:<8} envs {num_envs} steps/batch {steps}: "
+                f"random {m['random']:,.0f} f/s, actor {m['actor']:,.0f} f/s "
+                f"(start {result['setup_s']:.1f} s; plain chunk {rates[-1]:,.0f} f/s)",
+                flush=True,
+            )
+        rates.append(plain_loop.rate(args.plain_steps))
+        plain_loop.close()
+    plain = {label: statistics.median(r) for label, r in plain_rates.items()}
+    return {
+        "results": results,
+        "plain_rates": plain_rates,
+        "plain": plain,
+        "envpool": envpool_ratios(results, args.setups),
+        "skipped": skipped,
+    }
+
+
+def envpool_ratios(results: list[dict], setups: list[str]) -> list[dict]:
+    """EnvPool's frames/s over each gymnasium setup's at the same task, envs and steps."""
+    rows = {(r["task"], r["steps_per_batch"], r["num_envs"], r["setup"]): r for r in results}
+    ratios = []
+    for r in results:
+        if r["setup"] != "envpool":
+            continue
+        for versus in (s for s in GYMNASIUM_SETUPS if s in setups):
+            key = (
+                r["task"],
+                r["steps_per_batch"],
+                r["num_envs"],
+                setup_label(versus, r["num_envs"]),
+            )
+            if key not in rows:
+                continue
+            other = rows[key]["median"]
+            ratios.append(
+                {
+                    "task": r["task"],
+                    "steps_per_batch": r["steps_per_batch"],
+                    "num_envs": r["num_envs"],
+                    "versus": versus,
+                    "ratio": {policy: r["median"][policy] / other[policy] for policy in POLICIES},
+                }
+            )
+    return ratios
+
+
+def envs_report(envs: dict) -> list[str]:
+    plain = envs["plain"]
+    lines = [
+        "plain gymnasium loop (median over the run): "
+        + ", ".join(f"{label} {rate:,.0f} frames/s" for label, rate in plain.items()),
+        f"{'task':<15} {'setup':<8} {'envs':>4} {'steps/batch':>11} {'random f/s':>10} "
+        f"{'ratio':>6} {'actor f/s':>10} {'ratio':>6} {'start s':>7}",
+    ]
+    for r in envs["results"]:
+        m, base = r["median"], plain[r["task"]]
+        lines.append(
+            f"{r['task']:<15} {r['setup']:<8} {r['num_envs']:>4} {r['steps_per_batch']:>11} "
+            f"{m['random']:>10,.0f} {m['random'] / base:>6.3f} "
+            f"{m['actor']:>10,.0f} {m['actor'] / base:>6.3f} {r['setup_s']:>7.1f}"
+        )
+    if envs["envpool"]:
+        lines += [
+            "envpool frames/s over gymnasium's (> 1: envpool is faster; 1 env: over single)",
+            f"{'task':<15} {'steps/batch':>11} {'envs':>4} {'versus':<8} {'random':>6} "
+            f"{'actor':>6}",
+        ]
+        for c in envs["envpool"]:
             lines.append(
-                f"ratio_{policy}_{r['vectorization']}_{r['num_envs']}: "
-                f"{r['median'][policy] / plain:.3f}"
+                f"{c['task']:<15} {c['steps_per_batch']:>11} {c['num_envs']:>4} {c['versus']:<8} "
+                f"{c['ratio']['random']:>6.2f} {c['ratio']['actor']:>6.2f}"
             )
     return lines
 
 
-def write_results(info: dict, args, results: list[dict], plain: float, summary: list[str]) -> None:
-    """Replaces (or appends) this script's section of bench/RESULTS.md."""
+def envs_summary(envs: dict) -> list[str]:
+    """Ratios to the plain loop at one step per env, then EnvPool's, parallel 8 envs last."""
+    lines = []
+    for r in envs["results"]:
+        if r["steps_per_batch"] == 1:
+            base = envs["plain"][r["task"]]
+            for policy in POLICIES:
+                lines.append(
+                    f"ratio_{policy}_{r['setup']}_{r['num_envs']}envs_{r['task']}: "
+                    f"{r['median'][policy] / base:.3f}"
+                )
+
+    def order(c: dict) -> tuple:
+        return (
+            c["steps_per_batch"] == 1,
+            c["steps_per_batch"],
+            c["versus"] == "parallel",
+            c["num_envs"],
+        )
+
+    for c in sorted(envs["envpool"], key=order):  # stable: tasks keep their order
+        steps = "" if c["steps_per_batch"] == 1 else f"_{c['steps_per_batch']}steps"
+        lines.append(
+            f"envpool_vs_{c['versus']}_{c['num_envs']}envs{steps}_{c['task']}: "
+            f"{c['ratio']['random']:.3f}"
+        )
+    return lines
+
+
+# -- part collectors -------------------------------------------------------------------------------
+
+
+def bench_collector(backend: str, num_workers: int, args: argparse.Namespace) -> dict:
+    """Frames/s of ``make_collector(backend=...)`` with ``num_workers`` workers of one env each."""
+    from torchrl_crossq import make_actor
+    from torchrl_crossq.collectors import make_collector
+    from torchrl_crossq.envs import env_dims, make_env
+
+    name, task = env_id(args.collector_task)
+    create_env = functools.partial(make_env, name, task=task)
+    policy = None  # make_collector's workers then act with TorchRL's RandomPolicy
+    if args.collector_policy == "actor":
+        probe = create_env(seed=0)
+        obs_dim, _ = env_dims(probe)
+        torch.manual_seed(0)
+        policy = make_actor(obs_dim, probe.action_spec_unbatched).eval()
+        probe.close()
+    frames_per_batch = _round_up(args.collector_frames_per_batch, num_workers)
+    untimed = 1 + args.collector_warmup_batches  # the first batch starts the workers
+    start = time.perf_counter()
+    with contextlib.ExitStack() as cleanup:
+        if backend == "ray":  # started here to keep the workers' prints out of the report
+            import ray
+
+            ray.init(num_cpus=num_workers, log_to_driver=False)  # a CPU per worker, even on 2 cores
+            cleanup.callback(ray.shutdown)
+        collector = make_collector(
+            create_env,
+            policy,
+            seed=0,
+            backend=backend,
+            num_workers=num_workers,
+            frames_per_batch=frames_per_batch,
+            # Finite (Ray stops at once on -1), never reached: a batch may hold one per worker.
+            total_frames=frames_per_batch * num_workers * (untimed + args.collector_batches + 1),
+            policy_device="cpu",
+        )
+        cleanup.callback(collector.shutdown)
+        batches = iter(collector)
+        next(batches)
+        setup_s = time.perf_counter() - start
+        for _ in range(args.collector_warmup_batches):
+            next(batches)
+        frames, start = 0, time.perf_counter()
+        batch_rates = []
+        for _ in range(args.collector_batches):
+            batch_start = time.perf_counter()
+            batch_frames = next(batches).numel()
+            batch_rates.append(batch_frames / (time.perf_counter() - batch_start))
+            frames += batch_frames
+        elapsed = time.perf_counter() - start
+    return {
+        "backend": backend,
+        "num_workers": num_workers,
+        "frames_per_batch": frames // args.collector_batches,
+        "timed_frames": frames,
+        "setup_s": setup_s,
+        "frames_per_s": frames / elapsed,
+        "batch_rates": batch_rates,
+    }
+
+
+def collector_setups(backends: list[str], workers: list[int]) -> list[tuple[str, int]]:
+    """``(backend, workers)``: ``sync`` once (one process), the others at each worker count."""
+    result = [("sync", 1)] if "sync" in backends else []
+    for num_workers in workers:
+        result += [(backend, num_workers) for backend in backends if backend != "sync"]
+    return result
+
+
+def run_collectors(args: argparse.Namespace, threads: int) -> dict:
+    results, plain_rates, skipped = [], {args.collector_task: []}, []
+    rates = plain_rates[args.collector_task]
+    reason = missing_backend(args.collector_task, "gymnasium")
+    if reason is not None:
+        skipped.append(f"all backends: skipped ({reason})")
+        print(f"# {skipped[-1]}", flush=True)
+        return {"results": results, "plain_rates": plain_rates, "skipped": skipped}
+    backends = list(args.backends)
+    if "ray" in backends:
+        try:
+            import ray  # noqa: F401
+        except ImportError as err:
+            backends.remove("ray")
+            skipped.append(f"ray: skipped ({err}; pip install -e '.[distributed]')")
+            print(f"# {skipped[-1]}", flush=True)
+    plain_loop = PlainLoop(args.collector_task)
+    plain_loop.rate(args.plain_steps)  # warm-up
+    for backend, num_workers in collector_setups(backends, args.workers):
+        rates.append(plain_loop.rate(args.plain_steps))
+        result = bench_collector(backend, num_workers, args)
+        torch.set_num_threads(threads)  # the multi-process collectors lower it while they run
+        results.append(result)
+        print(
+            f"  {backend:<11} workers {num_workers}: {result['frames_per_s']:,.0f} f/s "
+            f"(start {result['setup_s']:.1f} s; plain chunk {rates[-1]:,.0f} f/s)",
+            flush=True,
+        )
+    rates.append(plain_loop.rate(args.plain_steps))
+    plain_loop.close()
+    return {"results": results, "plain_rates": plain_rates, "skipped": skipped}
+
+
+def collectors_report(collectors: dict) -> list[str]:
+    sync = next((r for r in collectors["results"] if r["backend"] == "sync"), None)
+    lines = [
+        f"{'backend':<11} {'workers':>7} {'frames/batch':>12} {'frames/s':>9} {'vs sync':>7} "
+        f"{'start s':>7}"
+    ]
+    for r in collectors["results"]:
+        versus = f"{r['frames_per_s'] / sync['frames_per_s']:>7.2f}" if sync else f"{'n/a':>7}"
+        lines.append(
+            f"{r['backend']:<11} {r['num_workers']:>7} {r['frames_per_batch']:>12} "
+            f"{r['frames_per_s']:>9,.0f} {versus} {r['setup_s']:>7.1f}"
+        )
+    return lines
+
+
+def collectors_summary(collectors: dict) -> list[str]:
+    return [
+        f"frames_per_s_{r['backend']}_{r['num_workers']}workers: {r['frames_per_s']:.0f}"
+        for r in collectors["results"]
+    ]
+
+
+# -- machine load and RESULTS.md -------------------------------------------------------------------
+
+
+def busy_warning(info: dict, plain_rates: dict[str, list[float]]) -> str | None:
+    """Names the signs of a shared machine: load at start, an unsteady plain loop (per task)."""
+    signs = []
+    load = info["loadavg_start"].split()[0]
+    if load[0].isdigit() and float(load) > 0.5 * (info["cores"] or 1):
+        signs.append(f"load average {load} at start on {info['cores']} cores")
+    for label, rates in plain_rates.items():
+        if rates and max(rates) > BUSY_SPREAD * min(rates):
+            signs.append(
+                f"the {label} plain loop's rate varied {min(rates):,.0f}..{max(rates):,.0f} "
+                "frames/s across the run"
+            )
+    if not signs:
+        return None
+    return "WARNING: the machine looks busy (" + "; ".join(signs) + "): rates are unreliable"
+
+
+def header_lines(info: dict, args: argparse.Namespace, warning: str | None) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
-    lines = [
-        SECTION_START,
-        "## Collection throughput (`bench/collect.py`)",
-        "",
+    return [
         f"- date: {info['date']}; commit {info['commit']}",
         f"- command: `{info['command']}`",
         f"- machine: {info['cpu']}, {info['cores']} cores, torch threads {args.threads or 'default'}"
         f"; load average {info['loadavg_start']} at start, {info['loadavg_end']} at end",
         f"- versions: Python {info['python']}, {versions}",
         f"- allocator: {allocator}",
-        *([f"- **{info['warning']}**"] if info["warning"] else []),
-        f"- {ENV_NAME}; frames/s are medians of {args.chunks} chunks of about "
+        *([f"- **{warning}**"] if warning else []),
+    ]
+
+
+def write_envs_results(info: dict, args: argparse.Namespace, envs: dict, summary: list[str]):
+    """Replaces (or appends) the env-backend section of bench/RESULTS.md."""
+    start, end = ENVS_SECTION
+    plain = envs["plain"]
+    lines = [
+        start,
+        "## Collection throughput: env backends (`bench/collect.py`)",
+        "",
+        *header_lines(info, args, busy_warning(info, envs["plain_rates"])),
+        f"- {', '.join(plain)}; frames/s are medians of {args.chunks} chunks of about "
         f"{args.frames // args.chunks} frames after {args.warmup_frames} warm-up frames; "
         "ratio = ours / the plain gymnasium loop (random actions, one process)",
+        *[f"- {line}" for line in envs["skipped"]],
         "",
-        f"Plain gymnasium loop: **{plain:,.0f} frames/s**.",
+        "Plain gymnasium loop: "
+        + ", ".join(f"{label} **{rate:,.0f} frames/s**" for label, rate in plain.items())
+        + ".",
         "",
-        "| setup | envs | steps per env per batch | random policy frames/s | ratio "
+        "| task | setup | envs | steps per env per batch | random policy frames/s | ratio "
         "| our actor frames/s | ratio | worker start s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        m = r["median"]
+    for r in envs["results"]:
+        m, base = r["median"], plain[r["task"]]
         lines.append(
-            f"| {r['vectorization']} | {r['num_envs']} | {r['steps_per_batch']} "
-            f"| {m['random']:,.0f} | {m['random'] / plain:.3f} "
-            f"| {m['actor']:,.0f} | {m['actor'] / plain:.3f} | {r['setup_s']:.1f} |"
+            f"| {r['task']} | {r['setup']} | {r['num_envs']} | {r['steps_per_batch']} "
+            f"| {m['random']:,.0f} | {m['random'] / base:.3f} "
+            f"| {m['actor']:,.0f} | {m['actor'] / base:.3f} | {r['setup_s']:.1f} |"
         )
-    lines += ["", "```", *summary, "```", SECTION_END]
-    section = "\n".join(lines)
-    write_section(section, SECTION_START, SECTION_END)
+    if envs["envpool"]:
+        lines += [
+            "",
+            "EnvPool's frames/s over gymnasium's (> 1: EnvPool is faster; one env: over `single`):",
+            "",
+            "| task | steps per env per batch | envs | versus | random policy | our actor |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in envs["envpool"]:
+            lines.append(
+                f"| {c['task']} | {c['steps_per_batch']} | {c['num_envs']} | {c['versus']} "
+                f"| {c['ratio']['random']:.2f} | {c['ratio']['actor']:.2f} |"
+            )
+    lines += ["", "```", *summary, "```", end]
+    write_section("\n".join(lines), start, end)
+
+
+def write_collectors_results(
+    info: dict, args: argparse.Namespace, collectors: dict, summary: list[str]
+):
+    """Replaces (or appends) the collector-backend section of bench/RESULTS.md."""
+    start, end = COLLECTORS_SECTION
+    lines = [
+        start,
+        "## Collection throughput: collector backends (`bench/collect.py --part collectors`)",
+        "",
+        *header_lines(info, args, busy_warning(info, collectors["plain_rates"])),
+        f"- {args.collector_task}, one env per worker, {args.collector_policy} policy; frames/s "
+        f"over {args.collector_batches} timed batches after the start-up batch and "
+        f"{args.collector_warmup_batches} warm-up batch(es); `vs sync` = frames/s over the "
+        "one-process `sync` collector's",
+        *[f"- {line}" for line in collectors["skipped"]],
+        "",
+        "| backend | workers | frames per batch | frames/s | vs sync | start s |",
+        "|---|---|---|---|---|---|",
+    ]
+    sync = next((r for r in collectors["results"] if r["backend"] == "sync"), None)
+    for r in collectors["results"]:
+        versus = f"{r['frames_per_s'] / sync['frames_per_s']:.2f}" if sync else "n/a"
+        lines.append(
+            f"| {r['backend']} | {r['num_workers']} | {r['frames_per_batch']} "
+            f"| {r['frames_per_s']:,.0f} | {versus} | {r['setup_s']:.1f} |"
+        )
+    lines += ["", "```", *summary, "```", end]
+    write_section("\n".join(lines), start, end)
+
+
+# -- command line ----------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--part", choices=["envs", "collectors", "all"], default="all")
     parser.add_argument(
-        "--vectorizations",
-        nargs="+",
-        choices=["serial", "parallel"],
-        default=["serial", "parallel"],
+        "--quick", action="store_true", help="smoke run: 1 and 2 envs/workers, few frames"
     )
-    parser.add_argument(
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--json", type=Path, help="dump all results to this file")
+    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    envs = parser.add_argument_group("part envs")
+    envs.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(ENV_TASKS),
+        help="gymnasium ids or Meta-World tasks (reach-v3, push-v3, ...)",
+    )
+    envs.add_argument("--setups", nargs="+", choices=ENV_SETUPS, default=list(ENV_SETUPS))
+    envs.add_argument("--envs", type=int, nargs="+", help=f"env counts (default {FULL['envs']})")
+    envs.add_argument(
         "--steps-per-batch",
         type=int,
         nargs="+",
-        default=[1, 32],
-        help="env steps per env per collector batch (1: the script's UTD-1 setting; 32: the "
-        "embodied preset's)",
+        help="env steps per env per collector batch (default 1 4; 1: the script's UTD-1 "
+        "setting; 4: the embodied preset's, 32 frames over 8 envs)",
     )
-    parser.add_argument("--frames", type=int, default=2000, help="timed frames per policy")
-    parser.add_argument("--chunks", type=int, default=4, help="timed chunks per policy")
-    parser.add_argument("--warmup-frames", type=int, default=200, help="untimed, per policy")
-    parser.add_argument("--plain-steps", type=int, default=3000, help="plain-loop steps per chunk")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 and 2 envs, few frames")
-    parser.add_argument("--json", type=Path, help="dump all results to this file")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    envs.add_argument("--frames", type=int, help="timed frames per policy (default 2000)")
+    envs.add_argument("--chunks", type=int, help="timed chunks per policy (default 4)")
+    envs.add_argument("--warmup-frames", type=int, help="untimed, per policy (default 200)")
+    envs.add_argument("--plain-steps", type=int, help="plain-loop steps per chunk (default 3000)")
+    collectors = parser.add_argument_group("part collectors")
+    collectors.add_argument(
+        "--backends", nargs="+", choices=COLLECTOR_BACKENDS, default=list(COLLECTOR_BACKENDS)
+    )
+    collectors.add_argument("--workers", type=int, nargs="+", help="default 1 2 4")
+    collectors.add_argument("--collector-task", default="HalfCheetah-v5")
+    collectors.add_argument("--collector-policy", choices=["actor", "random"], default="actor")
+    collectors.add_argument(
+        "--collector-frames-per-batch", type=int, help="rounded up to the workers (default 1000)"
+    )
+    collectors.add_argument("--collector-batches", type=int, help="timed batches (default 8)")
+    collectors.add_argument("--collector-warmup-batches", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.envs, args.frames, args.chunks, args.warmup_frames = [1, 2], 400, 2, 40
-        args.plain_steps = 1000
-    if min(args.envs) < 1 or min(args.steps_per_batch) < 1 or args.chunks < 1:
-        parser.error("--envs, --steps-per-batch and --chunks must be >= 1")
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    counts = [*args.envs, *args.steps_per_batch, *args.workers, args.chunks, args.collector_batches]
+    if min(counts) < 1 or args.collector_frames_per_batch < 1 or args.plain_steps < 1:
+        parser.error(
+            "--envs, --steps-per-batch, --workers, --chunks, --collector-batches, "
+            "--collector-frames-per-batch and --plain-steps must be >= 1"
+        )
     if args.frames < args.chunks:
         parser.error(f"--frames={args.frames} must be >= --chunks={args.chunks}")
+    if args.collector_warmup_batches < 0:
+        parser.error(f"--collector-warmup-batches={args.collector_warmup_batches} must be >= 0")
     return args
 
 
@@ -266,53 +684,53 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     info = machine_info()
+    info["versions"].update({package: _version(package) for package in EXTRA_PACKAGES})
     info["loadavg_start"] = _loadavg()
     print(f"# {info['cpu']}, {info['cores']} cores, torch threads {threads}")
     print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(
-        f"# {ENV_NAME}: plain gymnasium loop vs make_env + Collector; "
-        f"{args.frames} timed frames per policy in {args.chunks} chunks"
-    )
-    plain_loop = PlainLoop()
-    plain_loop.rate(args.plain_steps)  # warm-up
-    plain_rates, results = [], []
-    for vectorization, num_envs, steps in setups(args):
-        plain_rates.append(plain_loop.rate(args.plain_steps))
-        result = bench_setup(vectorization, num_envs, steps, args)
-        torch.set_num_threads(threads)  # ParallelEnv's shutdown may change it
-        results.append(result)
-        m = result["median"]
+    print(f"# load average {info['loadavg_start']} at start", flush=True)
+    envs = collectors = None
+    if args.part in ("envs", "all"):
         print(
-            f"  {result['vectorization']:<8} envs {num_envs} steps/batch {steps}: "
-            f"random {m['random']:,.0f} f/s, actor {m['actor']:,.0f} f/s "
-            f"(start {result['setup_s']:.1f} s; plain chunk {plain_rates[-1]:,.0f} f/s)",
+            f"# envs: {', '.join(args.tasks)}: plain gymnasium loop vs make_env + Collector "
+            f"({', '.join(args.setups)}); {args.frames} timed frames per policy in "
+            f"{args.chunks} chunks",
             flush=True,
         )
-    plain_rates.append(plain_loop.rate(args.plain_steps))
-    plain_loop.close()
-    plain = statistics.median(plain_rates)
-    info["loadavg_end"] = _loadavg()
-    table = report(results, plain)
-    for line in table:
-        print(line)
-    print(
-        f"# plain loop chunks {min(plain_rates):,.0f}..{max(plain_rates):,.0f} f/s; "
-        f"load average {info['loadavg_start']} at start, {info['loadavg_end']} at end"
-    )
-    info["warning"] = None
-    if max(plain_rates) > 1.3 * min(plain_rates):
-        info["warning"] = (
-            f"WARNING: the plain loop's rate varied {min(plain_rates):,.0f}..{max(plain_rates):,.0f}"
-            " frames/s across the run: the machine looks busy, rates are unreliable"
+        envs = run_envs(args, threads)
+    if args.part in ("collectors", "all"):
+        print(
+            f"# collectors: {args.collector_task}, {args.collector_policy} policy, "
+            f"{args.collector_batches} timed batches of about {args.collector_frames_per_batch} "
+            "frames",
+            flush=True,
         )
-        print(f"# {info['warning']}")
-    summary = summary_lines(results, plain)
+        collectors = run_collectors(args, threads)
+    info["loadavg_end"] = _loadavg()
+
+    summary = []
+    if collectors is not None:
+        print("\n".join(collectors_report(collectors)))
+        collectors_warning = busy_warning(info, collectors["plain_rates"])
+        if collectors_warning:
+            print(f"# collectors: {collectors_warning}")
+        summary += collectors_summary(collectors)
+    if envs is not None:
+        print("\n".join(envs_report(envs)))
+        envs_warning = busy_warning(info, envs["plain_rates"])
+        if envs_warning:
+            print(f"# envs: {envs_warning}")
+        summary += envs_summary(envs)
+    print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
     if args.json:
         args.json.write_text(
-            json.dumps({"info": info, "plain_rates": plain_rates, "results": results}, indent=2)
+            json.dumps({"info": info, "envs": envs, "collectors": collectors}, indent=2)
         )
     if args.write_results:
-        write_results(info, args, results, plain, summary)
+        if envs is not None:
+            write_envs_results(info, args, envs, envs_summary(envs))
+        if collectors is not None:
+            write_collectors_results(info, args, collectors, collectors_summary(collectors))
     for line in summary:
         print(line)
 
