@@ -36,7 +36,7 @@ from torchrl_crossq.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from torchrl_crossq.collectors import make_collector
+from torchrl_crossq.collectors import collector_state, make_collector, restore_collector_state
 from torchrl_crossq.config import (
     ConfigError,
     env_label,
@@ -173,7 +173,7 @@ def train(cfg: DictConfig) -> None:
     replay_buffer = make_replay_buffer(**replay_buffer_kwargs(cfg, run_dir, device))
 
     # -- resume -------------------------------------------------------------------------------------
-    frames, logger_id = 0, None
+    frames, logger_id, state = 0, None, None
     history = EvalHistory(run_dir / "eval.csv")
     if resuming:
         state = load_latest_checkpoint(run_dir / "checkpoints", replay_buffer=replay_buffer)
@@ -186,7 +186,6 @@ def train(cfg: DictConfig) -> None:
                 )
             loss.load_state_dict(state["loss"])
             updater.load_state_dict(state["updater"])
-            set_rng_state(state["rng"])
             frames, logger_id = state["frames"], state.get("logger_id")
             print(f"resumed from {state['path']} at {frames} frames")
     history.truncate(frames)
@@ -210,6 +209,12 @@ def train(cfg: DictConfig) -> None:
         ray_num_cpus=cfg.ray.num_cpus,
         seed=cfg.seed + frames,  # a resumed run gets fresh, reproducible env seeds
     )
+    if state is not None:
+        # In-process envs continue their episodes exactly (and then the losses equal an
+        # uninterrupted run's); worker-process and EnvPool envs start new episodes.
+        if not restore_collector_state(collector, state.get("collector")):
+            print("resume: the envs start new episodes (their state was not checkpointed)")
+        set_rng_state(state["rng"])  # last: building the collector may draw random numbers
     rounds = 0
 
     # -- logger ----------------------------------------------------------------------------------
@@ -231,6 +236,7 @@ def train(cfg: DictConfig) -> None:
             "frames": frames,
             "env_dims": (obs_dim, action_dim),
             "logger_id": logger_id,
+            "collector": collector_state(collector),
         }
         save_checkpoint(
             run_dir / "checkpoints",
@@ -241,6 +247,7 @@ def train(cfg: DictConfig) -> None:
         )
 
     def evaluate_now() -> None:
+        eval_env.set_seed(cfg.seed + 10_000 + frames)  # the same episodes however we got here
         result = evaluate(
             eval_env, actor, episodes=cfg.eval.episodes, max_steps=cfg.eval.max_episode_steps
         )

@@ -76,6 +76,49 @@ def test_sigkill_mid_run_then_resume_reaches_the_final_frame_count(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 400
 
 
+def logged(run_dir, name="train/loss_qvalue"):
+    text = next(run_dir.rglob(f"scalars/{name}.csv")).read_text()
+    return {int(step): value for step, value in (line.split(",") for line in text.splitlines())}
+
+
+@pytest.mark.parametrize(
+    "envs",
+    [
+        ["env.num_envs=1"],
+        ["env.num_envs=2", "env.vectorization=serial"],
+        ["env=halfcheetah", "env.num_envs=1"],  # MuJoCo: replayed to the same qpos/qvel/warm start
+    ],
+)
+def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, envs):
+    overrides = [
+        *envs,
+        "seed=7",
+        "collector.total_frames=160",
+        "env.max_episode_steps=20",  # episodes are under way at the checkpoint
+        "logger.backend=csv",
+        "logger.log_interval=16",
+        "checkpoint.interval=48",
+        "checkpoint.keep=10",
+    ]
+    whole = run(overrides, tmp_path / "whole")
+    # "Kill" a copy right after its checkpoint at 48 frames: only that checkpoint survives.
+    killed = tmp_path / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "config.yaml").write_text((whole / "config.yaml").read_text())
+    import shutil
+
+    shutil.copytree(
+        whole / "checkpoints" / "ckpt_000000000048",
+        killed / "checkpoints" / "ckpt_000000000048",
+    )
+    load_script().train(compose_config([f"resume={killed}"]))
+    expected = {step: v for step, v in logged(whole).items() if step > 48}
+    assert len(expected) >= 6  # every round after the checkpoint
+    for name in ("train/loss_qvalue", "train/loss_actor", "train/alpha", "eval/return"):
+        after = {step: v for step, v in logged(whole, name).items() if step > 48}
+        assert logged(killed, name) == after, name
+
+
 def test_resume_of_a_finished_run_does_nothing(tmp_path):
     run([], tmp_path)
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())

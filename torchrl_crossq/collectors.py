@@ -106,3 +106,56 @@ def make_collector(
         sync=True,
         **common,
     )
+
+
+def _in_process_recorders(env: EnvBase) -> list | None:
+    """The :class:`~torchrl_crossq.envs.EpisodeRecorder` of each env copy, when all run here."""
+    from torchrl.envs import GymWrapper, SerialEnv, TransformedEnv
+
+    from torchrl_crossq.envs import EpisodeRecorder
+
+    base = env.base_env if isinstance(env, TransformedEnv) else env
+    if base.is_closed:  # shut down with the collector
+        return None
+    # (a SerialEnv's __getattr__ forwards unknown names to its envs: read its own dict)
+    copies = list(vars(base).get("_envs") or []) if isinstance(base, SerialEnv) else [base]
+    if not copies:
+        return None
+    copies = [c.base_env if isinstance(c, TransformedEnv) else c for c in copies]
+    if not all(isinstance(c, GymWrapper) and isinstance(c._env, EpisodeRecorder) for c in copies):
+        return None  # worker processes (ParallelEnv), EnvPool threads: not capturable
+    return [c._env for c in copies]
+
+
+def collector_state(collector: BaseCollector) -> dict | None:
+    """What a resumed run needs to continue collection exactly where this one is.
+
+    The collector's carrier (the next step's input: observation, step count, episode
+    return...) and, for each env copy, how its current episode came about (see
+    :class:`~torchrl_crossq.envs.EpisodeRecorder`). ``None`` when the envs are not
+    in this process (``ParallelEnv`` workers, EnvPool, multi-process or Ray
+    collectors): a run resumed from such a checkpoint starts new episodes.
+    """
+    carrier = getattr(collector, "_carrier", None)
+    env = getattr(collector, "env", None)
+    if carrier is None or not isinstance(env, EnvBase):
+        return None
+    recorders = _in_process_recorders(env)
+    if recorders is None:
+        return None
+    return {"carrier": carrier.clone(), "episodes": [r.episode_state() for r in recorders]}
+
+
+def restore_collector_state(collector: BaseCollector, state: dict | None) -> bool:
+    """Puts a :func:`collector_state` back; ``False`` (nothing changed) when it does not apply."""
+    if state is None or getattr(collector, "_carrier", None) is None:
+        return False
+    recorders = _in_process_recorders(collector.env)
+    if recorders is None or len(recorders) != len(state["episodes"]):
+        return False
+    if state["carrier"].batch_size != collector._carrier.batch_size:
+        return False
+    for recorder, episode in zip(recorders, state["episodes"], strict=True):
+        recorder.restore_episode(episode)
+    collector._carrier = state["carrier"].clone()
+    return True

@@ -7,13 +7,14 @@ import difflib
 import functools
 from typing import NamedTuple
 
+import gymnasium as gym
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import Categorical, Composite
 from torchrl.envs import (
     DoubleToFloat,
     EnvBase,
-    GymEnv,
     GymWrapper,
     ParallelEnv,
     RewardSum,
@@ -66,7 +67,6 @@ def check_env_id(name: str) -> None:
         ...
         torchrl_crossq.envs.UnknownEnvError: env.name='HalfCheeta-v5' is not a registered gymnasium environment; did you mean: HalfCheetah-v5, ...
     """
-    import gymnasium as gym
 
     registered = list(gym.envs.registry.keys())
     if name in registered:
@@ -136,14 +136,43 @@ def check_env(name: str, task: str | None = None, backend: str = "gymnasium") ->
 def _make_single_env(name: str, task: str | None, max_episode_steps: int | None, device) -> EnvBase:
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
     if name != METAWORLD:
-        return GymEnv(name, device=device, **kwargs)
-    import gymnasium as gym
-
+        return GymWrapper(EpisodeRecorder(gym.make(name, **kwargs)), device=device)
     _require("metaworld", f"env.name={METAWORLD}")  # registers the Meta-World/* ids
     base = gym.make(name, env_name=task, disable_env_checker=True, **kwargs)
-    env = GymWrapper(base, device=device)
+    env = GymWrapper(EpisodeRecorder(base), device=device)
     env.set_info_dict_reader(SuccessReader())
     return env
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Records how the current episode came about, so that a resumed run can rebuild it exactly.
+
+    A simulator's state (MuJoCo's qpos/qvel/warm start, wrapper counters, RNG) is
+    not generally serialisable, but gymnasium tasks are deterministic given the
+    reset's seed (or the env RNG's state before the reset) and the actions taken
+    since. :meth:`episode_state` returns those; :meth:`restore_episode` replays
+    them and leaves the env exactly where it was, time limit counter included.
+    """
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        rng = None if seed is not None else self.unwrapped.np_random.bit_generator.state
+        self._episode = {"seed": seed, "options": options, "rng": rng}
+        self._actions: list[np.ndarray] = []
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        self._actions.append(np.array(action, copy=True))
+        return self.env.step(action)
+
+    def episode_state(self) -> dict:
+        return {**self._episode, "actions": list(self._actions)}
+
+    def restore_episode(self, state: dict) -> None:
+        if state["rng"] is not None:
+            self.unwrapped.np_random.bit_generator.state = state["rng"]
+        self.reset(seed=state["seed"], options=state["options"])
+        for action in state["actions"]:
+            self.step(action)
 
 
 class SuccessReader(BaseInfoDictReader):
