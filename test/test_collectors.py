@@ -112,3 +112,20 @@ def test_episode_recorder_replays_to_the_same_state():
     other.reset(seed=123)
     other.restore_episode(state)
     np.testing.assert_array_equal(other.step(np.full(6, 0.3, np.float32))[0], expected)
+
+
+def test_an_episode_too_long_to_replay_is_not_recorded():
+    import gymnasium as gym
+
+    from torchrl_crossq.envs import EpisodeRecorder
+
+    env = EpisodeRecorder(gym.make("Pendulum-v1"))
+    env.max_steps = 3
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    assert len(env.episode_state()["actions"]) == 3
+    env.step(env.action_space.sample())
+    assert env.episode_state() is None
+    env.reset()
+    assert env.episode_state()["actions"] == []

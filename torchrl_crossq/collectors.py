@@ -143,7 +143,10 @@ def collector_state(collector: BaseCollector) -> dict | None:
     recorders = _in_process_recorders(env)
     if recorders is None:
         return None
-    return {"carrier": carrier.clone(), "episodes": [r.episode_state() for r in recorders]}
+    episodes = [r.episode_state() for r in recorders]
+    if any(episode is None for episode in episodes):
+        return None
+    return {"carrier": carrier.clone(), "episodes": episodes}
 
 
 def restore_collector_state(collector: BaseCollector, state: dict | None) -> bool:

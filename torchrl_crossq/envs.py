@@ -152,19 +152,28 @@ class EpisodeRecorder(gym.Wrapper):
     reset's seed (or the env RNG's state before the reset) and the actions taken
     since. :meth:`episode_state` returns those; :meth:`restore_episode` replays
     them and leaves the env exactly where it was, time limit counter included.
+    Episodes longer than ``max_steps`` (envs without a time limit) stop being
+    recorded: :meth:`episode_state` then returns ``None``.
     """
+
+    max_steps = 100_000
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         rng = None if seed is not None else self.unwrapped.np_random.bit_generator.state
         self._episode = {"seed": seed, "options": options, "rng": rng}
-        self._actions: list[np.ndarray] = []
+        self._actions: list[np.ndarray] | None = []
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action):
-        self._actions.append(np.array(action, copy=True))
+        if self._actions is not None:
+            self._actions.append(np.array(action, copy=True))
+            if len(self._actions) > self.max_steps:
+                self._actions = None  # too long to replay: not resumable mid-episode
         return self.env.step(action)
 
-    def episode_state(self) -> dict:
+    def episode_state(self) -> dict | None:
+        if self._actions is None:
+            return None
         return {**self._episode, "actions": list(self._actions)}
 
     def restore_episode(self, state: dict) -> None:
