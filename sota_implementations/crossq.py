@@ -87,6 +87,8 @@ def train(cfg: DictConfig) -> None:
     cfg, run_dir, resuming = prepare_run(cfg)
     keep_freed_memory()  # no page faults on the update's re-allocated activations
     device = resolve_device(cfg.device)
+    if cfg.threads is not None:  # e.g. 1 when other processes share the cores
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -146,6 +147,17 @@ def test_each_bad_enumerated_value_names_the_key(key):
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_config([override]))
+
+
+def test_threads_is_checked_and_applied(tmp_path):
+    with pytest.raises(ConfigError, match=r"^threads=0 must be >= 1"):
+        validate(compose_config(["threads=0"]))
+    before = torch.get_num_threads()
+    try:
+        run(["threads=1", "logger.backend=none"], tmp_path)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_window_larger_than_the_capacity_names_the_key():

@@ -161,6 +161,7 @@ class Config:
     run_dir: str | None = None  # None: runs/<date>-<time>-<env>
     resume: str | None = None  # a run directory to continue
     progress_bar: bool = True
+    threads: int | None = None  # torch intra-op threads of the learner (None: torch's default)
     on_nonfinite: str = (
         "raise"  # raise (stop, keep the last good checkpoint) | skip (skip the step)
     )
@@ -279,6 +280,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = _get(cfg, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value!r} must be in [0, 1]")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads={cfg.threads!r} must be >= 1 (or null: torch's default)")
     tau = cfg.algorithm.tau
     if not 0.0 < tau <= 1.0:
         raise ConfigError(f"algorithm.tau={tau!r} must be in (0, 1]")
