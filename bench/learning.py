@@ -499,26 +499,32 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         f"{info['loadavg_start']} at start, {info['loadavg_end']} at end",
         f"- versions: Python {info['python']}, {versions}",
         f"- allocator: {allocator}",
-        f"- matched: Adam lr {hp['lr']}, betas {hp['betas']} (actor, critic, temperature), batch "
-        f"{hp['batch_size']}, gamma {hp['gamma']}, policy delay {hp['policy_delay']}, "
-        f"{hp['num_qvalue_nets']} critics, actor {hp['actor_width']} x 2, BRN momentum "
-        f"{hp['batch_norm_momentum']}, eps {hp['batch_norm_eps']}, warmup {hp['warmup_steps']:,}"
-        f" (never left on these budgets), initial temperature {hp['initial_alpha']}, target "
-        "entropy -action_dim, UTD 1, one env (MuJoCo and classic-control tasks)",
     ]
     if meta_world:
         mw = META_WORLD_HYPERPARAMETERS
         lines.append(
-            "- Meta-World tasks: ours is `experiment=embodied` (8 envs x 4 steps per round, 32 "
-            "updates per round: UTD 1; gradient-norm clip 10; softplus temperature) on the "
-            "gymnasium backend; sb3 one env, UTD 1, with the same lr, betas, batch, policy delay, "
-            f"BRN settings, critic width, actor {mw['actor_width']} x 2, gamma {mw['gamma']}, "
-            f"initial temperature {mw['initial_alpha']}, target entropy {mw['target_entropy']} and "
-            "learning start; success = `success` true at any step of a deterministic episode"
+            "- matched: ours is `experiment=embodied` (8 envs x 4 steps per round, 32 updates per "
+            "round: UTD 1; gradient-norm clip 10; softplus temperature) on the gymnasium backend; "
+            f"sb3 one env, UTD 1; both Adam lr {hp['lr']}, betas {hp['betas']}, batch "
+            f"{hp['batch_size']}, policy delay {hp['policy_delay']}, {hp['num_qvalue_nets']} "
+            f"critics, actor {mw['actor_width']} x 2, BRN momentum {hp['batch_norm_momentum']}, "
+            f"eps {hp['batch_norm_eps']}, warmup {hp['warmup_steps']:,}, gamma {mw['gamma']}, "
+            f"initial temperature {mw['initial_alpha']}, target entropy {mw['target_entropy']}, "
+            "the same learning start; success = `success` true at any step of a deterministic "
+            "episode"
+        )
+    else:
+        lines.append(
+            f"- matched: Adam lr {hp['lr']}, betas {hp['betas']} (actor, critic, temperature), "
+            f"batch {hp['batch_size']}, gamma {hp['gamma']}, policy delay {hp['policy_delay']}, "
+            f"{hp['num_qvalue_nets']} critics, actor {hp['actor_width']} x 2, BRN momentum "
+            f"{hp['batch_norm_momentum']}, eps {hp['batch_norm_eps']}, warmup "
+            f"{hp['warmup_steps']:,} (never left on these budgets), initial temperature "
+            f"{hp['initial_alpha']}, target entropy -action_dim, UTD 1, one env"
         )
     lines += [
-        "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000; "
-        "final = the last evaluation's mean over its episodes (return, or success rate for "
+        "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000 "
+        "(ours reseeds it at each evaluation: seed + 10000 + frames); final = the last evaluation's mean over its episodes (return, or success rate for "
         "Meta-World); mean +- std across seeds (sample std); within one std: the means differ "
         "by at most the larger of the two stds",
         "",
@@ -585,6 +591,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1.5k frames")
     parser.add_argument("--json", type=Path, help="dump all results to this file")
     parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--results-from",
+        type=Path,
+        help="rewrite the RESULTS.md section from a --json dump of an earlier run (no training)",
+    )
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
@@ -626,6 +637,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.sb3_run:
         sb3_run(json.loads(args.sb3_run))
+        return
+    if args.results_from:
+        saved = json.loads(args.results_from.read_text())
+        tasks = {name: Task(**fields) for name, fields in saved["tasks"].items()}
+        write_results(saved["info"], tasks, saved["summary"], summary_lines(saved["summary"]))
         return
     tasks = task_settings(args)
     if args.write_results and len({bool(t.env_task) for t in tasks.values()}) > 1:
