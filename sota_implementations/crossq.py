@@ -113,7 +113,7 @@ def train(cfg: DictConfig) -> None:
     norm = resolve_norm(cfg)
     actor = make_actor(
         obs_dim,
-        eval_env.action_spec,
+        eval_env.action_spec_unbatched,  # [1, A] for a batched (EnvPool) env
         num_cells=cfg.network.actor_hidden_sizes,
         norm=norm,
         norm_kwargs=norm_kwargs(cfg),
