@@ -1,5 +1,5 @@
-"""Environment factories: gymnasium and Meta-World tasks through TorchRL's GymEnv, ParallelEnv and
-SerialEnv, or EnvPool's threaded C++ envs through TorchRL's MultiThreadedEnv."""
+"""Environment factories: gymnasium and Meta-World tasks through TorchRL's GymWrapper, ParallelEnv
+and SerialEnv, or EnvPool's threaded C++ envs through TorchRL's MultiThreadedEnv."""
 
 from __future__ import annotations
 
@@ -31,9 +31,8 @@ from torchrl_crossq.threaded_env import EnvPoolEnv
 
 VECTORIZATIONS = ("parallel", "serial")
 ENV_BACKENDS = ("gymnasium", "envpool")
-METAWORLD = (
-    "Meta-World/MT1"  # env.name of the Meta-World single-task group; env.task names the task
-)
+# env.name of the Meta-World single-task group; env.task names the task.
+METAWORLD = "Meta-World/MT1"
 SUCCESS_KEY = "success"
 EMBODIED_INSTALL = "pip install -e '.[embodied]'"
 
@@ -71,9 +70,13 @@ def check_env_id(name: str) -> None:
     registered = list(gym.envs.registry.keys())
     if name in registered:
         return
-    close = difflib.get_close_matches(name, registered, n=5, cutoff=0.6)
-    hint = f"did you mean: {', '.join(close)}?" if close else "see gymnasium.envs.registry.keys()"
+    hint = _did_you_mean(name, registered, "see gymnasium.envs.registry.keys()")
     raise UnknownEnvError(f"env.name={name!r} is not a registered gymnasium environment; {hint}")
+
+
+def _did_you_mean(value: str, known: list[str], otherwise: str) -> str:
+    close = difflib.get_close_matches(value, known, n=5, cutoff=0.6)
+    return f"did you mean: {', '.join(close)}?" if close else otherwise
 
 
 def metaworld_tasks() -> list[str]:
@@ -111,10 +114,7 @@ def check_env(name: str, task: str | None = None, backend: str = "gymnasium") ->
     if name == METAWORLD:
         tasks = metaworld_tasks()
         if task not in tasks:
-            close = difflib.get_close_matches(str(task), tasks, n=5, cutoff=0.6)
-            hint = (
-                f"did you mean: {', '.join(close)}?" if close else f"use one of: {', '.join(tasks)}"
-            )
+            hint = _did_you_mean(str(task), tasks, f"use one of: {', '.join(tasks)}")
             raise UnknownEnvError(f"env.task={task!r} is not a Meta-World v3 task; {hint}")
     elif task is not None:
         raise UnknownEnvError(
@@ -126,8 +126,7 @@ def check_env(name: str, task: str | None = None, backend: str = "gymnasium") ->
         known = envpool.list_all_envs()
         pool_id = envpool_id(name, task)
         if pool_id not in known:
-            close = difflib.get_close_matches(pool_id, known, n=5, cutoff=0.6)
-            hint = f"did you mean: {', '.join(close)}?" if close else "see envpool.list_all_envs()"
+            hint = _did_you_mean(pool_id, known, "see envpool.list_all_envs()")
             raise UnknownEnvError(f"env.name={name!r} is not an EnvPool task ({pool_id}); {hint}")
     elif name != METAWORLD:
         check_env_id(name)
