@@ -178,3 +178,51 @@ def test_bfloat16_input_keeps_float32_statistics():
     y = brn(torch.randn(8, 3).bfloat16())
     assert brn.running_mean.dtype == torch.float32
     assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("warmup", [0, 100], ids=["corrected", "warmup"])
+@pytest.mark.parametrize("ensemble_size", [None, 2])
+def test_gradients_of_input_weight_and_bias_match_autograd_reference(warmup, ensemble_size):
+    # The hand-written backward against autograd through the textbook formula, in float64.
+    torch.manual_seed(0)
+    brn = BatchRenorm1d(5, warmup_steps=warmup, ensemble_size=ensemble_size).double()
+    stat_shape = (5,) if ensemble_size is None else (ensemble_size, 1, 5)
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.randn(stat_shape))
+        brn.running_var.copy_(torch.rand(stat_shape) * 0.3 + 0.1)  # r clips at rmax for some
+        brn.weight.uniform_(0.5, 1.5)
+        brn.bias.uniform_(-0.5, 0.5)
+    shape = (12, 5) if ensemble_size is None else (ensemble_size, 12, 5)
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).requires_grad_()
+    weight = brn.weight.detach().clone().requires_grad_()
+    bias = brn.bias.detach().clone().requires_grad_()
+    dim = 0 if ensemble_size is None else 1
+    mu = x.mean(dim, keepdim=True)
+    sigma = (x.var(dim, unbiased=False, keepdim=True) + brn.eps).sqrt()
+    running_std = (brn.running_var + brn.eps).sqrt()
+    r = (sigma / running_std).detach().clamp(1 / 3, 3)
+    d = ((mu - brn.running_mean) / running_std).detach().clamp(-5, 5)
+    if warmup:
+        r, d = torch.ones_like(r), torch.zeros_like(d)
+    expected = weight * ((x - mu) / sigma * r + d) + bias
+    x_ours = x.detach().clone().requires_grad_()
+    y = brn(x_ours)
+    torch.testing.assert_close(y, expected)
+    probe = torch.randn(shape, dtype=torch.float64)
+    (y * probe).sum().backward()
+    (expected * probe).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x.grad)
+    torch.testing.assert_close(brn.weight.grad, weight.grad)
+    torch.testing.assert_close(brn.bias.grad, bias.grad)
+
+
+def test_without_affine_gradients_match_batchnorm():
+    torch.manual_seed(0)
+    brn = BatchRenorm1d(3, affine=False, eps=1e-3)
+    bn = nn.BatchNorm1d(3, affine=False, eps=1e-3)
+    x = torch.randn(16, 3, requires_grad=True)
+    x_bn = x.detach().clone().requires_grad_()
+    probe = torch.randn(16, 3)
+    (brn(x) * probe).sum().backward()
+    (bn(x_bn) * probe).sum().backward()
+    torch.testing.assert_close(x.grad, x_bn.grad)

@@ -94,3 +94,34 @@ def test_set_training_mode_restores_each_submodule():
     with set_training_mode(actor, False):
         assert not brn.training
     assert brn.training and not actor.training
+
+
+@pytest.mark.parametrize("out_features", [1, 3])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_ensemble_linear_gradients_match_baddbmm(out_features, autocast):
+    # The one-output head has its own backward; both paths must equal baddbmm's autograd.
+    from torchrl_crossq.modules.networks import EnsembleLinear
+
+    torch.manual_seed(0)
+    layer = EnsembleLinear(2, 16, out_features)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    weight = layer.weight.detach().clone().requires_grad_()
+    bias = layer.bias.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+        expected = torch.baddbmm(bias, x_ref, weight)
+    assert y.shape == expected.shape == (2, 9, out_features)
+    assert y.dtype == expected.dtype
+    probe = torch.randn(2, 9, out_features)
+    (y.float() * probe).sum().backward()
+    (expected.float() * probe).sum().backward()
+    tol = {"atol": 2e-2, "rtol": 2e-2} if autocast else {}
+    torch.testing.assert_close(y.float(), expected.float(), **tol)
+    for ours, ref in (
+        (x.grad, x_ref.grad),
+        (layer.weight.grad, weight.grad),
+        (layer.bias.grad, bias.grad),
+    ):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, ref, **tol)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class BatchRenorm1d(nn.Module):
@@ -132,16 +133,14 @@ class BatchRenorm1d(nn.Module):
         return tuple(range(1, x.dim() - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = self._reduce_dims(x)
-        stat_shape = self._stat_shape(x)
+        self._reduce_dims(x)  # checks the shape
         # Statistics in float32 even when the matmuls around run in bfloat16.
         x = x.to(torch.promote_types(x.dtype, self.running_mean.dtype))
         if self.training:
-            # x becomes (x - mu_B) / sigma_B; the output is x * r + d.
-            x, scale, shift = self._train_normalize(x, dims, stat_shape)
-        else:
-            scale = (self.running_var + self.eps).rsqrt().view(stat_shape)
-            shift = -self.running_mean.view(stat_shape) * scale
+            return self._train_forward(x)
+        stat_shape = self._stat_shape(x)
+        scale = (self.running_var + self.eps).rsqrt().view(stat_shape)
+        shift = -self.running_mean.view(stat_shape) * scale
         if self.affine:
             weight = self.weight.view(stat_shape)
             shift = torch.addcmul(self.bias.view(stat_shape), weight, shift)
@@ -153,73 +152,90 @@ class BatchRenorm1d(nn.Module):
             return (self.num_features,)
         return (self.ensemble_size,) + (1,) * (x.dim() - 2) + (self.num_features,)
 
-    def _train_normalize(
-        self, x: torch.Tensor, dims: tuple[int, ...], stat_shape: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(x_hat, r, d)`` with ``x_hat = (x - mu_B) / sigma_B``; the output is ``x_hat * r + d``.
-
-        ``x_hat`` carries the batch-normalisation gradient (through ``mu_B`` and
-        ``sigma_B``) in one fused backward; ``r`` and ``d`` are constants.
-        """
-        n = 1
-        for d in dims:
-            n *= x.shape[d]
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One layout for both cases: [G, N, C] with G = ensemble_size (or 1), statistics [G, 1, C].
+        groups = 1 if self.ensemble_size is None else self.ensemble_size
+        x3 = x.reshape(groups, -1, self.num_features)
+        n = x3.shape[1]
         if n < 2:
             raise ValueError(
                 f"{type(self).__name__} needs at least 2 samples per feature in train mode to "
                 f"estimate batch statistics, got input of shape {tuple(x.shape)}; "
                 "call .eval() to normalise single samples with the running statistics"
             )
-        x_hat, batch_mean, batch_var = _BatchNormalize.apply(x, dims, self.eps)
+        stat_shape = (groups, 1, self.num_features)
+        running_mean = self.running_mean.view(stat_shape)
+        running_var = self.running_var.view(stat_shape)
+        weight = bias = None
+        if self.affine:
+            weight, bias = self.weight.view(stat_shape), self.bias.view(stat_shape)
+        warmed_up = self.num_batches_tracked >= self.warmup_steps
+        y, batch_mean, batch_var = _BatchRenormTrain.apply(
+            x3, weight, bias, running_mean, running_var, warmed_up, self.eps, self.rmax, self.dmax
+        )
         with torch.no_grad():
-            batch_mean, batch_var = batch_mean.view(stat_shape), batch_var.view(stat_shape)
-            running_mean = self.running_mean.view(stat_shape)
-            running_var = self.running_var.view(stat_shape)
-            running_std = (running_var + self.eps).sqrt()
-            warmed_up = self.num_batches_tracked >= self.warmup_steps
-            r = ((batch_var + self.eps).sqrt() / running_std).clamp_(1.0 / self.rmax, self.rmax)
-            d = ((batch_mean - running_mean) / running_std).clamp_(-self.dmax, self.dmax)
-            r = torch.where(warmed_up, r, torch.ones_like(r))
-            d = torch.where(warmed_up, d, torch.zeros_like(d))
-            running_mean.lerp_(batch_mean.to(running_mean.dtype), self.momentum)
-            unbiased_var = batch_var * (n / (n - 1))
-            running_var.lerp_(unbiased_var.to(running_var.dtype), self.momentum)
+            running_mean.lerp_(batch_mean, self.momentum)
+            running_var.lerp_(batch_var * (n / (n - 1)), self.momentum)  # unbiased
             # Capped in place: past warmup the counter stays at warmup_steps.
             self.num_batches_tracked.add_(
                 (self.num_batches_tracked < self.warmup_steps).to(torch.long)
             )
-        return x_hat, r, d
+        return y.view(x.shape)
 
 
-class _BatchNormalize(torch.autograd.Function):
-    """``x -> (x_hat, mean_B, var_B)`` with ``x_hat = (x - mean_B) / sqrt(var_B + eps)``.
+class _BatchRenormTrain(torch.autograd.Function):
+    """Train-mode Batch Renormalization of ``x: [G, N, C]`` over ``N``, affine included.
 
-    The batch-norm backward in one fused pass over the batch dimensions:
-    ``dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var_B + eps)``; the
-    statistics are returned for the running averages and carry no gradient.
+    ``y = weight * (x_hat * r + d) + bias`` with ``x_hat = (x - mean_B) / sqrt(var_B + eps)``
+    and the corrections ``r``, ``d`` (from the running statistics, clipped; ``1`` and ``0``
+    before ``warmed_up``) under stop-gradient. Returns ``(y, mean_B, var_B)``; the (biased)
+    batch statistics carry no gradient and feed the running averages.
+
+    Forward and backward are each a handful of passes over ``x``; the backward is
+
+    ``dx = k * (g - mean(g) - x_hat * mean(g * x_hat))`` with ``k = weight * r / sqrt(var_B + eps)``,
+    ``dweight = sum(g * (x_hat * r + d))``, ``dbias = sum(g)``.
+    Pure (the caller updates the running statistics), so ``torch.compile`` can trace it.
     """
 
     @staticmethod
-    def forward(ctx, x, dims, eps):
+    def forward(ctx, x, weight, bias, running_mean, running_var, warmed_up, eps, rmax, dmax):
+        n = x.shape[1]
         # Two-pass mean and variance: several times faster than torch.var_mean on CPU.
-        mean = x.mean(dims, keepdim=True)
-        x_hat = x - mean
-        var = x_hat.square().mean(dims, keepdim=True)
+        mean = x.sum(1, keepdim=True).div_(n)
+        centred = x - mean
+        var = centred.square().sum(1, keepdim=True).div_(n)
         inv_std = (var + eps).rsqrt()
-        x_hat.mul_(inv_std)
-        ctx.save_for_backward(x_hat, inv_std)
-        ctx.dims = dims
+        running_inv_std = (running_var + eps).rsqrt()
+        r = ((var + eps).sqrt() * running_inv_std).clamp_(1.0 / rmax, rmax)
+        d = ((mean - running_mean) * running_inv_std).clamp_(-dmax, dmax)
+        r = torch.where(warmed_up, r, torch.ones_like(r))
+        d = torch.where(warmed_up, d, torch.zeros_like(d))
+        # y = centred * scale + shift, one fused pass.
+        scale, shift = inv_std * r, d
+        if weight is not None:
+            shift = torch.addcmul(bias, weight, shift)
+            scale = scale * weight
+        y = torch.addcmul(shift, centred, scale)
+        ctx.save_for_backward(centred, inv_std, r, d, weight)
+        ctx.has_affine = weight is not None
         ctx.mark_non_differentiable(mean, var)
-        return x_hat, mean, var
+        return y, mean, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad, _grad_mean, _grad_var):
-        x_hat, inv_std = ctx.saved_tensors
-        dims = ctx.dims
-        n = 1
-        for d in dims:
-            n *= grad.shape[d]
-        mean_grad = grad.mean(dims, keepdim=True)
-        mean_grad_x_hat = (grad * x_hat).mean(dims, keepdim=True)
-        grad_x = torch.addcmul(grad - mean_grad, x_hat, mean_grad_x_hat, value=-1.0)
-        return grad_x.mul_(inv_std), None, None
+        centred, inv_std, r, d, weight = ctx.saved_tensors
+        n = grad.shape[1]
+        sum_grad = grad.sum(1, keepdim=True)
+        # sum(g * x_hat) = inv_std * sum(g * centred)
+        sum_grad_x_hat = (grad * centred).sum(1, keepdim=True).mul_(inv_std)
+        k = inv_std * r if weight is None else inv_std * r * weight
+        # dx = k * g - k * mean(g) - centred * (k * inv_std * mean(g * x_hat)), two fused passes.
+        grad_x = torch.addcmul(k * sum_grad * (-1.0 / n), grad, k)
+        grad_x.addcmul_(centred, k * inv_std * sum_grad_x_hat * (-1.0 / n))
+        grad_weight = grad_bias = None
+        if ctx.has_affine:
+            grad_weight = torch.addcmul(d * sum_grad, r, sum_grad_x_hat)
+            grad_bias = sum_grad
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torchrl.data import Bounded, TensorSpec
 from torchrl.envs.utils import ExplorationType
 from torchrl.modules import ProbabilisticActor, TanhNormal
@@ -65,7 +66,48 @@ class EnsembleLinear(nn.Module):
         return f"ensemble_size={self.ensemble_size}, in_features={self.in_features}, out_features={self.out_features}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_features == 1:
+            return _EnsembleHead.apply(x, self.weight, self.bias)
         return torch.baddbmm(self.bias, x, self.weight)
+
+
+class _EnsembleHead(torch.autograd.Function):
+    """``E`` linear layers with one output, ``[E, N, C] -> [E, N, 1]``.
+
+    The same maths as ``baddbmm(bias, x, weight)``, laid out so that no matrix
+    product has a dimension of one in an awkward place: on CPU a batched
+    matrix-vector product ``x^T g`` (the weight gradient) or an outer product
+    ``g w^T`` (the input gradient) runs at a tenth of the speed of its
+    transposed form. Under autocast the products run in the autocast dtype, as
+    ``baddbmm`` would.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        else:
+            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        ctx.save_for_backward(x, weight)
+        # [E, 1, C] @ [E, C, N] -> [E, 1, N]: a row vector times a matrix.
+        out = torch.baddbmm(bias, weight.transpose(1, 2), x.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad * weight.transpose(1, 2)  # [E, N, 1] * [E, 1, C]
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(grad.transpose(1, 2), x).transpose(1, 2)  # [E, C, 1]
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(1, keepdim=True)
+        return grad_x, grad_weight, grad_bias
 
 
 class QEnsemble(nn.Module):
