@@ -32,6 +32,8 @@ Run: ``.venv/bin/python bench/learning.py`` (``--quick`` for a smoke run). Curve
 ``bench/out/learning.png``, runs to ``bench/out/learning/<task>/<impl>-seed<S>/``. The last
 lines are ``final_<task>_<impl>: mean +- std`` (final eval return, or success rate, across seeds) and
 ``ours_vs_sb3_<task>: within one std|above ...|below ... (difference; std)``.
+``--impls ours sb3 ours_bf16`` adds our script at ``precision=bf16`` (bfloat16 autocast of the
+losses), with its own ``ours_bf16_vs_sb3_<task>`` line.
 """
 
 from __future__ import annotations
@@ -62,7 +64,15 @@ SECTIONS = {
     False: section_markers("bench/learning.py"),
     True: section_markers("bench/learning.py --tasks reach push"),
 }
-IMPLS = ("ours", "sb3")
+IMPLS = ("ours", "sb3", "ours_bf16")
+DEFAULT_IMPLS = ("ours", "sb3")
+# ours_bf16: the same command with precision=bf16 (bfloat16 autocast of the losses)
+OURS = {"ours": [], "ours_bf16": ["precision=bf16"]}
+LABELS = {
+    "ours": "ours (crossq.py)",
+    "sb3": "sb3-contrib CrossQ",
+    "ours_bf16": "ours, precision=bf16",
+}
 EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000
 MAX_EVAL_STEPS = 1_000  # eval.max_episode_steps of the script
 METAWORLD = "Meta-World/MT1"
@@ -316,8 +326,8 @@ def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespac
     if run_dir.exists():
         shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
     run_dir.mkdir(parents=True)
-    if impl == "ours":
-        command = ours_command(task, seed, run_dir, args.device)
+    if impl in OURS:
+        command = ours_command(task, seed, run_dir, args.device) + OURS[impl]
     else:
         spec = {
             "task": asdict(task),
@@ -337,7 +347,7 @@ def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespac
         raise RuntimeError(f"{impl} {name} seed {seed} exited {done.returncode}:\n{tail}")
     rows = read_eval_csv(run_dir / "eval.csv")
     print(
-        f"  {name:<17} {impl:<4} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
+        f"  {name:<17} {impl:<9} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
         f"at {rows[-1]['frames']:.0f} frames ({wall_s:.0f} s)",
         flush=True,
     )
@@ -381,22 +391,22 @@ def aggregate(runs: list[dict], tasks: list[str]) -> dict:
     return summary
 
 
-def verdict(summary: dict, name: str) -> str | None:
+def verdict(summary: dict, name: str, impl: str = "ours") -> str | None:
     """Ours' final return against sb3's, in units of the larger of the two across-seed stds.
 
     ``within one std`` when the means differ by at most that std, else ``above`` or ``below``
     by more than one std; the difference and the std follow in parentheses.
     """
-    if "ours" not in summary[name] or "sb3" not in summary[name]:
+    if impl not in summary[name] or "sb3" not in summary[name]:
         return None
-    (ours, ours_std), (sb3, sb3_std) = summary[name]["ours"]["final"], summary[name]["sb3"]["final"]
+    (ours, ours_std), (sb3, sb3_std) = summary[name][impl]["final"], summary[name]["sb3"]["final"]
     difference, std = ours - sb3, max(ours_std, sb3_std)
     if abs(difference) <= std:
         result = "within one std"
     else:
         result = f"{'above' if difference > 0 else 'below'} by more than one std"
     digits = _digits(name)
-    return f"{result} (ours - sb3 = {difference:+.{digits}f}; larger std {std:.{digits}f})"
+    return f"{result} ({impl} - sb3 = {difference:+.{digits}f}; larger std {std:.{digits}f})"
 
 
 def plot(summary: dict, runs: list[dict], path: Path) -> Path:
@@ -407,11 +417,11 @@ def plot(summary: dict, runs: list[dict], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(summary), figsize=(5.5 * len(summary), 4), squeeze=False)
     for ax, (name, by_impl) in zip(axes[0], summary.items(), strict=True):
-        for color, (impl, s) in zip(("C0", "C1"), by_impl.items(), strict=False):
+        for color, (impl, s) in zip(("C0", "C1", "C2"), by_impl.items(), strict=False):
             frames = [c[0] for c in s["curve"]]
             mean = [c[1] for c in s["curve"]]
             std = [c[2] for c in s["curve"]]
-            label = {"ours": "ours (crossq.py)", "sb3": "sb3-contrib CrossQ"}[impl]
+            label = LABELS[impl]
             ax.plot(
                 frames, mean, marker="o", color=color, label=f"{label}, {len(s['seeds'])} seeds"
             )
@@ -455,13 +465,13 @@ def _pm(pair: tuple[float, float], digits: int = 1) -> str:
 
 def report(summary: dict) -> list[str]:
     lines = [
-        f"{'task':<18} {'impl':<5} {'seeds':>5} {'final':>18} "
+        f"{'task':<18} {'impl':<9} {'seeds':>5} {'final':>18} "
         f"{'mean over evals':>18} {'median wall s':>13}"
     ]
     for name, by_impl in summary.items():
         for impl, s in by_impl.items():
             lines.append(
-                f"{name:<18} {impl:<5} {len(s['seeds']):>5} {_pm(s['final'], _digits(name)):>18} "
+                f"{name:<18} {impl:<9} {len(s['seeds']):>5} {_pm(s['final'], _digits(name)):>18} "
                 f"{_pm(s['average'], _digits(name)):>18} {s['wall_s']:>13.0f}"
             )
     return lines
@@ -472,9 +482,10 @@ def summary_lines(summary: dict) -> list[str]:
     for name, by_impl in summary.items():
         for impl, s in by_impl.items():
             lines.append(f"final_{name}_{impl}: {_pm(s['final'], _digits(name))}")
-        result = verdict(summary, name)
-        if result is not None:
-            lines.append(f"ours_vs_sb3_{name}: {result}")
+        for impl in OURS:
+            result = verdict(summary, name, impl)
+            if result is not None:
+                lines.append(f"{impl}_vs_sb3_{name}: {result}")
     return lines
 
 
@@ -576,7 +587,10 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS))
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    parser.add_argument(
+        "--impls", nargs="+", choices=IMPLS, default=list(DEFAULT_IMPLS),
+        help="ours_bf16: our script with precision=bf16 (not run by default)",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frames", type=int, help="frames per run (default: per task)")
     parser.add_argument("--init-random-frames", type=int, help="random steps (default: per task)")

@@ -58,6 +58,12 @@ ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 SECTION_START, SECTION_END = section_markers("bench/update.py")
 
 Update = Callable[[], None]
+# Our contestants besides the default settings, with their config overrides.
+VARIANTS = {
+    "ours_compiled": "compile=true",
+    "ours_bf16": "precision=bf16",
+    "ours_bf16_compiled": "precision=bf16 compile=true",
+}
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -131,13 +137,18 @@ def torchrl_buffer(data: dict[str, np.ndarray]):
 
 
 # -- the three contestants --------------------------------------------------------------
-def make_ours(width: int, data: dict[str, np.ndarray], precision: str = "fp32") -> Update:
-    """Our CrossQUpdater at ``precision`` (``"bf16"``: bfloat16 autocast of the losses)."""
+def make_ours(
+    width: int, data: dict[str, np.ndarray], precision: str = "fp32", compile: bool = False
+) -> Update:
+    """Our CrossQUpdater at ``precision`` (``"bf16"``: bfloat16 autocast of the losses).
+
+    ``compile``: the script's ``compile=true`` (``torch.compile`` of the two loss computations).
+    """
     from torchrl.data import Bounded
 
     from torchrl_crossq import CrossQLoss, CrossQUpdater, make_actor, make_critic, make_optimizers
 
-    updater_kwargs = {"precision": precision}
+    updater_kwargs = {"precision": precision, "compile": compile}
     torch.manual_seed(0)
     norm_kwargs = {"momentum": BRN_MOMENTUM, "warmup_steps": BRN_WARMUP}
     actor = make_actor(
@@ -392,12 +403,12 @@ def bench_width(width: int, args, data: dict[str, np.ndarray]) -> dict:
         "torchrl": make_torchrl(width, data),
         "sb3": make_sb3(width, data),
     }
-    bf16_supported = None
     if args.precision == "bf16":
-        ours_bf16 = make_ours(width, data, "bf16")
-        bf16_supported = ours_bf16 is not None
-        if bf16_supported:
-            contestants["ours_bf16"] = ours_bf16
+        contestants["ours_bf16"] = make_ours(width, data, "bf16")
+    if args.compile:
+        contestants["ours_compiled"] = make_ours(width, data, compile=True)
+        if args.precision == "bf16":
+            contestants["ours_bf16_compiled"] = make_ours(width, data, "bf16", compile=True)
     names = list(contestants)
     peak_precisions = ["fp32", "bf16"] if args.precision == "bf16" else ["fp32"]
 
@@ -436,12 +447,18 @@ def bench_width(width: int, args, data: dict[str, np.ndarray]) -> dict:
         "matmul_peak_flop_per_s": peak,
         "matmul_peak_per_rep": peaks,
         "peak_fraction": flops / median["ours"] / peak["fp32"],
-        "bf16_supported": bf16_supported,
     }
-    if "ours_bf16" in median:
-        result["speedup_bf16_vs_sb3"] = median["sb3"] / median["ours_bf16"]
-        result["ours_bf16_flop_per_s"] = flops / median["ours_bf16"]
-        result["bf16_peak_fraction"] = flops / median["ours_bf16"] / peak["bf16"]
+    for suffix in ("", "_compiled"):
+        if f"ours_bf16{suffix}" in median:
+            result[f"speedup_bf16{suffix}_vs_sb3"] = median["sb3"] / median[f"ours_bf16{suffix}"]
+            result[f"ours_bf16{suffix}_flop_per_s"] = flops / median[f"ours_bf16{suffix}"]
+            result[f"bf16{suffix}_peak_fraction"] = (
+                flops / median[f"ours_bf16{suffix}"] / peak["bf16"]
+            )
+    if "ours_compiled" in median:
+        result["speedup_compiled_vs_torchrl"] = median["torchrl"] / median["ours_compiled"]
+        result["speedup_compiled_vs_sb3"] = median["sb3"] / median["ours_compiled"]
+        result["compiled_peak_fraction"] = flops / median["ours_compiled"] / peak["fp32"]
     return result
 
 
@@ -464,17 +481,20 @@ def report_width(r: dict) -> list[str]:
         f"GFLOP/s -> {r['peak_fraction']:.3f} of peak "
         f"(floor {1e3 * r['flop_per_update'] / peak['fp32']:.2f} ms)"
     )
-    if "bf16_peak_fraction" in r:
+    if "compiled_peak_fraction" in r:
         lines.append(
-            f"  ours bf16: {r['ours_bf16_flop_per_s'] / 1e9:.1f} GFLOP/s; bf16 matmul peak "
-            f"{peak['bf16'] / 1e9:.1f} GFLOP/s -> {r['bf16_peak_fraction']:.3f} of peak; "
-            f"ours_bf16/sb3 {1 / r['speedup_bf16_vs_sb3']:.3f}"
+            f"  ours compiled: {r['speedup_compiled_vs_torchrl']:.3f}x TorchRL, "
+            f"{r['speedup_compiled_vs_sb3']:.3f}x sb3, {r['compiled_peak_fraction']:.3f} of peak"
         )
-    elif r["bf16_supported"] is False:
-        lines.append(
-            f"  ours bf16: not supported by torchrl_crossq yet (TODO hook in make_ours); "
-            f"bf16 matmul peak {peak['bf16'] / 1e9:.1f} GFLOP/s"
-        )
+    for suffix in ("", "_compiled"):
+        if f"bf16{suffix}_peak_fraction" in r:
+            lines.append(
+                f"  ours bf16{suffix.replace('_', ' ')}: "
+                f"{r[f'ours_bf16{suffix}_flop_per_s'] / 1e9:.1f} GFLOP/s; bf16 matmul peak "
+                f"{peak['bf16'] / 1e9:.1f} GFLOP/s -> {r[f'bf16{suffix}_peak_fraction']:.3f} of "
+                f"peak; {r[f'speedup_bf16{suffix}_vs_sb3']:.3f}x sb3's float32 update "
+                f"(floor {1e3 * r['flop_per_update'] / peak['bf16']:.2f} ms)"
+            )
     return lines
 
 
@@ -575,6 +595,29 @@ def write_results(info: dict, results: list[dict], summary: list[str]) -> None:
             f"| {r['speedup_vs_torchrl']:.3f} | {r['speedup_vs_sb3']:.3f} "
             f"| {r['ours_flop_per_s'] / 1e9:.1f} | {peak / 1e9:.1f} | {r['peak_fraction']:.3f} |"
         )
+    variants = [v for v in VARIANTS if any(v in r["median_s"] for r in results)]
+    if variants:
+        lines += [
+            "",
+            "Our other settings, same run (`precision=bf16`: bfloat16 autocast of the losses; "
+            "`compile=true`: torch.compile of the losses); peak and floor in that precision:",
+            "",
+            "| width | ours, settings | ms | speedup vs sb3 (float32) | GFLOP/s | matmul peak "
+            "GFLOP/s | peak fraction | matmul floor ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    for r in results:
+        for name in variants:
+            if name not in r["median_s"]:
+                continue
+            seconds = r["median_s"][name]
+            peak = r["matmul_peak_flop_per_s"]["bf16" if "bf16" in name else "fp32"]
+            lines.append(
+                f"| {r['width']} | {VARIANTS[name]} | {1e3 * seconds:.2f} "
+                f"| {r['median_s']['sb3'] / seconds:.3f} | {r['flop_per_update'] / seconds / 1e9:.1f} "
+                f"| {peak / 1e9:.1f} | {r['flop_per_update'] / seconds / peak:.3f} "
+                f"| {1e3 * r['flop_per_update'] / peak:.2f} |"
+            )
     lines += ["", "```", *summary, "```", SECTION_END]
     section = "\n".join(lines)
     write_section(section, SECTION_START, SECTION_END)
@@ -606,6 +649,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sample-seconds", type=float, default=0.3, help="target length of a sample (auto)"
     )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ours with compile=true (torch.compile of the losses; ~1 min to compile)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1 warm-up")
     parser.add_argument("--json", type=Path, help="dump all results to this file")
     parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
@@ -663,9 +711,13 @@ def main(argv: list[str] | None = None) -> None:
         headline = max(results, key=lambda r: r["width"])
         print(f"# width 2048 not run: the last lines are width {headline['width']}'s")
     summary = []
+    if args.compile:
+        summary.append(f"speedup_compiled_vs_sb3: {headline['speedup_compiled_vs_sb3']:.3f}")
+    if args.precision == "bf16" and args.compile:
+        value = headline["speedup_bf16_compiled_vs_sb3"]
+        summary.append(f"speedup_bf16_compiled_vs_sb3: {value:.3f}")
     if args.precision == "bf16":
-        value = headline.get("speedup_bf16_vs_sb3")
-        summary.append(f"speedup_bf16_vs_sb3: {'n/a' if value is None else f'{value:.3f}'}")
+        summary.append(f"speedup_bf16_vs_sb3: {headline['speedup_bf16_vs_sb3']:.3f}")
     summary += [
         f"speedup_vs_torchrl: {headline['speedup_vs_torchrl']:.3f}",
         f"speedup_vs_sb3: {headline['speedup_vs_sb3']:.3f}",
