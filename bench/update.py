@@ -406,6 +406,10 @@ def bench_width(width: int, args, data: dict[str, np.ndarray]) -> dict:
     if args.precision == "bf16":
         contestants["ours_bf16"] = make_ours(width, data, "bf16")
     if args.compile:
+        # Every compiled contestant recompiles the same loss methods (a new module each, and
+        # both widths in one process): lift dynamo's per-function recompile limit so none of
+        # them falls back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         contestants["ours_compiled"] = make_ours(width, data, compile=True)
         if args.precision == "bf16":
             contestants["ours_bf16_compiled"] = make_ours(width, data, "bf16", compile=True)
@@ -646,7 +650,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cycles", type=int, default=0, help="delay cycles per timed sample (0: auto)"
     )
     parser.add_argument(
-        "--sample-seconds", type=float, default=0.3, help="target length of a sample (auto)"
+        "--sample-seconds", type=float, default=1.0, help="target length of a sample (auto)"
     )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument(

@@ -118,6 +118,28 @@ def test_bf16_precision_keeps_float32_parameters_and_statistics(action_spec):
     assert all(t.dtype in (torch.float32, torch.long) for t in loss.state_dict().values())
 
 
+def test_bf16_update_tracks_the_float32_update(action_spec):
+    # Same seeds, same batches: bfloat16 matmuls change the numbers by rounding only.
+    torch.manual_seed(1)
+    batches = [make_batch(64) for _ in range(3)]
+    metrics, steps = {}, {}
+    for precision in ("fp32", "bf16"):
+        loss = build(action_spec)
+        update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=1, precision=precision)
+        before = torch.cat([p.detach().flatten() for p in loss.parameters()])
+        torch.manual_seed(2)  # the actor's samples
+        metrics[precision] = [update(batch) for batch in batches]
+        after = torch.cat([p.detach().flatten() for p in loss.parameters()])
+        steps[precision] = after - before
+    for ours, ref in zip(metrics["bf16"], metrics["fp32"], strict=True):
+        for key in ("loss_qvalue", "loss_actor", "loss_alpha", "q_mean", "entropy"):
+            assert ours[key].dtype == torch.float32, key
+            torch.testing.assert_close(ours[key], ref[key], rtol=0.05, atol=0.02)
+    # Adam's steps (critic, actor, temperature) point the same way in both precisions.
+    cosine = torch.nn.functional.cosine_similarity(steps["bf16"], steps["fp32"], dim=0)
+    assert cosine > 0.95, cosine
+
+
 def test_unknown_precision_is_rejected(action_spec):
     loss = build(action_spec)
     with pytest.raises(

@@ -110,6 +110,19 @@ class _EnsembleHead(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+class HeadLinear(nn.Linear):
+    """``nn.Linear`` whose output keeps the parameters' dtype under autocast.
+
+    The last layer of the actor: its output parameterises the TanhNormal, whose
+    log-probability (entropy term, temperature loss) needs float32, while the
+    matmul itself may run in bfloat16. Same parameters and state-dict keys as
+    ``nn.Linear``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).to(self.weight.dtype)
+
+
 class QEnsemble(nn.Module):
     """An ensemble of Q-networks ``Q_i(s, a)`` evaluated in one batched call.
 
@@ -150,7 +163,8 @@ class QEnsemble(nn.Module):
         x = torch.cat([observation, action], dim=-1)
         batch_shape = x.shape[:-1]
         x = x.reshape(1, -1, x.shape[-1]).expand(self.num_qvalue_nets, -1, -1)
-        q = self.net(x)  # [E, N, 1]
+        # [E, N, 1]; in the parameters' dtype under autocast too: the TD error needs float32.
+        q = self.net(x).to(self.net[-1].weight.dtype)
         return q.squeeze(-1).transpose(0, 1).reshape(*batch_shape, self.num_qvalue_nets)
 
 
@@ -280,7 +294,7 @@ def make_actor(
             layers.append(_brn(width, norm_kwargs))
         in_dim = width
     layers += [
-        nn.Linear(in_dim, 2 * action_dim),
+        HeadLinear(in_dim, 2 * action_dim),
         NormalParamExtractor(scale_mapping=scale_mapping, scale_lb=scale_lb),
     ]
     net = nn.Sequential(*layers).to(device)
