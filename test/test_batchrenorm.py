@@ -173,6 +173,13 @@ def test_invalid_hyperparameters_are_rejected(kwargs):
         BatchRenorm1d(3, **kwargs)
 
 
+def test_float64_input_keeps_float32_statistics_and_output_precision():
+    brn = BatchRenorm1d(3)
+    y = brn(torch.randn(8, 3, dtype=torch.float64))
+    assert y.dtype == torch.float64
+    assert brn.running_mean.dtype == brn.running_var.dtype == torch.float32
+
+
 def test_bfloat16_input_keeps_float32_statistics():
     brn = BatchRenorm1d(3)
     y = brn(torch.randn(8, 3).bfloat16())

@@ -174,8 +174,9 @@ class BatchRenorm1d(nn.Module):
             x3, weight, bias, running_mean, running_var, warmed_up, self.eps, self.rmax, self.dmax
         )
         with torch.no_grad():
-            running_mean.lerp_(batch_mean, self.momentum)
-            running_var.lerp_(batch_var * (n / (n - 1)), self.momentum)  # unbiased
+            running_mean.lerp_(batch_mean.to(running_mean.dtype), self.momentum)
+            unbiased_var = batch_var * (n / (n - 1))
+            running_var.lerp_(unbiased_var.to(running_var.dtype), self.momentum)
             # Capped in place: past warmup the counter stays at warmup_steps.
             self.num_batches_tracked.add_(
                 (self.num_batches_tracked < self.warmup_steps).to(torch.long)
