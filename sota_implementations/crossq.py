@@ -167,6 +167,7 @@ def train(cfg: DictConfig) -> None:
         target_updater=target_updater,
         alpha_scheduler=alpha_scheduler,
         compile=cfg.compile,
+        cudagraphs=cfg.cudagraphs,
         precision=cfg.precision,
         on_nonfinite=cfg.on_nonfinite,
     )

@@ -156,3 +156,24 @@ def test_compiled_update_runs_on_cpu(action_spec):
         metrics = update(make_batch(16))
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert changed(critic, loss.qvalue_network_params)
+
+
+def test_cudagraphs_need_compile(action_spec):
+    loss = build(action_spec)
+    with pytest.raises(ValueError, match="cudagraphs=True needs compile=True"):
+        CrossQUpdater(loss, make_optimizers(loss), cudagraphs=True)
+
+
+def test_cudagraphs_on_cpu_warn_and_run_compiled(action_spec):
+    # CUDA graphs need a CUDA device; on CPU the same construction compiles the losses only.
+    loss = build(action_spec)
+    with pytest.warns(UserWarning, match="cudagraphs=True has no effect on device 'cpu'"):
+        update = CrossQUpdater(
+            loss, make_optimizers(loss), policy_delay=1, compile=True, cudagraphs=True
+        )
+    assert not update.cudagraphs
+    critic = snapshot(loss.qvalue_network_params)
+    for _ in range(2):
+        metrics = update(make_batch(16))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert changed(critic, loss.qvalue_network_params)

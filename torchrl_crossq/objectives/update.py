@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -129,6 +130,10 @@ class CrossQUpdater:
         alpha_scheduler: a learning-rate scheduler of the temperature optimiser,
             stepped with it.
         compile: ``torch.compile`` the critic and actor loss computations.
+        cudagraphs: on CUDA, replay the compiled loss computations (forward and
+            backward) as CUDA graphs (``torch.compile(mode="reduce-overhead")``);
+            needs ``compile=True``. The optimiser steps stay outside the graphs.
+            On CPU it has no effect beyond ``compile`` (a warning says so).
         on_nonfinite: what a non-finite loss (or clipped gradient norm) does:
             ``"raise"`` a :class:`NonFiniteLossError` naming the loss, the update
             and the last finite values; ``"skip"`` that optimiser step (counted in
@@ -166,6 +171,7 @@ class CrossQUpdater:
         target_updater: PeriodicSoftUpdate | None = None,
         alpha_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         compile: bool = False,
+        cudagraphs: bool = False,
         precision: str = "fp32",
         on_nonfinite: str | None = "raise",
     ) -> None:
@@ -186,6 +192,10 @@ class CrossQUpdater:
             raise ValueError(
                 f"optimizers is missing {sorted(missing)}; expected critic, actor, alpha"
             )
+        if cudagraphs and not compile:
+            raise ValueError(
+                "cudagraphs=True needs compile=True (the CUDA graphs are captured by torch.compile)"
+            )
         if loss.q_head_type == "default" and target_updater is None:
             raise ValueError("q_head_type='default' needs a target_updater (PeriodicSoftUpdate)")
         self.loss = loss
@@ -203,8 +213,18 @@ class CrossQUpdater:
         self._last_finite_update = 0
         self._device_type = next(loss.parameters()).device.type
         # torch.compile of the two loss computations (the optimiser steps stay eager).
-        self._qvalue_loss = torch.compile(loss.qvalue_loss) if compile else loss.qvalue_loss
-        self._actor_loss = torch.compile(loss.actor_loss) if compile else loss.actor_loss
+        self.cudagraphs = cudagraphs and self._device_type == "cuda"
+        if cudagraphs and not self.cudagraphs:
+            warnings.warn(
+                f"cudagraphs=True has no effect on device {self._device_type!r}: the losses are "
+                "compiled without CUDA graphs",
+                stacklevel=2,
+            )
+        mode = "reduce-overhead" if self.cudagraphs else None
+        self._qvalue_loss = (
+            torch.compile(loss.qvalue_loss, mode=mode) if compile else loss.qvalue_loss
+        )
+        self._actor_loss = torch.compile(loss.actor_loss, mode=mode) if compile else loss.actor_loss
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(
@@ -239,6 +259,10 @@ class CrossQUpdater:
 
     def __call__(self, batch: TensorDictBase) -> TensorDict:
         self.num_updates += 1
+        if self.cudagraphs:
+            # A new iteration: the previous replay's outputs may be overwritten from here on,
+            # so every tensor kept past this update is cloned below.
+            torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             loss_qvalue, value_metadata = self._qvalue_loss(batch)
         self._step("critic", loss_qvalue, self.clip_grad_norm)
@@ -262,6 +286,8 @@ class CrossQUpdater:
         if self.target_updater is not None:
             self.target_updater.step()
         metrics["alpha"] = self.loss.alpha
+        if self.cudagraphs:
+            metrics = {k: v.detach().clone() for k, v in metrics.items()}
         if self.on_nonfinite == "raise":
             self._last_finite.update(metrics)
             self._last_finite_update = self.num_updates
