@@ -205,7 +205,8 @@ class _BatchRenormTrain(torch.autograd.Function):
         # Two-pass mean and variance: several times faster than torch.var_mean on CPU.
         mean = x.sum(1, keepdim=True).div_(n)
         centred = x - mean
-        var = centred.square().sum(1, keepdim=True).div_(n)
+        y = torch.square(centred)  # scratch, then the output: one allocation, not two
+        var = y.sum(1, keepdim=True).div_(n)
         inv_std = (var + eps).rsqrt()
         running_inv_std = (running_var + eps).rsqrt()
         r = ((var + eps).sqrt() * running_inv_std).clamp_(1.0 / rmax, rmax)
@@ -217,7 +218,7 @@ class _BatchRenormTrain(torch.autograd.Function):
         if weight is not None:
             shift = torch.addcmul(bias, weight, shift)
             scale = scale * weight
-        y = torch.addcmul(shift, centred, scale)
+        torch.addcmul(shift, centred, scale, out=y)
         ctx.save_for_backward(centred, inv_std, r, d, weight)
         ctx.has_affine = weight is not None
         ctx.mark_non_differentiable(mean, var)
@@ -230,10 +231,11 @@ class _BatchRenormTrain(torch.autograd.Function):
         n = grad.shape[1]
         sum_grad = grad.sum(1, keepdim=True)
         # sum(g * x_hat) = inv_std * sum(g * centred)
-        sum_grad_x_hat = (grad * centred).sum(1, keepdim=True).mul_(inv_std)
+        grad_x = grad * centred  # scratch, then dx
+        sum_grad_x_hat = grad_x.sum(1, keepdim=True).mul_(inv_std)
         k = inv_std * r if weight is None else inv_std * r * weight
         # dx = k * g - k * mean(g) - centred * (k * inv_std * mean(g * x_hat)), two fused passes.
-        grad_x = torch.addcmul(k * sum_grad * (-1.0 / n), grad, k)
+        torch.addcmul(k * sum_grad * (-1.0 / n), grad, k, out=grad_x)
         grad_x.addcmul_(centred, k * inv_std * sum_grad_x_hat * (-1.0 / n))
         grad_weight = grad_bias = None
         if ctx.has_affine:
