@@ -15,7 +15,10 @@ critic's shape measured on the same machine in the same reps (the hardware limit
 Run: ``make bench`` or
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 .venv/bin/python bench/update.py``.
 The last lines are ``speedup_vs_torchrl: X``, ``speedup_vs_sb3: Y``, ``peak_fraction: Z``
-(width 2048, X = TorchRL time / our time) for scripts to read.
+(width 2048, X = TorchRL time / our time) for scripts to read. ``--precision bf16`` adds ours
+at ``precision=bf16`` (line ``speedup_bf16_vs_sb3``: against sb3's float32 update, peak fraction
+against a bfloat16 matmul), ``--compile`` ours with ``compile=true`` (both with
+``speedup_bf16_compiled_vs_sb3``); those lines come before the three above.
 """
 
 from __future__ import annotations
