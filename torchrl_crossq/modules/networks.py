@@ -163,8 +163,7 @@ class QEnsemble(nn.Module):
         x = torch.cat([observation, action], dim=-1)
         batch_shape = x.shape[:-1]
         x = x.reshape(1, -1, x.shape[-1]).expand(self.num_qvalue_nets, -1, -1)
-        # [E, N, 1]; in the parameters' dtype under autocast too: the TD error needs float32.
-        q = self.net(x).to(self.net[-1].weight.dtype)
+        q = self.net(x)  # [E, N, 1]
         return q.squeeze(-1).transpose(0, 1).reshape(*batch_shape, self.num_qvalue_nets)
 
 

@@ -328,7 +328,10 @@ class CrossQLoss(LossModule):
             _parameters_in(self.qvalue_network, params),
             set_training_mode(self.qvalue_network, training),
         ):
-            return self.qvalue_network(td).get(self.tensor_keys.state_action_value)
+            q = self.qvalue_network(td).get(self.tensor_keys.state_action_value)
+        # At least float32 even when the critic's last matmul ran under bfloat16 autocast:
+        # TD errors are small differences of large values.
+        return q.to(torch.promote_types(q.dtype, torch.float32))
 
     def _next_action(self, next_td: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``a' ~ pi(s')`` with the actor in eval mode, without gradient."""
