@@ -319,32 +319,83 @@ def envpool_ratios(results: list[dict], setups: list[str]) -> list[dict]:
     return ratios
 
 
+# The env tables' cells, shared by the console report and RESULTS.md: (console header, console
+# alignment, RESULTS.md header) per column.
+SETUP_COLUMNS = (
+    ("task", "<15", "task"),
+    ("setup", "<8", "setup"),
+    ("envs", ">4", "envs"),
+    ("steps/batch", ">11", "steps per env per batch"),
+    ("random f/s", ">10", "random policy frames/s"),
+    ("ratio", ">6", "ratio"),
+    ("actor f/s", ">10", "our actor frames/s"),
+    ("ratio", ">6", "ratio"),
+    ("start s", ">7", "worker start s"),
+)
+ENVPOOL_COLUMNS = (
+    ("task", "<15", "task"),
+    ("steps/batch", ">11", "steps per env per batch"),
+    ("envs", ">4", "envs"),
+    ("versus", "<8", "versus"),
+    ("random", ">6", "random policy"),
+    ("actor", ">6", "our actor"),
+)
+
+
+def setup_rows(envs: dict) -> list[tuple[str, ...]]:
+    """One row per measured setup: rates and their ratio to the plain loop, worker start-up."""
+    rows = []
+    for r in envs["results"]:
+        m, base = r["median"], envs["plain"][r["task"]]
+        rows.append(
+            (
+                r["task"], r["setup"], str(r["num_envs"]), str(r["steps_per_batch"]),
+                f"{m['random']:,.0f}", f"{m['random'] / base:.3f}",
+                f"{m['actor']:,.0f}", f"{m['actor'] / base:.3f}", f"{r['setup_s']:.1f}",
+            )
+        )  # fmt: skip
+    return rows
+
+
+def envpool_rows(envs: dict) -> list[tuple[str, ...]]:
+    """One row per EnvPool-versus-gymnasium comparison."""
+    return [
+        (
+            c["task"], str(c["steps_per_batch"]), str(c["num_envs"]), c["versus"],
+            f"{c['ratio']['random']:.2f}", f"{c['ratio']['actor']:.2f}",
+        )
+        for c in envs["envpool"]
+    ]  # fmt: skip
+
+
+def console_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
+    def line(cells) -> str:
+        return " ".join(
+            f"{cell:{align}}" for cell, (_, align, _) in zip(cells, columns, strict=True)
+        )
+
+    return [line(header for header, _, _ in columns), *(line(row) for row in rows)]
+
+
+def markdown_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
+    return [
+        "| " + " | ".join(header for _, _, header in columns) + " |",
+        "|---" * len(columns) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def envs_report(envs: dict) -> list[str]:
-    plain = envs["plain"]
     lines = [
         "plain gymnasium loop (median over the run): "
-        + ", ".join(f"{label} {rate:,.0f} frames/s" for label, rate in plain.items()),
-        f"{'task':<15} {'setup':<8} {'envs':>4} {'steps/batch':>11} {'random f/s':>10} "
-        f"{'ratio':>6} {'actor f/s':>10} {'ratio':>6} {'start s':>7}",
+        + ", ".join(f"{label} {rate:,.0f} frames/s" for label, rate in envs["plain"].items()),
+        *console_table(SETUP_COLUMNS, setup_rows(envs)),
     ]
-    for r in envs["results"]:
-        m, base = r["median"], plain[r["task"]]
-        lines.append(
-            f"{r['task']:<15} {r['setup']:<8} {r['num_envs']:>4} {r['steps_per_batch']:>11} "
-            f"{m['random']:>10,.0f} {m['random'] / base:>6.3f} "
-            f"{m['actor']:>10,.0f} {m['actor'] / base:>6.3f} {r['setup_s']:>7.1f}"
-        )
     if envs["envpool"]:
         lines += [
             "envpool frames/s over gymnasium's (> 1: envpool is faster; 1 env: over single)",
-            f"{'task':<15} {'steps/batch':>11} {'envs':>4} {'versus':<8} {'random':>6} "
-            f"{'actor':>6}",
+            *console_table(ENVPOOL_COLUMNS, envpool_rows(envs)),
         ]
-        for c in envs["envpool"]:
-            lines.append(
-                f"{c['task']:<15} {c['steps_per_batch']:>11} {c['num_envs']:>4} {c['versus']:<8} "
-                f"{c['ratio']['random']:>6.2f} {c['ratio']['actor']:>6.2f}"
-            )
     return lines
 
 
@@ -555,30 +606,15 @@ def write_envs_results(info: dict, args: argparse.Namespace, envs: dict, summary
         + ", ".join(f"{label} **{rate:,.0f} frames/s**" for label, rate in plain.items())
         + ".",
         "",
-        "| task | setup | envs | steps per env per batch | random policy frames/s | ratio "
-        "| our actor frames/s | ratio | worker start s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(SETUP_COLUMNS, setup_rows(envs)),
     ]
-    for r in envs["results"]:
-        m, base = r["median"], plain[r["task"]]
-        lines.append(
-            f"| {r['task']} | {r['setup']} | {r['num_envs']} | {r['steps_per_batch']} "
-            f"| {m['random']:,.0f} | {m['random'] / base:.3f} "
-            f"| {m['actor']:,.0f} | {m['actor'] / base:.3f} | {r['setup_s']:.1f} |"
-        )
     if envs["envpool"]:
         lines += [
             "",
             "EnvPool's frames/s over gymnasium's (> 1: EnvPool is faster; one env: over `single`):",
             "",
-            "| task | steps per env per batch | envs | versus | random policy | our actor |",
-            "|---|---|---|---|---|---|",
+            *markdown_table(ENVPOOL_COLUMNS, envpool_rows(envs)),
         ]
-        for c in envs["envpool"]:
-            lines.append(
-                f"| {c['task']} | {c['steps_per_batch']} | {c['num_envs']} | {c['versus']} "
-                f"| {c['ratio']['random']:.2f} | {c['ratio']['actor']:.2f} |"
-            )
     lines += ["", "```", *summary, "```", end]
     write_section("\n".join(lines), start, end)
 
