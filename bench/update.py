@@ -61,11 +61,17 @@ ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 SECTION_START, SECTION_END = section_markers("bench/update.py")
 
 Update = Callable[[], None]
-# Our contestants besides the default settings, with their config overrides.
+# Our contestants besides the default settings, with their config overrides (table order).
 VARIANTS = {
     "ours_compiled": "compile=true",
     "ours_bf16": "precision=bf16",
     "ours_bf16_compiled": "precision=bf16 compile=true",
+}
+# Their summary lines, in the order printed before the three headline lines.
+VARIANT_SUMMARY = {
+    "ours_compiled": "speedup_compiled_vs_sb3",
+    "ours_bf16_compiled": "speedup_bf16_compiled_vs_sb3",
+    "ours_bf16": "speedup_bf16_vs_sb3",
 }
 
 
@@ -439,6 +445,11 @@ def bench_width(width: int, args, data: dict[str, np.ndarray]) -> dict:
         for precision in peak_precisions:
             peaks[precision].append(matmul_peak(precision))
 
+    return summarise(width, n, times, peaks)
+
+
+def summarise(width: int, n: int, times: dict, peaks: dict) -> dict:
+    """Medians, speedups and peak fractions of one width's timed reps."""
     median = {name: statistics.median(t) for name, t in times.items()}
     flops = update_flops(width)
     peak = {p: statistics.median(v) for p, v in peaks.items()}
@@ -455,17 +466,18 @@ def bench_width(width: int, args, data: dict[str, np.ndarray]) -> dict:
         "matmul_peak_per_rep": peaks,
         "peak_fraction": flops / median["ours"] / peak["fp32"],
     }
-    for suffix in ("", "_compiled"):
-        if f"ours_bf16{suffix}" in median:
-            result[f"speedup_bf16{suffix}_vs_sb3"] = median["sb3"] / median[f"ours_bf16{suffix}"]
-            result[f"ours_bf16{suffix}_flop_per_s"] = flops / median[f"ours_bf16{suffix}"]
-            result[f"bf16{suffix}_peak_fraction"] = (
-                flops / median[f"ours_bf16{suffix}"] / peak["bf16"]
-            )
-    if "ours_compiled" in median:
-        result["speedup_compiled_vs_torchrl"] = median["torchrl"] / median["ours_compiled"]
-        result["speedup_compiled_vs_sb3"] = median["sb3"] / median["ours_compiled"]
-        result["compiled_peak_fraction"] = flops / median["ours_compiled"] / peak["fp32"]
+    # Each of our other settings against the references; its peak in its own precision.
+    result["variants"] = {}
+    for name in (v for v in VARIANTS if v in median):
+        precision = "bf16" if "bf16" in name else "fp32"
+        result["variants"][name] = {
+            "precision": precision,
+            "speedup_vs_torchrl": median["torchrl"] / median[name],
+            "speedup_vs_sb3": median["sb3"] / median[name],
+            "flop_per_s": flops / median[name],
+            "peak_fraction": flops / median[name] / peak[precision],
+            "floor_s": flops / peak[precision],
+        }
     return result
 
 
@@ -488,19 +500,21 @@ def report_width(r: dict) -> list[str]:
         f"GFLOP/s -> {r['peak_fraction']:.3f} of peak "
         f"(floor {1e3 * r['flop_per_update'] / peak['fp32']:.2f} ms)"
     )
-    if "compiled_peak_fraction" in r:
+    variants = r["variants"]
+    if "ours_compiled" in variants:
+        v = variants["ours_compiled"]
         lines.append(
-            f"  ours compiled: {r['speedup_compiled_vs_torchrl']:.3f}x TorchRL, "
-            f"{r['speedup_compiled_vs_sb3']:.3f}x sb3, {r['compiled_peak_fraction']:.3f} of peak"
+            f"  ours compiled: {v['speedup_vs_torchrl']:.3f}x TorchRL, "
+            f"{v['speedup_vs_sb3']:.3f}x sb3, {v['peak_fraction']:.3f} of peak"
         )
-    for suffix in ("", "_compiled"):
-        if f"bf16{suffix}_peak_fraction" in r:
+    for name in ("ours_bf16", "ours_bf16_compiled"):
+        if name in variants:
+            v = variants[name]
             lines.append(
-                f"  ours bf16{suffix.replace('_', ' ')}: "
-                f"{r[f'ours_bf16{suffix}_flop_per_s'] / 1e9:.1f} GFLOP/s; bf16 matmul peak "
-                f"{peak['bf16'] / 1e9:.1f} GFLOP/s -> {r[f'bf16{suffix}_peak_fraction']:.3f} of "
-                f"peak; {r[f'speedup_bf16{suffix}_vs_sb3']:.3f}x sb3's float32 update "
-                f"(floor {1e3 * r['flop_per_update'] / peak['bf16']:.2f} ms)"
+                f"  {name.replace('_', ' ')}: {v['flop_per_s'] / 1e9:.1f} GFLOP/s; bf16 matmul "
+                f"peak {peak['bf16'] / 1e9:.1f} GFLOP/s -> {v['peak_fraction']:.3f} of peak; "
+                f"{v['speedup_vs_sb3']:.3f}x sb3's float32 update "
+                f"(floor {1e3 * v['floor_s']:.2f} ms)"
             )
     return lines
 
@@ -602,8 +616,7 @@ def write_results(info: dict, results: list[dict], summary: list[str]) -> None:
             f"| {r['speedup_vs_torchrl']:.3f} | {r['speedup_vs_sb3']:.3f} "
             f"| {r['ours_flop_per_s'] / 1e9:.1f} | {peak / 1e9:.1f} | {r['peak_fraction']:.3f} |"
         )
-    variants = [v for v in VARIANTS if any(v in r["median_s"] for r in results)]
-    if variants:
+    if any(r["variants"] for r in results):
         lines += [
             "",
             "Our other settings, same run (`precision=bf16`: bfloat16 autocast of the losses; "
@@ -614,16 +627,12 @@ def write_results(info: dict, results: list[dict], summary: list[str]) -> None:
             "|---|---|---|---|---|---|---|---|",
         ]
     for r in results:
-        for name in variants:
-            if name not in r["median_s"]:
-                continue
-            seconds = r["median_s"][name]
-            peak = r["matmul_peak_flop_per_s"]["bf16" if "bf16" in name else "fp32"]
+        for name, v in r["variants"].items():  # built in VARIANTS order
+            peak = r["matmul_peak_flop_per_s"][v["precision"]]
             lines.append(
-                f"| {r['width']} | {VARIANTS[name]} | {1e3 * seconds:.2f} "
-                f"| {r['median_s']['sb3'] / seconds:.3f} | {r['flop_per_update'] / seconds / 1e9:.1f} "
-                f"| {peak / 1e9:.1f} | {r['flop_per_update'] / seconds / peak:.3f} "
-                f"| {1e3 * r['flop_per_update'] / peak:.2f} |"
+                f"| {r['width']} | {VARIANTS[name]} | {1e3 * r['median_s'][name]:.2f} "
+                f"| {v['speedup_vs_sb3']:.3f} | {v['flop_per_s'] / 1e9:.1f} "
+                f"| {peak / 1e9:.1f} | {v['peak_fraction']:.3f} | {1e3 * v['floor_s']:.2f} |"
             )
     lines += ["", "```", *summary, "```", SECTION_END]
     section = "\n".join(lines)
@@ -717,14 +726,12 @@ def main(argv: list[str] | None = None) -> None:
     if headline is None:
         headline = max(results, key=lambda r: r["width"])
         print(f"# width 2048 not run: the last lines are width {headline['width']}'s")
-    summary = []
-    if args.compile:
-        summary.append(f"speedup_compiled_vs_sb3: {headline['speedup_compiled_vs_sb3']:.3f}")
-    if args.precision == "bf16" and args.compile:
-        value = headline["speedup_bf16_compiled_vs_sb3"]
-        summary.append(f"speedup_bf16_compiled_vs_sb3: {value:.3f}")
-    if args.precision == "bf16":
-        summary.append(f"speedup_bf16_vs_sb3: {headline['speedup_bf16_vs_sb3']:.3f}")
+    variants = headline["variants"]
+    summary = [
+        f"{line}: {variants[name]['speedup_vs_sb3']:.3f}"
+        for name, line in VARIANT_SUMMARY.items()
+        if name in variants
+    ]
     summary += [
         f"speedup_vs_torchrl: {headline['speedup_vs_torchrl']:.3f}",
         f"speedup_vs_sb3: {headline['speedup_vs_sb3']:.3f}",
