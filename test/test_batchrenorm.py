@@ -6,9 +6,12 @@ from torchrl_crossq import BatchRenorm1d
 
 
 def reference_brn(x, running_mean, running_var, rmax, dmax, eps):
-    """Batch renorm straight from Ioffe (2017), eq. in Algorithm 1, after warmup."""
+    """Batch renorm straight from Ioffe (2017), eq. in Algorithm 1, after warmup.
+
+    With sb3-contrib's variance convention: the unbiased batch variance throughout.
+    """
     mu = x.mean(0)
-    sigma = (x.var(0, unbiased=False) + eps).sqrt()
+    sigma = (x.var(0, unbiased=True) + eps).sqrt()
     running_std = (running_var + eps).sqrt()
     r = (sigma / running_std).detach().clamp(1 / rmax, rmax)
     d = ((mu - running_mean) / running_std).detach().clamp(-dmax, dmax)
@@ -27,18 +30,67 @@ def make_pair(c=4, warmup=5):
     return brn, bn
 
 
-def test_equals_batchnorm_during_warmup_outputs_grads_and_running_stats():
+def test_warmup_is_batch_norm_with_the_unbiased_variance_outputs_grads_and_running_stats():
     brn, bn = make_pair(warmup=5)
     for step in range(5):
         x = (torch.randn(32, 4) * (step + 1) + step).requires_grad_()
-        x_bn = x.detach().clone().requires_grad_()
-        y, y_bn = brn(x), bn(x_bn)
-        torch.testing.assert_close(y, y_bn)
+        x_ref = x.detach().clone().requires_grad_()
+        y = brn(x)
+        sigma = (x_ref.var(0, unbiased=True) + 1e-3).sqrt()
+        expected = brn.weight * (x_ref - x_ref.mean(0)) / sigma + brn.bias
+        bn(x_ref.detach())  # the running statistics: PyTorch's convention
+        torch.testing.assert_close(y, expected)
         (y * torch.arange(4.0)).sum().backward()
-        (y_bn * torch.arange(4.0)).sum().backward()
-        torch.testing.assert_close(x.grad, x_bn.grad)
+        (expected * torch.arange(4.0)).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(brn.running_mean, bn.running_mean)
     torch.testing.assert_close(brn.running_var, bn.running_var)
+
+
+def test_scale_correction_is_one_when_the_batch_matches_the_running_statistics():
+    # r compares the unbiased batch sigma with the (unbiased) running sigma: a batch whose
+    # statistics equal the running ones is left as plain batch norm would leave it.
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    brn = BatchRenorm1d(3, warmup_steps=0, affine=False)
+    with torch.no_grad():
+        brn.running_mean.copy_(x.mean(0))
+        brn.running_var.copy_(x.var(0, unbiased=True))
+    sigma = (x.var(0, unbiased=True) + brn.eps).sqrt()
+    torch.testing.assert_close(brn(x), (x - x.mean(0)) / sigma)
+
+
+@pytest.mark.parametrize("warmup", [0, 1000], ids=["corrected", "warmup"])
+def test_matches_sb3_contrib_batch_renorm_within_1e_3_relative(warmup):
+    torch_layers = pytest.importorskip("sb3_contrib.common.torch_layers")
+    torch.manual_seed(0)
+    ours = BatchRenorm1d(4, momentum=0.01, eps=1e-3, warmup_steps=warmup)
+    # sb3-contrib applies corrections once steps > warmup_steps; ours once the counter
+    # reached warmup_steps: one step apart.
+    theirs = torch_layers.BatchRenorm(4, eps=1e-3, momentum=0.01, warmup_steps=warmup - 1)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+        theirs.scale.copy_(ours.weight)
+        theirs.bias.copy_(ours.bias)
+        for layer_mean, layer_var in (
+            (ours.running_mean, ours.running_var),
+            (theirs.ra_mean, theirs.ra_var),
+        ):
+            layer_mean.copy_(torch.tensor([0.5, -0.2, 0.0, 1.0]))
+            layer_var.copy_(torch.tensor([1.2, 0.8, 1.0, 1.5]))
+    for step in range(5):
+        x = torch.randn(256, 4) * (1 + 0.1 * step) + 0.1 * step
+        x_theirs = x.clone().requires_grad_()
+        x = x.requires_grad_()
+        y, y_theirs = ours(x), theirs(x_theirs)
+        torch.testing.assert_close(y, y_theirs, rtol=1e-3, atol=1e-3)
+        probe = torch.randn(256, 4)
+        (y * probe).sum().backward()
+        (y_theirs * probe).sum().backward()
+        torch.testing.assert_close(x.grad, x_theirs.grad, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ours.running_mean, theirs.ra_mean)
+    torch.testing.assert_close(ours.running_var, theirs.ra_var)
 
 
 def test_eval_mode_equals_batchnorm_with_equal_statistics():
@@ -90,8 +142,8 @@ def test_corrections_stay_within_rmax_dmax_far_past_warmup(shift, scale):
     sign = 1.0 if shift > 0 else -1.0
     torch.testing.assert_close(y.mean(0), torch.full((3,), 5.0 * sign), atol=1e-3, rtol=0)
     r = 3.0 if scale > 1 else 1 / 3.0
-    var = x.var(0, unbiased=False)
-    torch.testing.assert_close(y.std(0, unbiased=False), r * (var / (var + 1e-3)).sqrt())
+    var = x.var(0, unbiased=True)
+    torch.testing.assert_close(y.std(0, unbiased=True), r * (var / (var + 1e-3)).sqrt())
 
 
 def test_warmup_zero_applies_corrections_from_the_first_step():
@@ -205,7 +257,7 @@ def test_gradients_of_input_weight_and_bias_match_autograd_reference(warmup, ens
     bias = brn.bias.detach().clone().requires_grad_()
     dim = 0 if ensemble_size is None else 1
     mu = x.mean(dim, keepdim=True)
-    sigma = (x.var(dim, unbiased=False, keepdim=True) + brn.eps).sqrt()
+    sigma = (x.var(dim, unbiased=True, keepdim=True) + brn.eps).sqrt()
     running_std = (brn.running_var + brn.eps).sqrt()
     r = (sigma / running_std).detach().clamp(1 / 3, 3)
     d = ((mu - brn.running_mean) / running_std).detach().clamp(-5, 5)
@@ -223,13 +275,13 @@ def test_gradients_of_input_weight_and_bias_match_autograd_reference(warmup, ens
     torch.testing.assert_close(brn.bias.grad, bias.grad)
 
 
-def test_without_affine_gradients_match_batchnorm():
+def test_without_affine_gradients_match_the_unbiased_batch_norm_formula():
     torch.manual_seed(0)
     brn = BatchRenorm1d(3, affine=False, eps=1e-3)
-    bn = nn.BatchNorm1d(3, affine=False, eps=1e-3)
     x = torch.randn(16, 3, requires_grad=True)
-    x_bn = x.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    expected = (x_ref - x_ref.mean(0)) / (x_ref.var(0, unbiased=True) + 1e-3).sqrt()
     probe = torch.randn(16, 3)
     (brn(x) * probe).sum().backward()
-    (bn(x_bn) * probe).sum().backward()
-    torch.testing.assert_close(x.grad, x_bn.grad)
+    (expected * probe).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)

@@ -24,8 +24,16 @@ class BatchRenorm1d(nn.Module):
     buffer capped at ``warmup_steps``, so it is saved in checkpoints and ``r``,
     ``d`` stay within their bounds however long training runs. Running
     statistics follow PyTorch's convention: ``running = (1 - momentum) *
-    running + momentum * batch`` with the unbiased batch variance. In eval mode
-    the running statistics are used.
+    running + momentum * batch``. In eval mode the running statistics are used.
+
+    One variance convention throughout, sb3-contrib's: ``sigma_B`` is the
+    unbiased batch standard deviation in the normalisation, in ``r`` and in the
+    running variance, so ``r = 1`` when the batch matches the running
+    statistics (``torch.nn.BatchNorm1d`` normalises with the biased one). The
+    original code and sb3-contrib divide by ``sqrt(var_B / r^2 + eps)`` rather
+    than multiply by ``r / sqrt(var_B + eps)``: the two differ by
+    ``O((r^2 - 1) * eps / var_B)`` relative, and this form keeps the
+    backward free of ``1 / sigma_B`` terms (finite for a constant feature).
 
     Shapes: the features are the last dimension. Without ``ensemble_size`` the
     input is ``[*, C]`` and every leading dimension counts as batch (in eval mode
@@ -175,8 +183,7 @@ class BatchRenorm1d(nn.Module):
         )
         with torch.no_grad():
             running_mean.lerp_(batch_mean.to(running_mean.dtype), self.momentum)
-            unbiased_var = batch_var * (n / (n - 1))
-            running_var.lerp_(unbiased_var.to(running_var.dtype), self.momentum)
+            running_var.lerp_(batch_var.to(running_var.dtype), self.momentum)
             # Capped in place: past warmup the counter stays at warmup_steps.
             self.num_batches_tracked.add_(
                 (self.num_batches_tracked < self.warmup_steps).to(torch.long)
@@ -189,12 +196,13 @@ class _BatchRenormTrain(torch.autograd.Function):
 
     ``y = weight * (x_hat * r + d) + bias`` with ``x_hat = (x - mean_B) / sqrt(var_B + eps)``
     and the corrections ``r``, ``d`` (from the running statistics, clipped; ``1`` and ``0``
-    before ``warmed_up``) under stop-gradient. Returns ``(y, mean_B, var_B)``; the (biased)
-    batch statistics carry no gradient and feed the running averages.
+    before ``warmed_up``) under stop-gradient, ``var_B`` the unbiased batch variance. Returns
+    ``(y, mean_B, var_B)``; the batch statistics carry no gradient and feed the running averages.
 
     Forward and backward are each a handful of passes over ``x``; the backward is
 
-    ``dx = k * (g - mean(g) - x_hat * mean(g * x_hat))`` with ``k = weight * r / sqrt(var_B + eps)``,
+    ``dx = k * (g - mean(g) - x_hat * sum(g * x_hat) / (N - 1))`` with
+    ``k = weight * r / sqrt(var_B + eps)``,
     ``dweight = sum(g * (x_hat * r + d))``, ``dbias = sum(g)``.
     Pure (the caller updates the running statistics), so ``torch.compile`` can trace it.
     """
@@ -206,7 +214,7 @@ class _BatchRenormTrain(torch.autograd.Function):
         mean = x.sum(1, keepdim=True).div_(n)
         centred = x - mean
         y = torch.square(centred)  # scratch, then the output: one allocation, not two
-        var = y.sum(1, keepdim=True).div_(n)
+        var = y.sum(1, keepdim=True).div_(n - 1)
         inv_std = (var + eps).rsqrt()
         running_inv_std = (running_var + eps).rsqrt()
         r = ((var + eps).sqrt() * running_inv_std).clamp_(1.0 / rmax, rmax)
@@ -234,9 +242,10 @@ class _BatchRenormTrain(torch.autograd.Function):
         grad_x = grad * centred  # scratch, then dx
         sum_grad_x_hat = grad_x.sum(1, keepdim=True).mul_(inv_std)
         k = inv_std * r if weight is None else inv_std * r * weight
-        # dx = k * g - k * mean(g) - centred * (k * inv_std * mean(g * x_hat)), two fused passes.
+        # dx = k * g - k * mean(g) - centred * (k * inv_std * sum(g * x_hat) / (n - 1)), two
+        # fused passes; n - 1 because var_B is the unbiased variance.
         torch.addcmul(k * sum_grad * (-1.0 / n), grad, k, out=grad_x)
-        grad_x.addcmul_(centred, k * inv_std * sum_grad_x_hat * (-1.0 / n))
+        grad_x.addcmul_(centred, k * inv_std * sum_grad_x_hat * (-1.0 / (n - 1)))
         grad_weight = grad_bias = None
         if ctx.has_affine:
             grad_weight = torch.addcmul(d * sum_grad, r, sum_grad_x_hat)
