@@ -198,7 +198,6 @@ def train(cfg: DictConfig) -> None:
         return
 
     # -- collector ---------------------------------------------------------------------------------
-    actor.eval()  # acting: BRN on running statistics; the loss switches modes and restores them
     collector = make_collector(
         make_train_env,
         actor,

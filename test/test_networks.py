@@ -1,6 +1,9 @@
+import functools
+import math
+
 import pytest
 import torch
-from helpers import ACTION_DIM, OBS_DIM
+from helpers import ACTION_DIM, OBS_DIM, make_batch
 from tensordict import TensorDict
 from torchrl.data import Bounded, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -125,3 +128,50 @@ def test_ensemble_linear_gradients_match_baddbmm(out_features, autocast):
     ):
         assert ours.dtype == torch.float32
         torch.testing.assert_close(ours, ref, **tol)
+
+
+def test_actor_log_std_is_clipped_to_the_reference_bounds():
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,), norm=None)
+    head = actor.module[0].module[-2]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.0, 50.0, -50.0]))  # loc 0, log_std +-50
+    scale = actor(obs_td())["scale"]
+    torch.testing.assert_close(scale[:, 0], torch.full((5,), math.exp(2.0)))
+    torch.testing.assert_close(scale[:, 1], torch.full((5,), math.exp(-20.0)))
+
+
+def brn_state(actor):
+    return {k: v.clone() for k, v in actor.state_dict().items() if "running" in k or "batches" in k}
+
+
+@pytest.mark.parametrize("num_envs", [1, 2], ids=["single_env", "parallel_env_of_2"])
+def test_a_fresh_actor_in_a_collector_acts_on_running_statistics_and_leaves_them(num_envs):
+    from torchrl.collectors import Collector
+    from torchrl.envs import GymEnv, ParallelEnv
+
+    make = functools.partial(GymEnv, "Pendulum-v1")
+    env = make() if num_envs == 1 else ParallelEnv(2, make)
+    actor = make_actor(3, env.action_spec_unbatched, num_cells=(8,))
+    before = brn_state(actor)
+    collector = Collector(env, actor, frames_per_batch=4, total_frames=8)
+    try:
+        frames = sum(data.numel() for data in collector)
+    finally:
+        collector.shutdown()
+    assert frames == 8
+    for key, value in brn_state(actor).items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_the_loss_still_puts_a_fresh_actor_in_train_mode_for_its_update_and_back():
+    from torchrl_crossq import CrossQLoss
+
+    spec = Bounded(-1.0, 1.0, shape=(ACTION_DIM,))
+    actor = make_actor(OBS_DIM, spec, num_cells=(8,))
+    loss = CrossQLoss(actor, make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,)))
+    seen = []
+    brn = next(m for m in actor.modules() if isinstance(m, BatchRenorm1d))
+    brn.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    loss.actor_loss(make_batch())
+    assert seen == [True] and not brn.training

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
-from tensordict.nn import NormalParamExtractor, TensorDictModule
+from tensordict.nn import TensorDictModule
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torchrl.data import Bounded, TensorSpec
@@ -19,6 +19,8 @@ from torchrl_crossq.modules.batchrenorm import BatchRenorm1d
 NORMS = ("brn", None)
 CROSSQ_CRITIC_CELLS = (2048, 2048)  # paper: 2 hidden layers of 2048 for the critic
 SAC_CELLS = (256, 256)  # paper: actor 256 x 2; SAC's critic 256 x 2
+# The clip of the policy's log sigma in the original code and sb3-contrib.
+LOG_STD_BOUNDS = (-20.0, 2.0)
 
 
 def _check_norm(norm: str | None) -> None:
@@ -121,6 +123,36 @@ class HeadLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).to(self.weight.dtype)
+
+
+class GaussianParams(nn.Module):
+    """Splits ``[..., 2 * A]`` into the Gaussian's ``loc`` and ``scale = exp(clip(log_std))``.
+
+    The policy head of the original CrossQ code and sb3-contrib: ``log_std`` is
+    clipped to ``[log_std_min, log_std_max]`` (``[-20, 2]``), so the policy's
+    scale is bounded above as well as below.
+
+    Examples:
+        >>> loc, scale = GaussianParams()(torch.tensor([[0.5, -30.0, 10.0, 0.0]]))
+        >>> loc.tolist(), [round(v, 4) for v in scale[0].tolist()]
+        ([[0.5, -30.0]], [7.3891, 1.0])
+    """
+
+    def __init__(self, log_std_min: float = -20.0, log_std_max: float = 2.0) -> None:
+        super().__init__()
+        if not log_std_min < log_std_max:
+            raise ValueError(
+                f"log_std_bounds=({log_std_min}, {log_std_max}) must be increasing (min, max)"
+            )
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_std = x.chunk(2, dim=-1)
+        return loc, log_std.clamp(self.log_std_min, self.log_std_max).exp()
+
+    def extra_repr(self) -> str:
+        return f"log_std_min={self.log_std_min}, log_std_max={self.log_std_max}"
 
 
 class QEnsemble(nn.Module):
@@ -233,23 +265,33 @@ def make_actor(
     activation: type[nn.Module] = nn.ReLU,
     observation_key: str = "observation",
     action_key: str = "action",
-    scale_mapping: str = "biased_softplus_1.0",
-    scale_lb: float = 1e-4,
+    log_std_bounds: tuple[float, float] = LOG_STD_BOUNDS,
     device: torch.device | str | None = None,
 ) -> ProbabilisticActor:
     """Builds a TanhNormal policy ``observation -> action, action_log_prob``.
 
     A :class:`~tensordict.nn.ProbabilisticTensorDictSequential` (TorchRL's
     ``ProbabilisticActor``): an MLP ``TensorDictModule`` writing ``loc`` and
-    ``scale`` through a ``NormalParamExtractor``, then a TanhNormal
-    ``ProbabilisticTensorDictModule`` bounded by the action spec. It samples
-    by default (``ExplorationType.RANDOM``) and plugs straight into a TorchRL
-    collector; under ``set_exploration_type(ExplorationType.DETERMINISTIC)`` it
-    returns the TanhNormal's deterministic action (tanh of the Gaussian mode).
+    ``scale`` (``log_std`` clipped to ``log_std_bounds``, as the original code),
+    then a TanhNormal ``ProbabilisticTensorDictModule`` bounded by the action
+    spec. It samples by default (``ExplorationType.RANDOM``); under
+    ``set_exploration_type(ExplorationType.DETERMINISTIC)`` it returns the
+    TanhNormal's deterministic action (tanh of the Gaussian mode).
+
+    The actor is returned in **eval mode**: acting (a TorchRL collector, an
+    evaluation loop) normalises with the Batch Renormalization running
+    statistics and never changes them, with one env (unbatched observations) or
+    many. :class:`~torchrl_crossq.CrossQLoss` puts it in train mode for the actor
+    update only, and back afterwards.
+
+    Its ``action_log_prob`` is TorchRL's: the density of the action on the
+    env's scale. :class:`~torchrl_crossq.CrossQLoss` scores the squashed action
+    in ``[-1, 1]`` instead, the scale ``target_entropy = -action_dim`` refers to.
 
     Args:
         obs_dim: observation size.
-        action_spec: a bounded TorchRL spec of the action (its shape and bounds are used).
+        action_spec: a bounded TorchRL spec of the action with finite bounds,
+            unbatched (``env.action_spec_unbatched``): its shape and bounds are used.
         num_cells: hidden widths (paper: 256, 256).
         norm: ``"brn"`` for Batch Renormalization on the input and after each
             hidden activation (CrossQ), ``None`` for a plain MLP (SAC).
@@ -260,15 +302,15 @@ def make_actor(
         observation_key: input key of the observation.
         action_key: output key of the action; the log-probability goes to
             ``<action_key>_log_prob``.
-        scale_mapping: ``NormalParamExtractor`` mapping of the scale (TorchRL's SAC default).
-        scale_lb: lower bound of the Gaussian's scale.
+        log_std_bounds: ``(min, max)`` clip of the Gaussian's log-scale (original
+            code and sb3-contrib: ``(-20, 2)``).
         device: where the parameters live.
 
     Examples:
         >>> from tensordict import TensorDict
         >>> from torchrl.data import Bounded
         >>> spec = Bounded(-2.0, 2.0, shape=(1,))
-        >>> actor = make_actor(3, spec, num_cells=(16, 16)).eval()
+        >>> actor = make_actor(3, spec, num_cells=(16, 16))
         >>> out = actor(TensorDict({"observation": torch.randn(4, 3)}, [4]))
         >>> out["action"].shape, out["action_log_prob"].shape
         (torch.Size([4, 1]), torch.Size([4]))
@@ -277,11 +319,7 @@ def make_actor(
     """
     _check_norm(norm)
     cells = _check_cells(num_cells, "num_cells")
-    if not isinstance(action_spec, Bounded):
-        raise TypeError(
-            f"action_spec must be a bounded continuous spec (torchrl.data.Bounded), "
-            f"got {type(action_spec).__name__}"
-        )
+    _check_action_spec(action_spec)
     action_dim = action_spec.shape[-1]
     layers: list[nn.Module] = []
     in_dim = obs_dim
@@ -294,12 +332,12 @@ def make_actor(
         in_dim = width
     layers += [
         HeadLinear(in_dim, 2 * action_dim),
-        NormalParamExtractor(scale_mapping=scale_mapping, scale_lb=scale_lb),
+        GaussianParams(*log_std_bounds),
     ]
     net = nn.Sequential(*layers).to(device)
     module = TensorDictModule(net, in_keys=[observation_key], out_keys=["loc", "scale"])
     spec = action_spec.to(device) if device is not None else action_spec
-    return ProbabilisticActor(
+    actor = ProbabilisticActor(
         module,
         in_keys=["loc", "scale"],
         out_keys=[action_key],
@@ -310,6 +348,32 @@ def make_actor(
         log_prob_key=f"{action_key}_log_prob",
         default_interaction_type=ExplorationType.RANDOM,
     )
+    return actor.eval()
+
+
+def _check_action_spec(action_spec: TensorSpec) -> None:
+    if not isinstance(action_spec, Bounded):
+        raise TypeError(
+            f"action_spec must be a bounded continuous spec (torchrl.data.Bounded), "
+            f"got {type(action_spec).__name__}"
+        )
+    if action_spec.ndim != 1:
+        raise ValueError(
+            f"action_spec has shape {tuple(action_spec.shape)}; make_actor needs the spec of one "
+            "action, [action_dim]: pass env.action_spec_unbatched (a batched env's action_spec "
+            "carries the env batch dimensions)"
+        )
+    low, high = action_spec.space.low, action_spec.space.high
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise ValueError(
+            f"action_spec has non-finite bounds (low={low.tolist()}, high={high.tolist()}); "
+            "the TanhNormal policy squashes into [low, high] and needs finite bounds"
+        )
+    if not (high > low).all():
+        raise ValueError(
+            f"action_spec needs high > low in every dimension, got low={low.tolist()}, "
+            f"high={high.tolist()}"
+        )
 
 
 @contextlib.contextmanager
