@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 from helpers import ACTION_DIM, OBS_DIM, make_batch
+from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_crossq import (
@@ -332,10 +333,11 @@ def test_state_dict_round_trip_restores_everything(action_spec, batch):
 # -- parity with TorchRL ----------------------------------------------------------------------
 def test_same_critic_target_as_torchrl_crossq_loss(action_spec, batch):
     from torchrl.modules import MLP, ValueOperator
-    from torchrl.modules import BatchRenorm1d as TorchRLBatchRenorm1d
     from torchrl.objectives import CrossQLoss as TorchRLCrossQLoss
 
-    # The actor has no BatchRenorm: TorchRL samples a' in whatever mode the actor is in.
+    # No BatchRenorm on either side: TorchRL samples a' in whatever mode the actor is in, and
+    # its BatchRenorm1d normalises with the biased batch variance (ours: sb3-contrib's
+    # unbiased one). The target's algebra is compared; the joint pass is tested above.
     torch.manual_seed(0)
     actor = make_actor(OBS_DIM, action_spec, num_cells=(8,), norm=None)
     hidden = 8
@@ -345,14 +347,12 @@ def test_same_critic_target_as_torchrl_crossq_loss(action_spec, batch):
             out_features=1,
             num_cells=[hidden],
             activation_class=torch.nn.ReLU,
-            norm_class=TorchRLBatchRenorm1d,
-            norm_kwargs={"num_features": hidden, "eps": 1e-3, "warmup_steps": 100},
         ),
         in_keys=["observation", "action"],
     )
     theirs = TorchRLCrossQLoss(actor, their_critic, num_qvalue_nets=2, loss_function="l2")
     theirs.make_value_estimator(gamma=0.95)
-    # Ours: the same two critics in TorchRL's MLP layout (Linear -> BRN -> ReLU -> Linear).
+    # Ours: the same two critics in TorchRL's MLP layout (Linear -> ReLU -> Linear).
     ours_critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(hidden,), norm=None)
     net = ours_critic.module.net
     layers = [m for m in their_critic.module.modules() if isinstance(m, torch.nn.Linear)]
@@ -365,7 +365,6 @@ def test_same_critic_target_as_torchrl_crossq_loss(action_spec, batch):
             bias = params.get(("module", *key.split("."), "bias"))
             ours_linear.weight.copy_(weight.transpose(-1, -2))
             ours_linear.bias.copy_(bias.unsqueeze(1))
-    net.insert(1, BatchRenorm1d(hidden, ensemble_size=2, warmup_steps=100))
     ours = CrossQLoss(actor, ours_critic)
     ours.make_value_estimator(gamma=0.95)
 
@@ -400,3 +399,69 @@ def test_an_error_inside_a_network_reaches_the_caller_unchanged(action_spec, bat
     brns(loss.actor_network)[0].register_forward_pre_hook(interrupted_actor)
     with pytest.raises(KeyboardInterrupt):
         loss.qvalue_loss(batch)
+
+
+# -- the entropy scale: the squashed action in [-1, 1], whatever the env's bounds -----------
+def same_weights_with_bounds(bound: float) -> CrossQLoss:
+    spec = Bounded(-bound, bound, shape=(ACTION_DIM,))
+    torch.manual_seed(0)
+    actor = make_actor(OBS_DIM, spec, num_cells=(8, 8))
+    critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(8, 8))
+    with torch.no_grad():  # a critic that scores every action 0: targets differ by log-probs only
+        critic.module.net[-1].weight.zero_()
+        critic.module.net[-1].bias.zero_()
+    return CrossQLoss(actor, critic)
+
+
+def test_log_probs_entropy_and_temperature_do_not_depend_on_the_action_bounds(batch):
+    narrow, unit = same_weights_with_bounds(0.4), same_weights_with_bounds(1.0)
+    assert float(narrow.target_entropy) == float(unit.target_entropy) == -ACTION_DIM
+    outputs = []
+    for loss in (narrow, unit):
+        torch.manual_seed(1)
+        _, value_metadata = loss.qvalue_loss(batch.clone())
+        _, actor_metadata = loss.actor_loss(batch.clone())
+        loss_alpha = loss.alpha_loss(actor_metadata["log_prob"])
+        loss_alpha.backward()
+        torch.manual_seed(1)
+        entropy = loss(batch.clone())["entropy"]
+        outputs.append(
+            (
+                value_metadata["target_value"],
+                actor_metadata["log_prob"],
+                loss_alpha,
+                loss.temperature.log_alpha.grad,
+                entropy,
+            )
+        )
+    for ours_narrow, ours_unit in zip(*outputs, strict=True):
+        torch.testing.assert_close(ours_narrow, ours_unit)
+
+
+def test_squashed_log_prob_of_a_bounded_tanh_normal_is_the_unit_one():
+    from torchrl.modules import TanhNormal
+
+    from torchrl_crossq.objectives.crossq import squashed_log_prob
+
+    loc, scale = torch.randn(5, 3), torch.rand(5, 3) + 0.1
+    low, high = torch.tensor([-0.4, 0.0, -2.0]), torch.tensor([0.4, 1.0, 3.0])
+    bounded, unit = TanhNormal(loc, scale, low=low, high=high), TanhNormal(loc, scale)
+    unit_action = torch.rand(5, 3) * 1.8 - 0.9
+    action = low + (unit_action + 1) * (high - low) / 2
+    torch.testing.assert_close(
+        squashed_log_prob(bounded, bounded.log_prob(action)), unit.log_prob(unit_action)
+    )
+
+
+def test_bootstrap_always_honours_multi_step_discounting(action_spec):
+    # gamma 0.5, three steps to the next observation, next value 10, reward 1:
+    # y = 1 + 0.5 ** 3 * 10, also for a terminated transition under bootstrap_type="always".
+    loss = build(action_spec, bootstrap_type="always")
+    loss.make_value_estimator(gamma=0.5)
+    data = make_batch(2)
+    data["next", "reward"] = torch.ones(2, 1)
+    data["next", "terminated"] = data["next", "done"] = torch.tensor([[True], [False]])
+    data["steps_to_next_obs"] = torch.full((2, 1), 3)
+    target = loss._td_target(data, torch.full((2, 1), 10.0))
+    torch.testing.assert_close(target, torch.full((2, 1), 2.25))
+    assert data["next", "terminated"][0]  # the input is left as it was

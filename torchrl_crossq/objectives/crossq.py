@@ -11,6 +11,7 @@ from tensordict import NestedKey, TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
 from tensordict.utils import unravel_key
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import TanhNormal
 from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators
@@ -40,6 +41,36 @@ def _parameters_in(module: torch.nn.Module, params: TensorDictBase) -> Iterator[
         yield
     finally:
         swap.__exit__(None, None, None)
+
+
+def squashed_log_prob(
+    dist: torch.distributions.Distribution, log_prob: torch.Tensor
+) -> torch.Tensor:
+    """The log-probability of the squashed action in ``[-1, 1]``, whatever the env's bounds.
+
+    TorchRL's :class:`~torchrl.modules.TanhNormal` bounded by ``[low, high]``
+    scores the rescaled action, so its log-probability carries the log-Jacobian
+    ``sum(log((high - low) / 2))`` of the rescaling; this removes it.
+    ``target_entropy = -action_dim`` (paper, SAC) refers to actions in
+    ``[-1, 1]``, as the original code, sbx and sb3-contrib compute them (they
+    squash to ``[-1, 1]`` and rescale outside the policy's density). Other
+    distributions are returned as they are.
+
+    Examples:
+        >>> dist = TanhNormal(torch.zeros(3), torch.ones(3), low=-0.4, high=0.4)
+        >>> unit = TanhNormal(torch.zeros(3), torch.ones(3))
+        >>> action = torch.tensor([0.2, -0.1, 0.0])
+        >>> torch.allclose(squashed_log_prob(dist, dist.log_prob(action)), unit.log_prob(action / 0.4))
+        True
+    """
+    if not isinstance(dist, TanhNormal):
+        return log_prob
+    log_half_range = ((dist.high - dist.low) / 2).log()
+    event_dims = len(dist.event_shape)
+    log_half_range = log_half_range.expand(dist.batch_shape + dist.event_shape)
+    if event_dims:
+        log_half_range = log_half_range.flatten(-event_dims).sum(-1)
+    return log_prob + log_half_range
 
 
 def _check_choice(name: str, value, accepted: Sequence[str]) -> None:
@@ -92,6 +123,11 @@ class CrossQLoss(LossModule):
 
     The discount is set TorchRL's way: ``loss.make_value_estimator(gamma=0.99)``
     (TD(0), the default; multi-step data carrying ``steps_to_next_obs`` is honoured).
+
+    Every log-probability (soft-Q target, actor loss, temperature loss,
+    ``entropy``) is that of the squashed action in ``[-1, 1]``, whatever the
+    env's bounds (see :func:`squashed_log_prob`), so ``target_entropy="auto"``
+    means what the paper means on every task.
 
     Returns from ``forward``: ``loss_qvalue`` (``0.5 * (Q_i - y)^2`` summed over
     critics), ``loss_actor`` (``alpha * log_pi - agg_q(Q)``), ``loss_alpha``
@@ -342,7 +378,8 @@ class CrossQLoss(LossModule):
             set_training_mode(self.actor_network, False),
         ):
             dist = self.actor_network.get_dist(next_td.select(*self._actor_in_keys()))
-            return sample_and_log_prob(dist)
+            action, log_prob = sample_and_log_prob(dist)
+            return action, squashed_log_prob(dist, log_prob)
 
     # -- the three losses -------------------------------------------------------------
     def qvalue_loss(
@@ -387,18 +424,12 @@ class CrossQLoss(LossModule):
     def _td_target(self, tensordict: TensorDictBase, next_value: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self.bootstrap_type == "always":
-                reward = tensordict.get(("next", self.tensor_keys.reward))
-                never = torch.zeros(reward.shape, dtype=torch.bool, device=reward.device)
-                tensordict = TensorDict(
-                    {
-                        "next": {
-                            self.tensor_keys.reward: reward,
-                            self.tensor_keys.done: never,
-                            self.tensor_keys.terminated: never,
-                        }
-                    },
-                    tensordict.batch_size,
-                )
+                # The same data (multi-step discounts included) with no episode ever ending.
+                next_td = tensordict.get("next").copy()
+                never = torch.zeros_like(next_td.get(self.tensor_keys.terminated))
+                next_td.set(self.tensor_keys.done, never)
+                next_td.set(self.tensor_keys.terminated, never)
+                tensordict = tensordict.copy().set("next", next_td)
             return self.value_estimator.value_estimate(tensordict, next_value=next_value)
 
     def actor_loss(
@@ -418,6 +449,7 @@ class CrossQLoss(LossModule):
         ):
             dist = self.actor_network.get_dist(tensordict.select(*self._actor_in_keys()))
             action, log_prob = rsample_and_log_prob(dist)
+            log_prob = squashed_log_prob(dist, log_prob)
         q = self._q(
             self._critic_input(tensordict, action), self.qvalue_network_params.detach(), False
         )
