@@ -1,6 +1,12 @@
 """CrossQ (Bhatt et al., ICLR 2024) as composable TorchRL components."""
 
-from torchrl_crossq.modules import BatchRenorm1d, make_actor, make_critic, set_training_mode
+from torchrl_crossq.modules import (
+    BatchRenorm1d,
+    ExpandedCritic,
+    make_actor,
+    make_critic,
+    set_training_mode,
+)
 from torchrl_crossq.objectives import (
     OPTIMISED_LOSSES,
     CrossQLoss,
@@ -16,6 +22,7 @@ __all__ = [
     "BatchRenorm1d",
     "CrossQLoss",
     "CrossQUpdater",
+    "ExpandedCritic",
     "NonFiniteLossError",
     "PeriodicSoftUpdate",
     "Temperature",

@@ -1,6 +1,8 @@
 from torchrl_crossq.modules.batchrenorm import BatchRenorm1d
 from torchrl_crossq.modules.networks import (
     EnsembleLinear,
+    ExpandedCritic,
+    GaussianParams,
     QEnsemble,
     make_actor,
     make_critic,
@@ -10,6 +12,8 @@ from torchrl_crossq.modules.networks import (
 __all__ = [
     "BatchRenorm1d",
     "EnsembleLinear",
+    "ExpandedCritic",
+    "GaussianParams",
     "QEnsemble",
     "make_actor",
     "make_critic",

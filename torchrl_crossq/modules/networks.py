@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
-from tensordict.nn import TensorDictModule
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torchrl.data import Bounded, TensorSpec
@@ -197,6 +199,69 @@ class QEnsemble(nn.Module):
         x = x.reshape(1, -1, x.shape[-1]).expand(self.num_qvalue_nets, -1, -1)
         q = self.net(x)  # [E, N, 1]
         return q.squeeze(-1).transpose(0, 1).reshape(*batch_shape, self.num_qvalue_nets)
+
+
+class ExpandedCritic(TensorDictModuleBase):
+    """``n`` copies of one Q-network, run one after the other, their outputs side by side.
+
+    How :class:`~torchrl_crossq.CrossQLoss` (like TorchRL's losses with
+    ``num_qvalue_nets``) turns a single critic ``(observation, action) ->
+    Q [*B, 1]`` into an ensemble writing ``[*B, n]``. Member 0 is the given
+    module; the others are deep copies whose layers with a ``reset_parameters``
+    method are re-initialised, so the members start different. Each member runs
+    its own forward (its own normalisation statistics); :func:`make_critic`'s
+    stacked ensemble does the same work in one batched matmul per layer.
+
+    Args:
+        critic: a ``TensorDictModule`` writing one Q value per sample, ``[*B, 1]``.
+        num_qvalue_nets: the number of members (>= 1).
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import MLP, ValueOperator
+        >>> q = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[8]),
+        ...                   in_keys=["observation", "action"])
+        >>> critic = ExpandedCritic(q, 2)
+        >>> td = TensorDict({"observation": torch.randn(4, 3), "action": torch.randn(4, 2)}, [4])
+        >>> critic(td)["state_action_value"].shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(self, critic: TensorDictModuleBase, num_qvalue_nets: int) -> None:
+        super().__init__()
+        if num_qvalue_nets < 1:
+            raise ValueError(f"num_qvalue_nets={num_qvalue_nets} must be >= 1")
+        if len(critic.out_keys) != 1:
+            raise ValueError(
+                f"the critic writes {critic.out_keys}; an expanded critic needs exactly one "
+                "output key (its Q value)"
+            )
+        members = [critic]
+        for _ in range(num_qvalue_nets - 1):
+            member = copy.deepcopy(critic)
+            for layer in member.modules():
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+            members.append(member)
+        self.members = nn.ModuleList(members)
+        self.num_qvalue_nets = num_qvalue_nets
+        self.in_keys = list(critic.in_keys)
+        self.out_keys = list(critic.out_keys)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        key = self.out_keys[0]
+        values = []
+        for member in self.members:
+            value = member(tensordict.select(*self.in_keys)).get(key, None)
+            if value is None or value.shape != (*tensordict.batch_size, 1):
+                written = "nothing" if value is None else f"shape {tuple(value.shape)}"
+                raise ValueError(
+                    f"critic {type(member).__name__} wrote {written} under {key!r}; a critic "
+                    f"expanded with num_qvalue_nets must write one Q value per sample, "
+                    f"[{', '.join(map(str, tensordict.batch_size))}, 1]"
+                )
+            values.append(value)
+        return tensordict.set(key, torch.cat(values, -1))
 
 
 def make_critic(

@@ -1,4 +1,4 @@
-from torchrl_crossq.objectives.crossq import CrossQLoss
+from torchrl_crossq.objectives.crossq import CrossQLoss, squashed_log_prob
 from torchrl_crossq.objectives.entropy import Temperature
 from torchrl_crossq.objectives.update import (
     OPTIMISED_LOSSES,
@@ -16,4 +16,5 @@ __all__ = [
     "PeriodicSoftUpdate",
     "Temperature",
     "make_optimizers",
+    "squashed_log_prob",
 ]

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from tensordict import NestedKey, TensorDict, TensorDictBase
-from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
+from tensordict.nn import (
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+    TensorDictModuleBase,
+    dispatch,
+)
 from tensordict.utils import unravel_key
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import TanhNormal
@@ -17,13 +23,14 @@ from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TD0Estimator
 
-from torchrl_crossq.modules.networks import set_training_mode
+from torchrl_crossq.modules.networks import ExpandedCritic, set_training_mode
 from torchrl_crossq.objectives.entropy import Temperature
 
 Q_HEAD_TYPES = ("crossq", "default")
 AGG_Q = ("min", "mean")
 BOOTSTRAP_TYPES = ("standard", "always")
 REDUCTIONS = ("mean", "sum", "none")
+LOSS_FUNCTIONS = ("l2", "smooth_l1", "l1")
 
 
 @contextlib.contextmanager
@@ -73,6 +80,46 @@ def squashed_log_prob(
     return log_prob + log_half_range
 
 
+def _has_batch_norm(module: torch.nn.Module) -> bool:
+    """Whether any layer normalises with batch statistics (ours, TorchRL's or torch's)."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        or "BatchRenorm" in type(m).__name__
+        or "BatchNorm" in type(m).__name__
+        for m in module.modules()
+    )
+
+
+def _check_networks(actor_network, qvalue_network) -> None:
+    if not isinstance(actor_network, ProbabilisticTensorDictSequential):
+        raise TypeError(
+            f"actor_network must be a ProbabilisticTensorDictSequential (e.g. TorchRL's "
+            f"ProbabilisticActor, or make_actor), got {type(actor_network).__name__}"
+        )
+    if not isinstance(qvalue_network, TensorDictModuleBase):
+        raise TypeError(
+            f"qvalue_network must be a TensorDictModule, got {type(qvalue_network).__name__}: "
+            "wrap it as TensorDictModule(critic, in_keys=['observation', 'action'], "
+            "out_keys=['state_action_value']) (or TorchRL's ValueOperator)"
+        )
+
+
+def _as_ensemble(
+    critic: TensorDictModuleBase, num_qvalue_nets: int | None
+) -> tuple[TensorDictModuleBase, int]:
+    """The critic as an ensemble writing ``[B, n]``, and ``n``."""
+    size = getattr(getattr(critic, "module", critic), "num_qvalue_nets", None)
+    if size is None:
+        size = 2 if num_qvalue_nets is None else num_qvalue_nets
+        return ExpandedCritic(critic, size), size
+    if num_qvalue_nets is not None and num_qvalue_nets != size:
+        raise ValueError(
+            f"num_qvalue_nets={num_qvalue_nets}, but the critic is an ensemble of {size}; "
+            "leave num_qvalue_nets out or build the critic with that many members"
+        )
+    return critic, size
+
+
 def _check_choice(name: str, value, accepted: Sequence[str]) -> None:
     if value not in accepted:
         raise ValueError(
@@ -103,11 +150,23 @@ class CrossQLoss(LossModule):
     scores ``(s', a')``; update the target with :class:`PeriodicSoftUpdate`.
 
     Args:
-        actor_network: a TanhNormal policy writing the action, e.g. :func:`make_actor`.
-        qvalue_network: a Q ensemble whose output (``state_action_value``) has
-            one column per critic, ``[*B, num_qvalue_nets]``, e.g. :func:`make_critic`.
+        actor_network: a TanhNormal policy writing the action (a
+            ``ProbabilisticTensorDictSequential``), e.g. :func:`make_actor`.
+        qvalue_network: a ``TensorDictModule`` critic. Either an ensemble that
+            writes one column per critic, ``[*B, n]``, and says so with a
+            ``num_qvalue_nets`` attribute on its module (:func:`make_critic`), or
+            one Q-network writing ``[*B, 1]`` (e.g. a TorchRL ``ValueOperator``),
+            which is expanded into ``num_qvalue_nets`` members (:class:`ExpandedCritic`),
+            as TorchRL's losses do.
 
     Keyword Args:
+        num_qvalue_nets: critics in the ensemble; for one Q-network, how many
+            copies (default 2, the paper's and TorchRL's); for an ensemble,
+            ``None`` or its size.
+        loss_function: the per-critic TD loss: ``"l2"`` (``0.5 * (Q_i - y)^2``,
+            the paper's and sb3-contrib's scale; TorchRL's ``"l2"`` has no 0.5),
+            ``"smooth_l1"`` or ``"l1"`` (as TorchRL's ``distance_loss``). Summed
+            over critics.
         q_head_type: ``"crossq"`` (no target networks, joint pass) or
             ``"default"`` (SAC with a polyak-averaged target critic).
         agg_q: reduction over the ensemble for the target and the actor loss:
@@ -120,6 +179,13 @@ class CrossQLoss(LossModule):
         target_entropy: a number, or ``"auto"`` for ``-action_dim`` (paper).
         action_spec: the action spec, when the actor carries none (for ``"auto"``).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` over the batch.
+        alpha_init, fixed_alpha, priority_key, deactivate_vmap: the names of
+            TorchRL's ``CrossQLoss``, accepted so its constructor call works
+            unchanged: ``alpha_init`` is ``initial_alpha``, ``fixed_alpha=True`` is
+            ``alpha_type="fixed_alpha"``, ``priority_key`` is
+            ``set_keys(priority=...)``, ``deactivate_vmap`` has no effect (no vmap
+            here). TorchRL's ``min_alpha``, ``max_alpha``, ``separate_losses=True``
+            and ``scalar_output_mode`` are not supported (an error says so).
 
     The discount is set TorchRL's way: ``loss.make_value_estimator(gamma=0.99)``
     (TD(0), the default; multi-step data carrying ``steps_to_next_obs`` is honoured).
@@ -191,8 +257,10 @@ class CrossQLoss(LossModule):
     def __init__(
         self,
         actor_network: ProbabilisticTensorDictSequential,
-        qvalue_network: TensorDictModule,
+        qvalue_network: TensorDictModuleBase,
         *,
+        num_qvalue_nets: int | None = None,
+        loss_function: str = "l2",
         q_head_type: str = "crossq",
         agg_q: str = "min",
         bootstrap_type: str = "standard",
@@ -200,12 +268,39 @@ class CrossQLoss(LossModule):
         initial_alpha: float = 1.0,
         target_entropy: float | str = "auto",
         action_spec=None,
-        reduction: str = "mean",
+        reduction: str | None = "mean",
+        alpha_init: float | None = None,
+        fixed_alpha: bool = False,
+        priority_key: NestedKey | None = None,
+        deactivate_vmap: bool = False,
+        min_alpha: float | None = None,
+        max_alpha: float | None = None,
+        separate_losses: bool = False,
+        scalar_output_mode: str | None = None,
     ) -> None:
+        reduction = "mean" if reduction is None else reduction  # TorchRL's None
         _check_choice("q_head_type", q_head_type, Q_HEAD_TYPES)
         _check_choice("agg_q", agg_q, AGG_Q)
         _check_choice("bootstrap_type", bootstrap_type, BOOTSTRAP_TYPES)
         _check_choice("reduction", reduction, REDUCTIONS)
+        _check_choice("loss_function", loss_function, LOSS_FUNCTIONS)
+        unsupported = {
+            "min_alpha": min_alpha is not None,
+            "max_alpha": max_alpha is not None,
+            "separate_losses": separate_losses,
+            "scalar_output_mode": scalar_output_mode is not None,
+        }
+        for name, given in unsupported.items():
+            if given:
+                raise ValueError(
+                    f"{name} (an argument of torchrl.objectives.CrossQLoss) is not supported by "
+                    f"{type(self).__name__}; leave it at its default"
+                )
+        if alpha_init is not None:
+            initial_alpha = alpha_init
+        if fixed_alpha:
+            alpha_type = "fixed_alpha"
+        _check_networks(actor_network, qvalue_network)
         self._in_keys = None
         self._out_keys = None
         super().__init__()
@@ -213,41 +308,76 @@ class CrossQLoss(LossModule):
         self.agg_q = agg_q
         self.bootstrap_type = bootstrap_type
         self.reduction = reduction
+        self.loss_function = loss_function
+        self.deactivate_vmap = deactivate_vmap
+        if priority_key is not None:
+            self.set_keys(priority=priority_key)
 
+        qvalue_network, self.num_qvalue_nets = _as_ensemble(qvalue_network, num_qvalue_nets)
+        if q_head_type == "crossq" and not _has_batch_norm(qvalue_network):
+            warnings.warn(
+                "q_head_type='crossq' with a critic that has no batch normalisation: CrossQ "
+                "without BatchNorm in the critic is unstable (it diverges in the paper, no target "
+                "network holds it back). Build the critic with make_critic(norm='brn'), add "
+                "BatchRenorm1d layers, or use q_head_type='default' (SAC with target networks)",
+                stacklevel=2,
+            )
         self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
         self.convert_to_functional(
             qvalue_network, "qvalue_network", create_target_params=q_head_type == "default"
         )
+        self._uses_batch_norm = _has_batch_norm(actor_network) or _has_batch_norm(qvalue_network)
+        self._critic_output_checked = False
         self.temperature = Temperature(alpha_type, initial_alpha)
+        spec = self._action_spec(action_spec)
+        self._action_dim = None if spec is None else spec.shape[-1:].numel()
         self.register_buffer(
-            "target_entropy",
-            torch.tensor(self._resolve_target_entropy(target_entropy, action_spec)),
+            "target_entropy", torch.tensor(self._resolve_target_entropy(target_entropy, spec))
         )
         self.make_value_estimator()
 
-    def _resolve_target_entropy(self, target_entropy: float | str, action_spec) -> float:
+    def _action_spec(self, action_spec):
+        """The spec of one action: the given one, or the actor's (its action key, or its only leaf)."""
+        spec = action_spec if action_spec is not None else getattr(self.actor_network, "spec", None)
+        if spec is not None and hasattr(spec, "keys"):
+            leaves = [k for k in spec.keys(True, True) if spec[k] is not None]
+            key = unravel_key(self.tensor_keys.action)
+            if key in leaves:
+                spec = spec[key]
+            elif len(leaves) == 1:
+                spec = spec[leaves[0]]
+            else:
+                spec = None
+        return spec
+
+    def _resolve_target_entropy(self, target_entropy: float | str, spec) -> float:
         if target_entropy != "auto":
             if isinstance(target_entropy, str):
                 raise ValueError(
                     f"target_entropy={target_entropy!r} is not supported; use one of: a number, 'auto'"
                 )
             return float(target_entropy)
-        spec = action_spec if action_spec is not None else getattr(self.actor_network, "spec", None)
-        if spec is not None and hasattr(spec, "keys"):
-            key = self.tensor_keys.action
-            leaves = list(spec.keys(True, True))
-            if key in spec.keys(True, True):
-                spec = spec[key]
-            elif len(leaves) == 1:
-                spec = spec[leaves[0]]
-            else:
-                spec = None
         if spec is None:
             raise ValueError(
                 "target_entropy='auto' needs the action's spec: give the actor a spec "
                 "(make_actor does), pass action_spec=..., or pass a number"
             )
         return -float(spec.shape[-1:].numel())
+
+    @property
+    def log_alpha(self) -> torch.nn.Parameter:
+        """The temperature's log-parameter (``alpha_type="exp"``), as TorchRL's ``CrossQLoss.log_alpha``.
+
+        For an optimiser built by hand (``torch.optim.Adam([loss.log_alpha])``);
+        :func:`~torchrl_crossq.make_optimizers` steps ``loss.temperature.parameters()``
+        whatever the parametrisation.
+        """
+        if self.temperature.alpha_type != "exp":
+            raise AttributeError(
+                f"log_alpha exists for alpha_type='exp' only (this loss has "
+                f"{self.temperature.alpha_type!r}); use loss.temperature.parameters()"
+            )
+        return self.temperature.log_alpha
 
     # -- TorchRL LossModule plumbing -------------------------------------------------
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
@@ -337,7 +467,7 @@ class CrossQLoss(LossModule):
         return q.min(-1).values if self.agg_q == "min" else q.mean(-1)
 
     def _check_input(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Flattens the batch and names any missing key with the ``set_keys`` name to change it."""
+        """Flattens the batch; names a missing key, a wrong action width or a too small batch."""
         present = set(tensordict.keys(True, True))
         names = {unravel_key(getattr(self.tensor_keys, f)): f for f in ("action",)}
         for f in ("reward", "done", "terminated"):
@@ -352,6 +482,19 @@ class CrossQLoss(LossModule):
                 raise KeyError(f"{type(self).__name__}: the input has no key {key!r}{hint}")
         if tensordict.ndim != 1:
             tensordict = tensordict.reshape(-1)
+        action = tensordict.get(self.tensor_keys.action)
+        if self._action_dim is not None and action.shape[-1:].numel() != self._action_dim:
+            raise ValueError(
+                f"{type(self).__name__}: the action under {self.tensor_keys.action!r} has shape "
+                f"{tuple(action.shape)}, but the actor's spec has {self._action_dim} action "
+                "dimension(s); check the key (loss.set_keys(action=...)) and the env"
+            )
+        if self._uses_batch_norm and tensordict.batch_size[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs a batch of at least 2 transitions, got "
+                f"{tensordict.batch_size[0]}: BatchRenorm estimates batch statistics in the "
+                "loss's train-mode passes (the loss sets the modes itself)"
+            )
         return tensordict
 
     def _critic_input(self, source: TensorDictBase, action: torch.Tensor) -> TensorDictBase:
@@ -364,10 +507,33 @@ class CrossQLoss(LossModule):
             _parameters_in(self.qvalue_network, params),
             set_training_mode(self.qvalue_network, training),
         ):
-            q = self.qvalue_network(td).get(self.tensor_keys.state_action_value)
+            out = self.qvalue_network(td)
+        q = out.get(self.tensor_keys.state_action_value, None)
+        if not self._critic_output_checked:
+            self._check_critic_output(q, out, td.batch_size)
         # At least float32 even when the critic's last matmul ran under bfloat16 autocast:
         # TD errors are small differences of large values.
         return q.to(torch.promote_types(q.dtype, torch.float32))
+
+    def _check_critic_output(self, q, out: TensorDictBase, batch_size: torch.Size) -> None:
+        """The first call: the critic wrote ``[B, num_qvalue_nets]`` under the expected key."""
+        name = type(self.qvalue_network).__name__
+        key = self.tensor_keys.state_action_value
+        if q is None:
+            written = sorted(map(str, out.keys(True, True)))
+            raise KeyError(
+                f"{type(self).__name__}: the critic {name} wrote {written} but not {key!r}; "
+                "tell the loss its output key with loss.set_keys(state_action_value=...)"
+            )
+        expected = (*batch_size, self.num_qvalue_nets)
+        if tuple(q.shape) != expected:
+            raise ValueError(
+                f"{type(self).__name__}: the critic {name} wrote {key!r} of shape "
+                f"{tuple(q.shape)}; expected {list(expected)}, one column per critic. A critic "
+                "writing one Q value [B, 1] is expanded by num_qvalue_nets; an ensemble says "
+                "its size with a num_qvalue_nets attribute on its module (make_critic's does)"
+            )
+        self._critic_output_checked = True
 
     def _next_action(self, next_td: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``a' ~ pi(s')`` with the actor in eval mode, without gradient."""
@@ -409,9 +575,9 @@ class CrossQLoss(LossModule):
                 next_q = self._q(upcoming, self.target_qvalue_network_params, False)
         next_value = self._aggregate(next_q) - self.alpha * next_log_prob
         target = self._td_target(tensordict, next_value.unsqueeze(-1)).squeeze(-1)
-        td_error = (q - target.unsqueeze(-1)).pow(2)
-        loss = 0.5 * td_error.sum(-1)
-        td_error = td_error.detach().sqrt().max(-1).values
+        error = q - target.unsqueeze(-1)
+        loss = self._distance(error).sum(-1)
+        td_error = error.detach().abs().max(-1).values
         original.set(self.tensor_keys.priority, td_error.reshape(original.batch_size))
         metadata = {
             "td_error": td_error,
@@ -420,6 +586,15 @@ class CrossQLoss(LossModule):
             "target_value_mean": target.mean(),
         }
         return self._reduce(loss), metadata
+
+    def _distance(self, error: torch.Tensor) -> torch.Tensor:
+        if self.loss_function == "l2":
+            return 0.5 * error.pow(2)
+        if self.loss_function == "smooth_l1":
+            return torch.nn.functional.smooth_l1_loss(
+                error, torch.zeros_like(error), reduction="none"
+            )
+        return error.abs()
 
     def _td_target(self, tensordict: TensorDictBase, next_value: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
