@@ -71,6 +71,35 @@ def test_workers_act_with_the_learner_weights_after_a_sync(backend):
         collector.shutdown()
 
 
+def test_episode_window_over_multi_async_batches_holds_the_newest_episodes():
+    from torchrl_crossq.data import make_replay_buffer
+
+    # 2 workers x 2 envs, episodes of 5 steps in batches of 8: every batch ends mid-episode,
+    # and row e of a batch is env e of whichever worker sent it.
+    create = functools.partial(
+        make_env, "Pendulum-v1", num_envs=2, vectorization="serial", max_episode_steps=5
+    )
+    collector = make_collector(
+        create, None, seed=0, backend="multi_async", num_workers=2, frames_per_batch=16,
+        total_frames=64,
+    )  # fmt: skip
+    rb = make_replay_buffer(
+        100, batch_size=256, sample_window_size=8, window_unit="episode", seed=0
+    )
+    try:
+        for batch in collector:
+            rb.extend(batch)
+    finally:
+        collector.shutdown()
+    traj_ids = rb.storage[: len(rb)]["collector", "traj_ids"]  # one per episode, all workers
+    ids = traj_ids.unique()
+    first_index = torch.stack([(traj_ids == traj_id).nonzero()[0, 0] for traj_id in ids])
+    newest = ids[first_index.argsort()[-8:]]
+    window = set(torch.isin(traj_ids, newest).nonzero().squeeze(-1).tolist())
+    assert rb.window_size() == len(window)
+    assert set(torch.cat([rb.sample()["index"] for _ in range(10)]).tolist()) == window
+
+
 def test_unknown_backend_names_the_key_and_choices():
     with pytest.raises(
         ValueError, match=r"collector.backend=.threads. is not supported; use one of: sync"

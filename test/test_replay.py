@@ -21,20 +21,45 @@ class Collector:
     Each transition carries its write position (``position``: the n-th transition written),
     its trajectory (``trajectory``: the n-th env row written) and its episode (``episode``:
     numbered in the order episodes start). ``("next", "observation")`` is the observation
-    plus one, to check that nested keys stay aligned.
+    plus one, to check that nested keys stay aligned. With ``traj_ids=True`` it also writes
+    ``("collector", "traj_ids")``, the episode number, as TorchRL's collectors do. Fakes made
+    with ``worker_of=`` another are workers of one multi-process collector: they share the
+    counts (written transitions, trajectories, episodes), hence the traj id pool.
     """
 
-    def __init__(self, num_envs: int = 2, length: int = 4, episode_lengths=None):
+    def __init__(
+        self,
+        num_envs: int = 2,
+        length: int = 4,
+        episode_lengths=None,
+        *,
+        traj_ids: bool = False,
+        worker_of: Collector | None = None,
+    ):
         self.num_envs, self.length = num_envs, length
         # Per env, the length of its episodes (cycled); None: episodes never end.
         self.episode_lengths = episode_lengths
-        self.written = 0
-        self.trajectories = 0
-        self.episodes = 0
+        self.traj_ids = traj_ids
+        self.counts = (
+            worker_of.counts if worker_of else {"written": 0, "trajectories": 0, "episodes": 0}
+        )
         self.env_step = [0] * num_envs
         self.env_episode = [None] * num_envs
 
+    @property
+    def written(self) -> int:
+        return self.counts["written"]
+
+    @property
+    def trajectories(self) -> int:
+        return self.counts["trajectories"]
+
+    @property
+    def episodes(self) -> int:
+        return self.counts["episodes"]
+
     def batch(self) -> TensorDict:
+        counts = self.counts
         position = torch.zeros(self.num_envs, self.length, dtype=torch.long)
         trajectory = torch.zeros_like(position)
         episode = torch.zeros_like(position)
@@ -42,20 +67,20 @@ class Collector:
         for env in range(self.num_envs):  # row-major: the order the buffer writes them in
             for t in range(self.length):
                 if self.env_episode[env] is None:
-                    self.env_episode[env] = self.episodes
-                    self.episodes += 1
+                    self.env_episode[env] = counts["episodes"]
+                    counts["episodes"] += 1
                     self.env_step[env] = 0
-                position[env, t] = self.written
-                trajectory[env, t] = self.trajectories
+                position[env, t] = counts["written"]
+                trajectory[env, t] = counts["trajectories"]
                 episode[env, t] = self.env_episode[env]
-                self.written += 1
+                counts["written"] += 1
                 self.env_step[env] += 1
                 if self.episode_lengths and self.env_step[env] == self.episode_lengths[env]:
                     done[env, t] = True
                     self.env_episode[env] = None
-            self.trajectories += 1
+            counts["trajectories"] += 1
         observation = torch.randn(self.num_envs, self.length, 3)
-        return TensorDict(
+        batch = TensorDict(
             {
                 "observation": observation,
                 "position": position,
@@ -65,6 +90,9 @@ class Collector:
             },
             [self.num_envs, self.length],
         )
+        if self.traj_ids:
+            batch["collector", "traj_ids"] = episode.clone()
+        return batch
 
 
 class CountingMemmapStorage(LazyMemmapStorage):
@@ -163,6 +191,72 @@ def test_window_unit_episode_counts_episodes_that_span_batches():
     in_window = stored["episode"] >= newest
     assert sampled_values(rb, "position") == set(stored["position"][in_window].tolist())
     assert rb.window_size() == int(in_window.sum())
+
+
+def test_episode_windows_keep_apart_the_envs_of_multi_async_workers():
+    # A multi_async collector of 2 workers x 2 envs: each batch is one worker's [2, T], so
+    # row 0 is env 0 of either worker; their traj ids come from one shared pool.
+    first = Collector(num_envs=2, length=4, episode_lengths=[6, 3], traj_ids=True)
+    second = Collector(num_envs=2, length=4, episode_lengths=[5, 7], traj_ids=True, worker_of=first)
+    rb = make_replay_buffer(
+        200, batch_size=256, sample_window_size=3, window_unit="episode", seed=0
+    )
+    batches = [worker.batch() for worker in (first, second, second, first, second, first)]
+    for batch in batches:
+        rb.extend(batch)
+    stored = torch.cat([batch.reshape(-1) for batch in batches])
+    in_window = stored["episode"] >= first.episodes - 3
+    assert sampled_values(rb, "position") == set(stored["position"][in_window].tolist())
+    assert rb.window_size() == int(in_window.sum())
+
+
+def test_episode_windows_keep_apart_ray_workers_that_reuse_traj_ids():
+    # A Ray collector stacks one [T] batch per worker; each worker numbers its episodes from 0.
+    rb = make_replay_buffer(
+        100, batch_size=256, sample_window_size=2, window_unit="episode", seed=0
+    )
+    traj_ids = [[[0, 0, 0, 0], [0, 0, 0, 0]], [[0, 0, 1, 1], [0, 0, 0, 0]]]
+    done = [[[0, 0, 0, 0], [0, 0, 0, 0]], [[0, 1, 0, 0], [0, 0, 0, 0]]]
+    for step in range(2):
+        rb.extend(
+            TensorDict(
+                {
+                    "position": torch.arange(8 * step, 8 * step + 8).reshape(2, 4),
+                    "collector": {"traj_ids": torch.tensor(traj_ids[step])},
+                    "next": {"done": torch.tensor(done[step], dtype=torch.bool)},
+                },
+                [2, 4],
+            )
+        )
+    # Episodes in start order: worker 0's first, worker 1's, worker 0's second (positions 10-11).
+    assert sampled_values(rb, "position") == {4, 5, 6, 7, 10, 11, 12, 13, 14, 15}
+
+
+def test_a_new_traj_id_without_a_done_starts_a_new_episode():
+    # Collectors that reset their envs between batches (reset_at_each_iter) give new traj ids.
+    rb = make_replay_buffer(
+        100, batch_size=256, sample_window_size=1, window_unit="episode", seed=0
+    )
+    for step in range(2):
+        rb.extend(
+            TensorDict(
+                {
+                    "position": torch.arange(4 * step, 4 * step + 4).reshape(1, 4),
+                    "collector": {"traj_ids": torch.full((1, 4), step)},
+                    "next": {"done": torch.zeros(1, 4, 1, dtype=torch.bool)},
+                },
+                [1, 4],
+            )
+        )
+    assert sampled_values(rb, "position") == {4, 5, 6, 7}
+
+
+def test_traj_ids_must_have_one_id_per_transition():
+    sampler = SlidingWindowSampler(2, window_unit="episode")
+    with pytest.raises(ValueError, match="traj_ids has 2 ids for 4 transitions"):
+        sampler.add_trajectories(
+            torch.tensor([4]), done=torch.zeros(4, dtype=torch.bool), traj_ids=torch.zeros(2)
+        )
 
 
 def test_window_unit_episode_needs_done_flags():
@@ -411,7 +505,7 @@ def test_dumps_loads_resumes_with_identical_samples(tmp_path, kind, window_unit)
             40, batch_size=32, sample_window_size=3, window_unit=window_unit, seed=1, **extra
         )
 
-    collector = Collector(num_envs=2, length=4, episode_lengths=[6, 3])
+    collector = Collector(num_envs=2, length=4, episode_lengths=[6, 3], traj_ids=True)
     before, after = [collector.batch() for _ in range(7)], [collector.batch() for _ in range(3)]
     original = build("original")
     for batch in before:
@@ -441,6 +535,21 @@ def test_state_dict_round_trip_resumes_with_identical_samples():
     resumed.extend(batch.clone())
     for _ in range(3):
         assert_same_samples(original.sample(), resumed.sample())
+
+
+def test_episode_state_saved_before_traj_ids_still_loads():
+    collector = Collector(num_envs=2, length=4, episode_lengths=[6, 3])
+    original = make_replay_buffer(40, batch_size=32, sample_window_size=3, window_unit="episode")
+    fill(original, collector, num_batches=2)  # both envs are mid-episode
+    state = original.state_dict()
+    sampler_state = state["_sampler"]
+    sampler_state["open_streams"] = sampler_state["open_streams"][:, 0]  # the old layout
+    resumed = make_replay_buffer(40, batch_size=32, sample_window_size=3, window_unit="episode")
+    resumed.load_state_dict(state)
+    batch = collector.batch()
+    original.extend(batch.clone())
+    resumed.extend(batch.clone())
+    assert resumed.window_size() == original.window_size()
 
 
 def test_loading_state_saved_with_another_window_raises():

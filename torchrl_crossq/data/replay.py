@@ -65,6 +65,18 @@ def _check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return int(value)
 
 
+def _one_per(name: str, ids: Any, count: int, item: str, default: int) -> torch.Tensor:
+    """``ids`` as a flat long tensor of one id per ``item`` (``count`` of them), or defaults."""
+    if ids is None:
+        return torch.full((count,), default, dtype=_LONG)
+    ids = torch.as_tensor(ids).reshape(-1)
+    if ids.numel() != count:
+        raise ValueError(
+            f"{name} has {ids.numel()} ids for {count} {_PLURAL[item]}; expected one per {item}"
+        )
+    return ids.to(_LONG)
+
+
 class SlidingWindowSampler(Sampler):
     """Samples transitions uniformly from the newest ``sample_window_size`` trajectories.
 
@@ -90,7 +102,9 @@ class SlidingWindowSampler(Sampler):
     - ``"episode"``: the ``sample_window_size`` most recently *started* episodes, including
       unfinished ones; an episode that continues across batches keeps its place (its start).
       Needs the done flags, so it works through :class:`WindowReplayBuffer` (or
-      :meth:`add_trajectories`), not through a plain buffer's ``extend``.
+      :meth:`add_trajectories`), not through a plain buffer's ``extend``; which episode a
+      trajectory continues comes from the collector's traj ids (see
+      :class:`WindowReplayBuffer`).
     - ``"transition"``: the newest ``sample_window_size`` transitions.
 
     When the storage has overwritten the oldest part of the window, the window is what
@@ -175,8 +189,8 @@ class SlidingWindowSampler(Sampler):
         self._record_start = torch.empty(0, dtype=_LONG)
         self._record_length = torch.empty(0, dtype=_LONG)
         self._record_unit = torch.empty(0, dtype=_LONG)
-        # Env stream -> id of its unfinished episode (window_unit="episode" only).
-        self._open_episodes: dict[int, int] = {}
+        # (stream id, traj id) -> window unit of an unfinished episode (window_unit="episode").
+        self._open_episodes: dict[tuple[int, int], int] = {}
         # Cached window blocks, keyed by (transitions written, stored): one attribute so that
         # a reader on another thread never pairs a key with another key's blocks.
         self._window: tuple[tuple[int, int], int, torch.Tensor, torch.Tensor] | None = None
@@ -187,9 +201,14 @@ class SlidingWindowSampler(Sampler):
         *,
         done: torch.Tensor | None = None,
         stream_ids: torch.Tensor | None = None,
+        traj_ids: torch.Tensor | None = None,
         capacity: int | None = None,
     ) -> None:
         """Registers trajectories just written to the storage, in write order.
+
+        For ``window_unit="episode"``, the first episode of a trajectory continues the
+        unfinished episode that has the same stream id and traj id; every later episode of
+        the trajectory is new. See :class:`WindowReplayBuffer` for the ids it passes.
 
         Args:
             lengths (torch.Tensor): length of each trajectory, in transitions; they were
@@ -199,8 +218,11 @@ class SlidingWindowSampler(Sampler):
             done (torch.Tensor, optional): ``("next", "done")`` of every written transition,
                 flattened in write order. Required for ``window_unit="episode"``.
             stream_ids (torch.Tensor, optional): per trajectory, the id of the env stream it
-                continues (an unfinished episode of that stream continues into it). Defaults
-                to one stream for all.
+                continues (its place in the collector batch). Defaults to one stream for all.
+            traj_ids (torch.Tensor, optional): ``("collector", "traj_ids")`` of every written
+                transition, flattened in write order: an episode id of the collector. A change
+                of id starts a new episode, as a done does. Defaults to no id (``-1``): the
+                stream id alone says which episode a trajectory continues.
             capacity (int, optional): the storage capacity in transitions; lets the sampler
                 forget records the storage has overwritten.
         """
@@ -210,8 +232,8 @@ class SlidingWindowSampler(Sampler):
         if bool((lengths <= 0).any()):
             raise ValueError(f"trajectory lengths must be positive, got {lengths.tolist()}")
         first = self._num_written
-        if self.window_unit == "episode":  # validates done and stream_ids before any change
-            starts, pieces, units = self._split_episodes(first, lengths, done, stream_ids)
+        if self.window_unit == "episode":  # validates done and the ids before any change
+            starts, pieces, units = self._split_episodes(first, lengths, done, stream_ids, traj_ids)
         elif self.window_unit == "trajectory":
             starts, pieces = first + torch.cumsum(lengths, 0) - lengths, lengths
             units = self._next_unit + torch.arange(lengths.numel())
@@ -242,6 +264,7 @@ class SlidingWindowSampler(Sampler):
         lengths: torch.Tensor,
         done: torch.Tensor | None,
         stream_ids: torch.Tensor | None,
+        traj_ids: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         num_new = int(lengths.sum())
         if done is None:
@@ -255,26 +278,38 @@ class SlidingWindowSampler(Sampler):
                 f"done has {done.numel()} flags for {num_new} transitions; expected one "
                 "per transition"
             )
-        if stream_ids is None:
-            stream_ids = torch.zeros(lengths.numel(), dtype=_LONG)
+        stream_ids = _one_per("stream_ids", stream_ids, lengths.numel(), "trajectory", 0)
+        traj_ids = _one_per("traj_ids", traj_ids, num_new, "transition", -1)
+        trajectory_start = torch.cumsum(lengths, 0) - lengths
         trajectory_of = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
         is_start = torch.zeros(num_new, dtype=torch.bool)
-        is_start[torch.cumsum(lengths, 0) - lengths] = True
-        is_start[1:] |= done[:-1]
+        is_start[1:] = done[:-1] | (traj_ids[1:] != traj_ids[:-1])
+        is_start[trajectory_start] = True
         piece_start = is_start.nonzero().squeeze(-1)
         piece_length = torch.diff(piece_start, append=torch.tensor([num_new]))
         piece_done = done[piece_start + piece_length - 1]
-        piece_stream = stream_ids.reshape(-1)[trajectory_of[piece_start]]
-        # One step per piece of this batch (not per stored transition): a piece continues its
-        # stream's unfinished episode or starts a new one.
+        piece_stream = stream_ids[trajectory_of[piece_start]]
+        piece_traj = traj_ids[piece_start]
+        # Only the first piece of a trajectory can continue an episode: the others follow a
+        # done or a reset in this trajectory.
+        continues = torch.zeros(num_new, dtype=torch.bool)
+        continues[trajectory_start] = True
+        piece_continues = continues[piece_start]
+        # One step per piece of this batch (not per stored transition): a piece continues the
+        # unfinished episode of its (stream, traj id) or starts a new one.
         units = []
-        for stream, ends in zip(piece_stream.tolist(), piece_done.tolist()):
-            unit = self._open_episodes.pop(stream, None)
+        for stream, traj, ends, may_continue in zip(
+            piece_stream.tolist(),
+            piece_traj.tolist(),
+            piece_done.tolist(),
+            piece_continues.tolist(),
+        ):
+            unit = self._open_episodes.pop((stream, traj), None) if may_continue else None
             if unit is None:
                 unit = self._next_unit
                 self._next_unit += 1
             if not ends:
-                self._open_episodes[stream] = unit
+                self._open_episodes[(stream, traj)] = unit
             units.append(unit)
         return first + piece_start, piece_length, torch.tensor(units, dtype=_LONG)
 
@@ -362,7 +397,7 @@ class SlidingWindowSampler(Sampler):
         return self._sampleable_count(storage, 0)
 
     def state_dict(self) -> dict[str, Any]:
-        streams = list(self._open_episodes)
+        keys = list(self._open_episodes)
         return {
             "sample_window_size": self.sample_window_size,
             "window_unit": self.window_unit,
@@ -372,8 +407,9 @@ class SlidingWindowSampler(Sampler):
             "record_start": self._record_start.clone(),
             "record_length": self._record_length.clone(),
             "record_unit": self._record_unit.clone(),
-            "open_streams": torch.tensor(streams, dtype=_LONG),
-            "open_units": torch.tensor([self._open_episodes[s] for s in streams], dtype=_LONG),
+            # (stream id, traj id) of each unfinished episode, shape [n, 2]
+            "open_streams": torch.tensor(keys, dtype=_LONG).reshape(-1, 2),
+            "open_units": torch.tensor([self._open_episodes[k] for k in keys], dtype=_LONG),
             "generator_state": self._generator.get_state(),
         }
 
@@ -390,8 +426,11 @@ class SlidingWindowSampler(Sampler):
         self._record_start = state_dict["record_start"].clone()
         self._record_length = state_dict["record_length"].clone()
         self._record_unit = state_dict["record_unit"].clone()
+        keys = state_dict["open_streams"]
+        if keys.ndim == 1:  # saved before episodes were keyed by traj id: stream ids only
+            keys = torch.stack([keys, torch.full_like(keys, -1)], -1)
         self._open_episodes = dict(
-            zip(state_dict["open_streams"].tolist(), state_dict["open_units"].tolist())
+            zip(map(tuple, keys.tolist()), state_dict["open_units"].tolist())
         )
         self._generator.set_state(state_dict["generator_state"])
         self._window = None
@@ -612,8 +651,12 @@ def _identity(data: Any) -> Any:
 
 def _flatten_trajectories(
     data: TensorDictBase,
-) -> tuple[TensorDictBase, torch.Tensor, torch.Tensor]:
-    """Flattens a batch to transitions; returns them, trajectory lengths and stream ids."""
+) -> tuple[TensorDictBase, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Flattens a batch to transitions.
+
+    Returns them, the trajectory lengths, a stream id per trajectory and the collector's
+    traj id per transition (``None`` when the data has none).
+    """
     if isinstance(data, LazyStackedTensorDict):
         data = data.contiguous()  # a lazy stack (e.g. along time) does not flatten in place
     if data.ndim == 0:
@@ -622,16 +665,20 @@ def _flatten_trajectories(
         rows = data.reshape(-1, data.shape[-1])
         num_rows, length = rows.shape
         lengths = torch.full((num_rows,), length, dtype=_LONG)
-        return rows.reshape(-1), lengths, torch.arange(num_rows)
+        flat = rows.reshape(-1)
+        traj_ids = flat.get(_TRAJ_IDS_KEY, None)
+        if traj_ids is not None:
+            traj_ids = traj_ids.reshape(-1)
+        return flat, lengths, torch.arange(num_rows), traj_ids
     traj_ids = data.get(_TRAJ_IDS_KEY, None)
     if traj_ids is None or data.shape[0] == 0:
-        return data, torch.tensor([data.shape[0]]), torch.zeros(1, dtype=_LONG)
+        return data, torch.tensor([data.shape[0]]), torch.zeros(1, dtype=_LONG), None
     traj_ids = traj_ids.reshape(-1)
     starts = torch.cat(
         [torch.zeros(1, dtype=_LONG), (traj_ids[1:] != traj_ids[:-1]).nonzero()[:, 0] + 1]
     )
     lengths = torch.diff(starts, append=torch.tensor([data.shape[0]]))
-    return data, lengths, traj_ids[starts].to(_LONG)
+    return data, lengths, torch.zeros(lengths.numel(), dtype=_LONG), traj_ids
 
 
 class WindowReplayBuffer(TensorDictReplayBuffer):
@@ -652,11 +699,20 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
     - a single transition (``add``): a one-transition trajectory.
 
     Batches are flattened to transitions (row by row) before they are stored; the returned
-    index has the batch's shape. For ``window_unit="episode"`` the episode boundaries come
-    from ``("next", "done")``; an env row (or a ``traj_ids`` run) continues the unfinished
-    episode of the same row (or ``traj_ids``) of the previous batches. The buffer must be
-    extended in the process that samples it: a multi-process collector's workers must not
-    write into it directly.
+    index has the batch's shape. The buffer must be extended in the process that samples it:
+    a multi-process collector's workers must not write into it directly.
+
+    For ``window_unit="episode"`` an episode ends at ``("next", "done")`` and an env row
+    continues the unfinished episode of the previous batches that has the same row and the
+    same ``("collector", "traj_ids")``. TorchRL's collectors give each episode of each env a
+    new traj id, drawn from one pool that the workers of a multi-process collector share; the
+    id tells apart the workers of a ``multi_async`` collector, whose batches each hold one
+    worker's ``[num_envs, T]`` (row ``e`` is env ``e`` of whichever worker sent it), and the
+    row tells apart the workers of a Ray collector, which stacks batches of workers that
+    number their episodes alone. A flat ``[N]`` batch has one row. Data without traj ids
+    (made by hand) falls back on the row alone: row ``e`` of a batch continues the
+    unfinished episode of row ``e`` of the previous batches, which holds when every batch
+    has the same envs in the same rows (a single-process or ``multi_sync`` collector).
 
     Args:
         storage (Storage): a 1-D storage: :class:`~torchrl.data.LazyTensorStorage`,
@@ -772,7 +828,7 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
             data = self._transform.inv(data)
         if data is None or data.numel() == 0:
             return torch.zeros((0,), dtype=_LONG)
-        flat, lengths, stream_ids = _flatten_trajectories(data)
+        flat, lengths, stream_ids, traj_ids = _flatten_trajectories(data)
         capacity = self._storage.max_size
         if flat.shape[0] > capacity:
             raise ValueError(
@@ -792,7 +848,7 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
                 self._size_for(int(lengths.max()))
             index = self._writer.extend(flat)
             self._sampler.add_trajectories(
-                lengths, done=done, stream_ids=stream_ids, capacity=capacity
+                lengths, done=done, stream_ids=stream_ids, traj_ids=traj_ids, capacity=capacity
             )
         index = index.reshape(data.batch_size)
         if tensordicts.batch_size == data.batch_size:
