@@ -56,7 +56,7 @@ def test_critic_members_start_different():
 
 def test_actor_respects_action_bounds_and_writes_log_prob():
     spec = Bounded(torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0]), shape=(2,))
-    actor = make_actor(OBS_DIM, spec, num_cells=(8,)).eval()
+    actor = make_actor(OBS_DIM, spec, num_cells=(8,), return_log_prob=True)
     out = actor(obs_td(1000))
     assert (out["action"] >= spec.space.low).all() and (out["action"] <= spec.space.high).all()
     assert out["action_log_prob"].shape == (1000,)
@@ -175,3 +175,31 @@ def test_the_loss_still_puts_a_fresh_actor_in_train_mode_for_its_update_and_back
     brn.register_forward_pre_hook(lambda module, args: seen.append(module.training))
     loss.actor_loss(make_batch())
     assert seen == [True] and not brn.training
+
+
+@pytest.mark.parametrize(
+    "low, high",
+    [(-1.0, 1.0), (-0.4, 0.4), (torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0]))],
+    ids=["unit", "symmetric", "asymmetric"],
+)
+@pytest.mark.parametrize("mode", [ExplorationType.RANDOM, ExplorationType.DETERMINISTIC])
+def test_acting_without_gradient_gives_torchrls_actions_bit_for_bit(low, high, mode):
+    actor = make_actor(OBS_DIM, Bounded(low, high, shape=(ACTION_DIM,)), num_cells=(8,))
+    td = obs_td(64)
+    with set_exploration_type(mode):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            fast = actor(td.clone())
+        torch.manual_seed(0)
+        torchrl = actor(td.clone())  # with gradients: TorchRL's distribution path
+    assert torch.equal(fast["action"], torchrl["action"].detach())
+    assert set(fast.keys()) == {"observation", "action"}  # no loc/scale stored per frame
+    assert {"loc", "scale"} <= set(torchrl.keys())
+
+
+def test_return_log_prob_writes_torchrls_log_prob_when_acting():
+    spec = Bounded(-2.0, 2.0, shape=(ACTION_DIM,))
+    actor = make_actor(OBS_DIM, spec, num_cells=(8,), return_log_prob=True)
+    with torch.no_grad():
+        out = actor(obs_td())
+    assert out["action_log_prob"].shape == (5,)

@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModule, TensorDictModuleBase
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictModuleBase
+from tensordict.nn.probabilistic import interaction_type
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torchrl.data import Bounded, TensorSpec
@@ -331,9 +332,10 @@ def make_actor(
     observation_key: str = "observation",
     action_key: str = "action",
     log_std_bounds: tuple[float, float] = LOG_STD_BOUNDS,
+    return_log_prob: bool = False,
     device: torch.device | str | None = None,
-) -> ProbabilisticActor:
-    """Builds a TanhNormal policy ``observation -> action, action_log_prob``.
+) -> TanhNormalActor:
+    """Builds a TanhNormal policy ``observation -> action``.
 
     A :class:`~tensordict.nn.ProbabilisticTensorDictSequential` (TorchRL's
     ``ProbabilisticActor``): an MLP ``TensorDictModule`` writing ``loc`` and
@@ -349,9 +351,12 @@ def make_actor(
     many. :class:`~torchrl_crossq.CrossQLoss` puts it in train mode for the actor
     update only, and back afterwards.
 
-    Its ``action_log_prob`` is TorchRL's: the density of the action on the
-    env's scale. :class:`~torchrl_crossq.CrossQLoss` scores the squashed action
-    in ``[-1, 1]`` instead, the scale ``target_entropy = -action_dim`` refers to.
+    Acting without gradients takes :class:`TanhNormalActor`'s fast path (no
+    distribution object, no log-probability; the same actions for the same
+    random state). With ``return_log_prob=True`` the actor also writes TorchRL's
+    ``<action_key>_log_prob``, the density of the action on the env's scale;
+    :class:`~torchrl_crossq.CrossQLoss` computes its own, of the squashed action
+    in ``[-1, 1]``, the scale ``target_entropy = -action_dim`` refers to.
 
     Args:
         obs_dim: observation size.
@@ -365,10 +370,10 @@ def make_actor(
         norm_kwargs: keyword arguments of :class:`BatchRenorm1d`.
         activation: hidden activation class (paper: ReLU).
         observation_key: input key of the observation.
-        action_key: output key of the action; the log-probability goes to
-            ``<action_key>_log_prob``.
+        action_key: output key of the action.
         log_std_bounds: ``(min, max)`` clip of the Gaussian's log-scale (original
             code and sb3-contrib: ``(-20, 2)``).
+        return_log_prob: also write ``<action_key>_log_prob`` (the loss does not need it).
         device: where the parameters live.
 
     Examples:
@@ -377,8 +382,8 @@ def make_actor(
         >>> spec = Bounded(-2.0, 2.0, shape=(1,))
         >>> actor = make_actor(3, spec, num_cells=(16, 16))
         >>> out = actor(TensorDict({"observation": torch.randn(4, 3)}, [4]))
-        >>> out["action"].shape, out["action_log_prob"].shape
-        (torch.Size([4, 1]), torch.Size([4]))
+        >>> out["action"].shape
+        torch.Size([4, 1])
         >>> bool((out["action"].abs() <= 2.0).all())
         True
     """
@@ -402,18 +407,62 @@ def make_actor(
     net = nn.Sequential(*layers).to(device)
     module = TensorDictModule(net, in_keys=[observation_key], out_keys=["loc", "scale"])
     spec = action_spec.to(device) if device is not None else action_spec
-    actor = ProbabilisticActor(
+    actor = TanhNormalActor(
         module,
         in_keys=["loc", "scale"],
         out_keys=[action_key],
         spec=spec,
         distribution_class=TanhNormal,
         distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
-        return_log_prob=True,
+        return_log_prob=return_log_prob,
         log_prob_key=f"{action_key}_log_prob",
         default_interaction_type=ExplorationType.RANDOM,
     )
     return actor.eval()
+
+
+class TanhNormalActor(ProbabilisticActor):
+    """TorchRL's ``ProbabilisticActor`` over a TanhNormal, with a fast acting path.
+
+    Acting (no gradient, no log-probability asked for, random or deterministic
+    exploration) skips the distribution object: ``a = mid + half * clip(tanh(u))``
+    with ``u = loc + scale * eps`` (random) or ``u = loc`` (deterministic), the
+    same arithmetic and the same random draws as :class:`~torchrl.modules.TanhNormal`
+    (safe tanh, affine rescaling to the spec's bounds), so the actions are
+    identical; only the action is written, not ``loc`` and ``scale``. Anything
+    else (gradients, ``get_dist``, other interaction types) is TorchRL's path.
+    Built by :func:`make_actor`.
+    """
+
+    def __init__(self, module: TensorDictModule, **kwargs) -> None:
+        super().__init__(module, **kwargs)
+        low, high = kwargs["distribution_kwargs"]["low"], kwargs["distribution_kwargs"]["high"]
+        # TanhNormal skips the affine map when the bounds are [-1, 1].
+        self._rescale = bool((low != -1.0).any() or (high != 1.0).any())
+        # Plain attributes, not buffers: the loss's parameter set and checkpoints stay TorchRL's.
+        self._mid, self._half_range = (high + low) / 2, (high - low) / 2
+        self._observation_key = module.in_keys[0]
+        self._action_key = kwargs["out_keys"][0]
+
+    def forward(self, tensordict: TensorDictBase, *args, **kwargs) -> TensorDictBase:
+        mode = interaction_type() or self.default_interaction_type
+        fast = not (
+            args or kwargs or self.module[-1].return_log_prob or torch.is_grad_enabled()
+        ) and mode in (
+            InteractionType.RANDOM,
+            InteractionType.DETERMINISTIC,
+        )
+        if not fast:
+            return super().forward(tensordict, *args, **kwargs)
+        loc, scale = self.module[0].module(tensordict.get(self._observation_key))
+        if mode is InteractionType.RANDOM:
+            loc = loc + torch.empty_like(loc).normal_() * scale
+        lim = 1.0 - torch.finfo(loc.dtype).resolution  # TorchRL's safe tanh
+        action = loc.tanh().clamp(-lim, lim)
+        if self._rescale:
+            mid, half_range = self._mid.to(loc.device), self._half_range.to(loc.device)
+            action = mid + half_range * action
+        return tensordict.set(self._action_key, action)
 
 
 def _check_action_spec(action_spec: TensorSpec) -> None:
