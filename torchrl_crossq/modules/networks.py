@@ -353,7 +353,7 @@ def make_actor(
 
     Acting without gradients takes :class:`TanhNormalActor`'s fast path (no
     distribution object, no log-probability; the same actions for the same
-    random state). With ``return_log_prob=True`` the actor also writes TorchRL's
+    random state, the same keys). With ``return_log_prob=True`` the actor also writes TorchRL's
     ``<action_key>_log_prob``, the density of the action on the env's scale;
     :class:`~torchrl_crossq.CrossQLoss` computes its own, of the squashed action
     in ``[-1, 1]``, the scale ``target_entropy = -action_dim`` refers to.
@@ -429,7 +429,7 @@ class TanhNormalActor(ProbabilisticActor):
     with ``u = loc + scale * eps`` (random) or ``u = loc`` (deterministic), the
     same arithmetic and the same random draws as :class:`~torchrl.modules.TanhNormal`
     (safe tanh, affine rescaling to the spec's bounds), so the actions are
-    identical; only the action is written, not ``loc`` and ``scale``. Anything
+    identical, and the keys (``loc``, ``scale``, the action) are TorchRL's. Anything
     else (gradients, ``get_dist``, other interaction types) is TorchRL's path.
     Built by :func:`make_actor`.
     """
@@ -455,6 +455,9 @@ class TanhNormalActor(ProbabilisticActor):
         if not fast:
             return super().forward(tensordict, *args, **kwargs)
         loc, scale = self.module[0].module(tensordict.get(self._observation_key))
+        # The same keys as TorchRL's path: collectors fix their output keys on a first call.
+        loc_key, scale_key = self.module[0].out_keys
+        tensordict.set(loc_key, loc).set(scale_key, scale)
         if mode is InteractionType.RANDOM:
             loc = loc + torch.empty_like(loc).normal_() * scale
         lim = 1.0 - torch.finfo(loc.dtype).resolution  # TorchRL's safe tanh
