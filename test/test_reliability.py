@@ -1,6 +1,7 @@
 """Crash safety, numerical guards and bad input (kill, resume, corrupted files, fuzzed configs)."""
 
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from torchrl_crossq.config import (
     ConfigError,
     validate,
 )
+from torchrl_crossq.objectives.update import make_lr_scheduler
 
 
 def wait_for(predicate, proc, timeout=120.0):
@@ -169,19 +171,151 @@ def build_updater(action_spec, **kwargs):
     torch.manual_seed(0)
     actor = make_actor(OBS_DIM, action_spec, num_cells=(8,))
     loss = CrossQLoss(actor, make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,)))
-    return CrossQUpdater(loss, make_optimizers(loss), policy_delay=1, **kwargs)
+    kwargs.setdefault("policy_delay", 1)
+    return CrossQUpdater(loss, make_optimizers(loss), **kwargs)
+
+
+def training_state(update):
+    """Every parameter and buffer of the loss and every optimiser's state, as flat copies."""
+    state = {f"loss.{k}": v.clone() for k, v in update.loss.state_dict().items()}
+    for name, optimizer in update.optimizers.items():
+        for index, slots in optimizer.state_dict()["state"].items():
+            state.update({f"{name}.{index}.{k}": v.clone() for k, v in slots.items()})
+    return state
+
+
+def assert_same_state(before, after):
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"changed: {changed}"
+
+
+BATCH_FIELDS = ["observation", ("next", "observation"), "action", ("next", "reward")]
+
+
+@pytest.mark.parametrize("field", BATCH_FIELDS, ids=str)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_skip_of_a_nonfinite_batch_leaves_the_whole_state_untouched(action_spec, field, value):
+    update = build_updater(action_spec, on_nonfinite="skip")
+    update(make_batch(16))  # the optimisers have state
+    before = training_state(update)
+    bad = make_batch(16, seed=1)
+    bad[field][0, 0] = value
+    with pytest.warns(UserWarning, match=re.escape(repr(field))):
+        update(bad)
+    assert_same_state(before, training_state(update))
+    assert update.num_skipped == {"critic": 1, "actor": 1, "alpha": 1}
+
+
+@pytest.mark.parametrize("field", BATCH_FIELDS, ids=str)
+def test_training_continues_after_a_skipped_nonfinite_batch(action_spec, field):
+    update = build_updater(action_spec, on_nonfinite="skip")
+    update(make_batch(16))
+    bad = make_batch(16, seed=1)
+    bad[field][0, 0] = float("inf")
+    with pytest.warns(UserWarning):
+        update(bad)
+    before = training_state(update)
+    metrics = update(make_batch(16, seed=2))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    after = training_state(update)
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+    assert not torch.equal(before["critic.0.exp_avg"], after["critic.0.exp_avg"])
+    assert not torch.equal(before["actor.0.exp_avg"], after["actor.0.exp_avg"])
+
+
+@pytest.mark.parametrize("field", BATCH_FIELDS, ids=str)
+def test_nonfinite_batch_raises_naming_the_field_update_and_last_finite_values(action_spec, field):
+    update = build_updater(action_spec)
+    update(make_batch(16))
+    before = training_state(update)
+    bad = make_batch(16, seed=1)
+    bad[field][0, 0] = float("nan")
+    with pytest.raises(
+        NonFiniteLossError,
+        match=re.escape(f"batch key {field!r} is not finite (1 of ")
+        + r".* at update 2; last finite values \(update 1\): \{.*'loss_qvalue'",
+    ):
+        update(bad)
+    assert_same_state(before, training_state(update))
 
 
 def test_nonfinite_loss_raises_naming_the_loss_update_and_last_finite_values(action_spec):
     update = build_updater(action_spec)
     update(make_batch(16))
-    bad = make_batch(16)
-    bad["next", "reward"][0] = float("nan")
+    overflow = make_batch(16)
+    overflow["next", "reward"][0] = 1e30  # finite, but its squared TD error is not
     with pytest.raises(
         NonFiniteLossError,
-        match=r"loss_qvalue is not finite .* at update 2; last finite values \(update 1\): \{.*'loss_qvalue'",
+        match=r"loss_qvalue is not finite \(inf\) at update 2; last finite values \(update 1\): \{.*'loss_qvalue'",
     ):
+        update(overflow)
+
+
+def test_skip_of_a_nonfinite_critic_loss_keeps_the_statistics_of_its_forward_pass(action_spec):
+    update = build_updater(action_spec, on_nonfinite="skip", policy_delay=2)
+    update(make_batch(16))
+    update(make_batch(16, seed=1))
+    before = training_state(update)
+    overflow = make_batch(16, seed=2)
+    overflow["next", "reward"][0] = 1e30  # finite inputs: the critic's statistics see them
+    with pytest.warns(UserWarning, match="loss_qvalue is not finite"):
+        update(overflow)
+    assert update.num_skipped == {"critic": 1, "actor": 0, "alpha": 0}
+    assert_same_state(before, training_state(update))
+
+
+def test_skip_of_a_nonfinite_actor_loss_keeps_the_statistics_of_its_forward_pass(
+    action_spec,
+):
+    update = build_updater(action_spec, on_nonfinite="skip")
+    update(make_batch(16))
+    actor_loss = update._actor_loss
+
+    def infinite_actor_loss(batch):  # after the forward pass that moved the actor's statistics
+        loss, metadata = actor_loss(batch)
+        return loss * float("inf"), metadata
+
+    update._actor_loss = infinite_actor_loss
+    actor = {
+        k: v
+        for k, v in training_state(update).items()
+        if k.startswith(("loss.actor_network_params", "actor."))
+    }
+    with pytest.warns(UserWarning, match="loss_actor is not finite"):
+        update(make_batch(16, seed=1))
+    after = training_state(update)
+    assert update.num_skipped == {"critic": 0, "actor": 1, "alpha": 0}
+    assert_same_state(actor, {k: after[k] for k in actor})
+
+
+def test_skipped_temperature_step_leaves_its_learning_rate_schedule(action_spec):
+    torch.manual_seed(0)
+    actor = make_actor(OBS_DIM, action_spec, num_cells=(8,))
+    loss = CrossQLoss(actor, make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,)))
+    optimizers = make_optimizers(loss)
+    scheduler = make_lr_scheduler(optimizers["alpha"], "linear_warmup", warmup_steps=4)
+    update = CrossQUpdater(
+        loss, optimizers, policy_delay=1, alpha_scheduler=scheduler, on_nonfinite="skip"
+    )
+    update(make_batch(16))
+    lr = optimizers["alpha"].param_groups[0]["lr"]
+    loss.alpha_loss = lambda log_prob: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.warns(UserWarning, match="loss_alpha is not finite"):
+        update(make_batch(16, seed=1))
+    assert update.num_skipped == {"critic": 0, "actor": 0, "alpha": 1}
+    assert scheduler.last_epoch == 1 and optimizers["alpha"].param_groups[0]["lr"] == lr
+
+
+def test_skip_count_is_kept_in_the_updater_checkpoint(action_spec):
+    update = build_updater(action_spec, on_nonfinite="skip")
+    bad = make_batch(16)
+    bad["observation"][0, 0] = float("nan")
+    with pytest.warns(UserWarning):
         update(bad)
+    resumed = build_updater(action_spec, on_nonfinite="skip")
+    resumed.load_state_dict(update.state_dict())
+    assert resumed.num_skipped == {"critic": 1, "actor": 1, "alpha": 1}
 
 
 def test_nonfinite_gradient_is_caught_through_the_clipped_norm(action_spec, monkeypatch):
@@ -202,12 +336,14 @@ def test_skip_leaves_weights_untouched_and_counts(action_spec):
     before = [p.clone() for p in weights]
     bad = make_batch(16)
     bad["next", "reward"][:] = float("inf")
-    update(bad)
+    with pytest.warns(UserWarning, match="is not finite"):
+        metrics = update(bad)
     assert update.num_skipped["critic"] == 1
+    assert int(metrics["num_skipped"]) == 3  # the critic, actor and temperature steps
     assert all(torch.equal(b, p) for b, p in zip(before, weights))
 
 
-def test_training_stops_cleanly_on_a_nonfinite_loss_keeping_the_last_checkpoint(
+def test_training_stops_cleanly_on_a_nonfinite_batch_keeping_the_last_checkpoint(
     tmp_path, monkeypatch
 ):
     from torchrl_crossq.objectives import update as update_module
@@ -216,13 +352,35 @@ def test_training_stops_cleanly_on_a_nonfinite_loss_keeping_the_last_checkpoint(
 
     def poisoned(self, batch):
         if self.num_updates >= 4:
-            batch["next", "reward"] = batch["next", "reward"] * float("nan")
+            batch["next", "observation"][0, 0] = float("inf")
         return real_call(self, batch)
 
     monkeypatch.setattr(update_module.CrossQUpdater, "__call__", poisoned)
-    with pytest.raises(SystemExit, match="loss_qvalue is not finite"):
+    with pytest.raises(
+        SystemExit, match=r"^error: batch key \('next', 'observation'\) is not finite"
+    ):
         load_script().main.__wrapped__(compose_config([*TINY, f"run_dir={tmp_path}"]))
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000000048"]
+    state = load_latest_checkpoint(tmp_path / "checkpoints")
+    assert all(torch.isfinite(v).all() for v in state["loss"].values() if v.is_floating_point())
+
+
+def test_skip_run_finishes_and_logs_the_skipped_steps(tmp_path, monkeypatch):
+    from torchrl_crossq.objectives import update as update_module
+
+    real_call = update_module.CrossQUpdater.__call__
+
+    def poisoned(self, batch):
+        if self.num_updates == 4:
+            batch["observation"][0, 0] = float("nan")
+        return real_call(self, batch)
+
+    monkeypatch.setattr(update_module.CrossQUpdater, "__call__", poisoned)
+    with pytest.warns(UserWarning, match="'observation' is not finite"):
+        run(["on_nonfinite=skip", "logger.backend=csv"], tmp_path)
+    assert logged(tmp_path, "train/num_skipped") == {64: "0.0", 96: "1.0"}  # update 5 at 80
+    state = load_latest_checkpoint(tmp_path / "checkpoints")
+    assert state["frames"] == 96 and state["updater"]["num_skipped"]["critic"] == 1
 
 
 # -- bad input ---------------------------------------------------------------------------------------

@@ -18,7 +18,18 @@ NONFINITE_POLICIES = ("raise", "skip", None)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss or gradient became NaN or infinite during an update."""
+    """A batch, loss or gradient held a NaN or an infinity during an update."""
+
+
+_LOSS_ADVICE = (
+    "Lower the learning rate, clip gradients (optim.clip_grad_norm) or set on_nonfinite=skip; "
+    "the last checkpoint was written before this update."
+)
+_BATCH_ADVICE = (
+    "A NaN or inf reached the replay buffer (check the environment's observations and "
+    "rewards), or set on_nonfinite=skip to skip such batches; the last checkpoint was written "
+    "before this update."
+)
 
 
 OPTIMISED_LOSSES = {
@@ -115,8 +126,8 @@ class CrossQUpdater:
     ``policy_delay`` updates, the actor on ``loss_actor`` (computed with the
     freshly stepped critic, as in the original code) and the temperature on
     ``loss_alpha``. With a target updater (SAC head) it is stepped after
-    every update. No host-device synchronisation: the returned metrics are
-    detached tensors, read by the caller at its logging interval.
+    every update. With ``on_nonfinite=None`` no host-device synchronisation: the
+    returned metrics are detached tensors, read by the caller at its logging interval.
 
     Args:
         loss: the :class:`CrossQLoss`.
@@ -128,18 +139,25 @@ class CrossQUpdater:
         alpha_clip_grad_norm: max gradient norm of the temperature (``None``: no clipping).
         target_updater: a :class:`PeriodicSoftUpdate` for the SAC head, else ``None``.
         alpha_scheduler: a learning-rate scheduler of the temperature optimiser,
-            stepped with it.
+            stepped with it (not when its step is skipped).
         compile: ``torch.compile`` the critic and actor loss computations.
         cudagraphs: on CUDA, replay the compiled loss computations (forward and
             backward) as CUDA graphs (``torch.compile(mode="reduce-overhead")``);
             needs ``compile=True``. The optimiser steps stay outside the graphs.
             On CPU it has no effect beyond ``compile`` (a warning says so).
-        on_nonfinite: what a non-finite loss (or clipped gradient norm) does:
-            ``"raise"`` a :class:`NonFiniteLossError` naming the loss, the update
-            and the last finite values; ``"skip"`` that optimiser step (counted in
-            ``num_skipped``; the BatchRenorm statistics of that forward pass are
-            kept); ``None`` no check. The check reads one scalar per
-            step (a host sync on CUDA).
+        on_nonfinite: what a NaN or infinity does, in the batch (any float input
+            of the loss, checked before the forward passes), in a loss or in a
+            clipped gradient norm. ``"raise"``: a :class:`NonFiniteLossError`
+            naming the batch key or the loss, the update and the last finite
+            values (a bad batch raises before anything changed). ``"skip"``: a
+            bad batch skips the whole update (critic, actor, temperature, target
+            network); a bad loss or gradient skips that optimiser step and puts
+            back the BatchRenorm statistics its forward pass had moved (the
+            networks' buffers, small vectors, are copied before each forward
+            pass). Skipped optimiser steps are counted in ``num_skipped``, returned
+            as the metric ``num_skipped`` (all optimisers together) and warned
+            about. ``None``: no check. The checks read one scalar for the batch
+            and one per optimiser step (host syncs on CUDA).
         precision: ``"fp32"``, or ``"bf16"``: the loss computations run under
             bfloat16 autocast (matmuls in bfloat16; parameters, optimiser state and
             BatchRenorm statistics stay float32).
@@ -231,61 +249,148 @@ class CrossQUpdater:
             self._device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         )
 
-    def _step(self, name: str, loss: torch.Tensor, max_norm: float | None) -> None:
+    def _statistics(self) -> list[torch.Tensor]:
+        # The networks' buffers (BatchRenorm running statistics and step counters): a
+        # train-mode forward pass updates them in place, before its loss can be checked.
+        return [
+            tensor
+            for params in (self.loss.actor_network_params, self.loss.qvalue_network_params)
+            for tensor in params.values(True, True)
+            if not tensor.requires_grad
+        ]
+
+    def _save_statistics(self) -> list[torch.Tensor] | None:
+        if self.on_nonfinite != "skip":
+            return None
+        return [tensor.clone() for tensor in self._statistics()]
+
+    def _step(
+        self,
+        name: str,
+        loss: torch.Tensor,
+        max_norm: float | None,
+        saved_statistics: list[torch.Tensor] | None = None,
+    ) -> bool:
+        """Steps optimiser ``name`` on ``loss``; ``False`` when the step was skipped."""
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
+        term = OPTIMISED_LOSSES[name][0]
         if self.on_nonfinite is not None and not torch.isfinite(loss.detach()).all():
-            return self._nonfinite(name, OPTIMISED_LOSSES[name][0], loss)
+            value = str(float(loss.detach().float().mean()))
+            self._nonfinite([name], f"{term} is", value, _LOSS_ADVICE, saved_statistics)
+            return False
         loss.backward()
         if max_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(_params_of(optimizer), max_norm, foreach=True)
             if self.on_nonfinite is not None and not torch.isfinite(norm):
                 optimizer.zero_grad(set_to_none=True)
-                return self._nonfinite(name, f"the gradient of {OPTIMISED_LOSSES[name][0]}", norm)
+                value = str(float(norm))
+                self._nonfinite(
+                    [name], f"the gradient of {term} is", value, _LOSS_ADVICE, saved_statistics
+                )
+                return False
         optimizer.step()
-        return None
+        return True
 
-    def _nonfinite(self, name: str, what: str, value: torch.Tensor) -> None:
+    def _nonfinite_batch(self, batch: TensorDictBase) -> tuple[str, str] | None:
+        """Names the float inputs of the loss holding a NaN or an infinity, ``None`` if none.
+
+        Returns ``(what, counts)``: ``"batch key ('next', 'observation') is"`` and
+        ``"3 of 48 values"``.
+        """
+        leaves = {}
+        for key in self.loss.in_keys:
+            value = batch.get(key, None)  # a missing key is the loss's error to report
+            if value is not None and value.is_floating_point():
+                leaves[key] = value
+        # Three kernels and one host sync for the whole batch (cat widens dtypes, never narrows).
+        flat = [value.reshape(-1) for value in leaves.values()]
+        if not flat or torch.isfinite(torch.cat(flat)).all():
+            return None
+        bad = {key: int((~torch.isfinite(value)).sum()) for key, value in leaves.items()}
+        bad = {key: count for key, count in bad.items() if count}
+        keys = ", ".join(map(repr, bad))
+        what = f"batch keys {keys} are" if len(bad) > 1 else f"batch key {keys} is"
+        counts = ", ".join(f"{count} of {leaves[key].numel()}" for key, count in bad.items())
+        return what, f"{counts} values"
+
+    def _nonfinite(
+        self,
+        steps: list[str],
+        what: str,
+        value: str,
+        advice: str,
+        saved_statistics: list[torch.Tensor] | None = None,
+    ) -> None:
+        """Skips ``steps`` (putting back the saved statistics) or raises, per ``on_nonfinite``.
+
+        ``what`` is the subject and its verb (``"loss_qvalue is"``), ``value`` what it held.
+        """
         if self.on_nonfinite == "skip":
-            self.num_skipped[name] += 1
+            if saved_statistics is not None:
+                for tensor, saved in zip(self._statistics(), saved_statistics, strict=True):
+                    tensor.copy_(saved)
+            for name in steps:
+                self.num_skipped[name] += 1
+            # No update number in the text: Python shows each distinct warning once.
+            warnings.warn(
+                f"on_nonfinite='skip': {what} not finite; skipped the {' and '.join(steps)} "
+                f"step{'s' if len(steps) > 1 else ''} (counted in num_skipped)",
+                stacklevel=2,
+            )
             return
         last = {k: round(float(v), 6) for k, v in self._last_finite.items()}
         raise NonFiniteLossError(
-            f"{what} is not finite ({float(value.detach().float().mean())}) at update "
-            f"{self.num_updates}; last finite values (update {self._last_finite_update}): {last}. "
-            "Lower the learning rate, clip gradients (optim.clip_grad_norm) or set "
-            "on_nonfinite=skip; the last checkpoint was written before this update."
+            f"{what} not finite ({value}) at update {self.num_updates}; last finite values "
+            f"(update {self._last_finite_update}): {last}. {advice}"
         )
+
+    def _skip_count(self) -> dict[str, torch.Tensor]:
+        if self.on_nonfinite != "skip":
+            return {}
+        return {"num_skipped": torch.tensor(sum(self.num_skipped.values()))}
 
     def __call__(self, batch: TensorDictBase) -> TensorDict:
         self.num_updates += 1
+        policy_step = self.num_updates % self.policy_delay == 0
+        if self.on_nonfinite is not None:
+            # Checked before any forward pass: a NaN observation would move the BatchRenorm
+            # statistics, and a NaN next observation fails inside the policy's distribution.
+            bad = self._nonfinite_batch(batch)
+            if bad is not None:
+                steps = [name for name in self.optimizers if name == "critic" or policy_step]
+                self._nonfinite(steps, *bad, _BATCH_ADVICE)
+                return TensorDict(self._skip_count(), batch_size=[])
         if self.cudagraphs:
             # A new iteration: the previous replay's outputs may be overwritten from here on,
             # so every tensor kept past this update is cloned below.
             torch.compiler.cudagraph_mark_step_begin()
+        saved_statistics = self._save_statistics()
         with self._autocast():
             loss_qvalue, value_metadata = self._qvalue_loss(batch)
-        self._step("critic", loss_qvalue, self.clip_grad_norm)
+        self._step("critic", loss_qvalue, self.clip_grad_norm, saved_statistics)
         metrics = {
             "loss_qvalue": loss_qvalue.detach(),
             "q_mean": value_metadata["q_mean"],
             "target_value_mean": value_metadata["target_value_mean"],
         }
-        if self.num_updates % self.policy_delay == 0:
+        if policy_step:
+            saved_statistics = self._save_statistics()
             with self._autocast():
                 loss_actor, actor_metadata = self._actor_loss(batch)
-            self._step("actor", loss_actor, self.clip_grad_norm)
+            self._step("actor", loss_actor, self.clip_grad_norm, saved_statistics)
             log_prob = actor_metadata["log_prob"]
             metrics.update(loss_actor=loss_actor.detach(), entropy=-log_prob.mean())
             if self.loss.temperature.trainable:
                 loss_alpha = self.loss.alpha_loss(log_prob)
-                self._step("alpha", loss_alpha, self.alpha_clip_grad_norm)
-                if self.alpha_scheduler is not None:
+                stepped = self._step("alpha", loss_alpha, self.alpha_clip_grad_norm)
+                if stepped and self.alpha_scheduler is not None:
                     self.alpha_scheduler.step()
                 metrics["loss_alpha"] = loss_alpha.detach()
         if self.target_updater is not None:
             self.target_updater.step()
         metrics["alpha"] = self.loss.alpha
+        metrics.update(self._skip_count())
         if self.cudagraphs:
             metrics = {k: v.detach().clone() for k, v in metrics.items()}
         if self.on_nonfinite == "raise":
@@ -297,6 +402,7 @@ class CrossQUpdater:
         """Optimiser, scheduler and counter state, for checkpoints."""
         state = {
             "num_updates": self.num_updates,
+            "num_skipped": dict(self.num_skipped),
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
         }
         if self.alpha_scheduler is not None:
@@ -307,6 +413,7 @@ class CrossQUpdater:
 
     def load_state_dict(self, state: dict) -> None:
         self.num_updates = int(state["num_updates"])
+        self.num_skipped.update(state.get("num_skipped", {}))  # absent from older checkpoints
         for key, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][key])
         if self.alpha_scheduler is not None:
