@@ -6,7 +6,11 @@ accepted verbatim. Where they could overlap, ``algorithm`` wins and the key
 exists only there: the discount is ``algorithm.gamma``, the initial temperature
 ``algorithm.entropy_tuning.initial_alpha`` and the replay buffer
 ``algorithm.replay_buffer`` (TorchRL's ``optim.gamma``, ``optim.alpha_init`` and
-``replay_buffer`` do not exist here, so a stale key is an error, not a silent no-op).
+``replay_buffer`` do not exist here, so a stale key is an error, not a silent no-op; nor do
+its ``env.library`` and ``env.categorical_action_encoding``: ``env.backend`` picks the simulator
+and CrossQ's actions are continuous). Every key is read by the script or pinned to the one value
+the code implements (``algorithm.group_size``, ``adv_type``, ``loss_type``); test/test_config.py
+checks it by recording what the script reads.
 """
 
 from __future__ import annotations
@@ -31,11 +35,9 @@ class EnvConfig:
     name: str = "HalfCheetah-v5"  # a gymnasium id, or Meta-World/MT1 (with env.task)
     task: str | None = None  # Meta-World task (reach-v3, push-v3, ...); only for Meta-World/MT1
     backend: str = "gymnasium"  # gymnasium (GymEnv + Parallel/SerialEnv) | envpool (C++ threads)
-    library: str = "gymnasium"  # TorchRL's SOTA key; the simulator is chosen by env.backend
     num_envs: int = 1  # paper: 1
     vectorization: str = "parallel"  # parallel (ParallelEnv, worker processes) | serial (SerialEnv)
     max_episode_steps: int | None = None  # None: the env's own limit
-    categorical_action_encoding: bool = False
 
 
 @dataclass
@@ -101,15 +103,15 @@ class EntropyTuningConfig:
 @dataclass
 class ReplayBufferConfig:
     size: int = 1_000_000  # capacity in transitions (paper: 1M)
-    storage: str = "memory"  # memory | disk
-    scratch_dir: str | None = None  # disk storage location (None: <run_dir>/replay)
-    enable_cache: bool = False
-    cache_size: int = 0  # trajectories kept in RAM when storage is disk
+    storage: str = "memory"  # memory | disk (a memmap in scratch_dir)
+    scratch_dir: str | None = None  # disk storage only (None: <run_dir>/replay)
+    enable_cache: bool = False  # disk storage only: the newest cache_size trajectories in RAM
+    cache_size: int = 0  # trajectories kept in RAM (with enable_cache only)
     sample_window_size: int = 0  # sample from the newest N units only (<= 0: all)
     window_unit: str = "trajectory"  # trajectory | episode | transition
     min_buffer_size: int = 0  # trajectories needed before updates start
     prefetch: int = 0  # batches prefetched by a thread (0 is fastest on 2 cores)
-    pin_memory: bool = False
+    pin_memory: bool = False  # disk storage on CUDA only: asynchronous copies of the batches
 
 
 @dataclass
@@ -186,7 +188,6 @@ CHOICES: dict[str, tuple] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("fp32", "bf16"),
     "on_nonfinite": ("raise", "skip"),
-    "env.library": ("gymnasium",),
     "env.backend": ("gymnasium", "envpool"),
     "env.vectorization": ("parallel", "serial"),
     "collector.backend": ("sync", "multi_sync", "multi_async", "ray"),
@@ -317,21 +318,46 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"collector.num_workers * env.num_envs = {workers * num_envs} with "
             f"collector.backend={cfg.collector.backend} (each worker fills an equal share)"
         )
-    rb = cfg.algorithm.replay_buffer
-    # Every window unit holds at least one transition, so a window above the capacity is impossible.
-    for key in ("sample_window_size", "cache_size", "min_buffer_size"):
-        if key == "cache_size" and not (rb.enable_cache and rb.storage == "disk"):
-            continue
-        if rb[key] > rb.size:
-            raise ConfigError(
-                f"algorithm.replay_buffer.{key}={rb[key]} exceeds algorithm.replay_buffer.size="
-                f"{rb.size} transitions; use at most the capacity"
-            )
+    _validate_replay_buffer(cfg.algorithm.replay_buffer)
     if cfg.cudagraphs and not cfg.compile:
         raise ConfigError(
             "cudagraphs=true needs compile=true (CUDA graphs are captured by torch.compile)"
         )
     return cfg
+
+
+def _validate_replay_buffer(rb: DictConfig) -> None:
+    """The storage keys act only together: a key that could not act is an error, not a no-op."""
+    prefix = "algorithm.replay_buffer"
+    if rb.storage != "disk":
+        if rb.enable_cache:
+            raise ConfigError(
+                f"{prefix}.enable_cache=True needs {prefix}.storage=disk (a memory storage holds "
+                f"every transition in RAM already); got storage={rb.storage!r}: use storage=disk "
+                "or enable_cache=false"
+            )
+        if rb.scratch_dir is not None:
+            raise ConfigError(
+                f"{prefix}.scratch_dir={rb.scratch_dir!r} needs {prefix}.storage=disk; got "
+                f"storage={rb.storage!r}: use storage=disk or scratch_dir=null"
+            )
+    if rb.enable_cache and rb.cache_size == 0:
+        raise ConfigError(
+            f"{prefix}.cache_size=0 with enable_cache=True caches nothing; use a cache_size of "
+            "at least 1 trajectory"
+        )
+    if not rb.enable_cache and rb.cache_size != 0:
+        raise ConfigError(
+            f"{prefix}.cache_size={rb.cache_size} needs {prefix}.enable_cache=true (with "
+            "storage=disk); use enable_cache=true or cache_size=0"
+        )
+    # Every window unit holds at least one transition, so a window above the capacity is impossible.
+    for key in ("sample_window_size", "cache_size", "min_buffer_size"):
+        if rb[key] > rb.size:
+            raise ConfigError(
+                f"{prefix}.{key}={rb[key]} exceeds {prefix}.size={rb.size} transitions; use at "
+                "most the capacity"
+            )
 
 
 def resolve_norm(cfg: DictConfig) -> str | None:
@@ -381,19 +407,27 @@ def resolve_device(device: str) -> torch.device:
 def replay_buffer_kwargs(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict:
     """Keyword arguments of :func:`~torchrl_crossq.data.make_replay_buffer`."""
     rb = cfg.algorithm.replay_buffer
-    disk = rb.storage == "disk"
+    scratch_dir = rb.scratch_dir  # validate() allows one only with storage=disk
+    if rb.storage == "disk" and scratch_dir is None:
+        scratch_dir = str(run_dir / "replay")
+    if rb.pin_memory and not (rb.storage == "disk" and device.type == "cuda"):
+        raise ConfigError(
+            f"algorithm.replay_buffer.pin_memory=True needs storage=disk and a CUDA device "
+            f"(batches copied from host memory); got storage={rb.storage!r}, device={device}: "
+            "use pin_memory=false"
+        )
     return {
         "capacity": rb.size,
         "batch_size": cfg.optim.batch_size,
         "storage": rb.storage,
-        "scratch_dir": (rb.scratch_dir or str(run_dir / "replay")) if disk else None,
+        "scratch_dir": scratch_dir,
         "sample_window_size": rb.sample_window_size,
         "window_unit": rb.window_unit,
-        "enable_cache": rb.enable_cache and disk,
-        "cache_size": rb.cache_size if rb.enable_cache and disk else 0,
+        "enable_cache": rb.enable_cache,
+        "cache_size": rb.cache_size,
         "min_buffer_size": rb.min_buffer_size,
         "prefetch": rb.prefetch,
-        "pin_memory": rb.pin_memory and device.type == "cuda",
+        "pin_memory": rb.pin_memory,
         "device": device if device.type == "cuda" else None,
         "seed": cfg.seed,
     }
@@ -417,8 +451,10 @@ def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
                 f"resume={cfg.resume!r} is not a run directory: it has no config.yaml "
                 "(give the run_dir of an earlier run)"
             )
+        stored = OmegaConf.load(saved_path)
+        _drop_what_never_acted(stored)
         try:
-            saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_path))
+            saved = OmegaConf.merge(OmegaConf.structured(Config), stored)
         except Exception as err:
             raise ConfigError(
                 f"resume={cfg.resume!r}: its config.yaml does not match this version's schema ({err})"
@@ -448,6 +484,24 @@ def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     return cfg, run_dir, False
+
+
+def _drop_what_never_acted(stored: DictConfig) -> None:
+    """Earlier versions saved keys that had no effect; they go, so that the run resumes as it ran.
+
+    ``env.library`` and ``env.categorical_action_encoding`` left the schema; the replay buffer's
+    cache and scratch directory acted only with ``storage: disk`` (and ``cache_size`` only with
+    ``enable_cache``), and are now errors elsewhere.
+    """
+    env = stored.get("env") or {}
+    for key in ("library", "categorical_action_encoding"):
+        env.pop(key, None)
+    rb = OmegaConf.select(stored, "algorithm.replay_buffer") or {}
+    if rb.get("storage", "memory") != "disk":
+        for key in ("enable_cache", "scratch_dir"):
+            rb.pop(key, None)
+    if not rb.get("enable_cache", False):
+        rb.pop("cache_size", None)
 
 
 def env_label(cfg: DictConfig) -> str:
