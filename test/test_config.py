@@ -162,15 +162,96 @@ def test_embodied_preset_caches_the_window_of_a_disk_buffer_in_the_run_dir(tmp_p
     assert Path(buffer._storage.disk.scratch_dir) == tmp_path / "replay"
 
 
-def test_resume_of_a_run_saved_with_keys_that_never_acted(tmp_path):
-    prepare_run(compose_config([*TINY, f"run_dir={tmp_path}"]))
+# -- resume: the keys typed with it ----------------------------------------------------------------
+def saved_run(tmp_path, *overrides) -> Path:
+    """A run directory as a new run leaves it before training (its config.yaml)."""
+    prepare_run(compose_config([*TINY, f"run_dir={tmp_path}", *overrides]))
+    return tmp_path
+
+
+def resume(run_dir, *overrides):
+    typed = [f"resume={run_dir}", *overrides]
+    return prepare_run(compose_config(typed), overrides=typed)[0]
+
+
+def test_resume_takes_the_saved_config_for_every_key_not_typed(tmp_path):
+    cfg = resume(saved_run(tmp_path, "seed=3"))  # composed from the defaults: HalfCheetah
     saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert cfg.env.name == "Pendulum-v1" and cfg.seed == 3 and cfg.progress_bar is False
+    assert OmegaConf.to_container(cfg) == {**OmegaConf.to_container(saved), "resume": str(tmp_path)}
+
+
+def test_resume_applies_typed_keys_that_do_not_change_what_is_learned(tmp_path, capsys):
+    run_dir = saved_run(tmp_path)
+    typed = ["collector.total_frames=496", "eval.episodes=3", "checkpoint.keep=5", "threads=1"]
+    cfg = resume(run_dir, *typed, "progress_bar=false")  # as saved: not a change
+    assert (cfg.collector.total_frames, cfg.eval.episodes, cfg.checkpoint.keep) == (496, 3, 5)
+    assert cfg.threads == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "resume: collector.total_frames=496 (was 96)",
+        "resume: eval.episodes=3 (was 1)",
+        "resume: checkpoint.keep=5 (was 2)",
+        "resume: threads=1 (was None)",
+    ]
+    saved = OmegaConf.load(run_dir / "config.yaml")  # a plain resume= after a kill keeps them
+    assert saved.collector.total_frames == 496 and saved.resume is None
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "env.name=InvertedPendulum-v5",
+        "seed=1",
+        "optim.lr=0.01",
+        "network.critic_hidden_sizes=[32,32]",
+        "algorithm.gamma=0.9",
+        "algorithm.replay_buffer.size=2000",
+        "logger.backend=csv",
+    ],
+)
+def test_resume_refuses_a_typed_key_that_changes_the_experiment(tmp_path, override):
+    key = override.split("=")[0]
+    run_dir = saved_run(tmp_path, "logger.backend=none")
+    with pytest.raises(ConfigError, match=rf"^{key}=.* cannot change on resume: the run in "):
+        resume(run_dir, override)
+
+
+def test_resume_accepts_experiment_keys_typed_as_the_run_has_them(tmp_path):
+    run_dir = saved_run(tmp_path, "seed=3")
+    assert resume(run_dir, "seed=3", "env=pendulum", "env.name=Pendulum-v1").seed == 3
+
+
+def test_resume_refuses_a_group_that_changes_the_experiment_naming_the_key(tmp_path):
+    run_dir = saved_run(tmp_path)
+    with pytest.raises(
+        ConfigError,
+        match=r"^env=hopper cannot change on resume: it gives env.name='Hopper-v5' but the run",
+    ):
+        resume(run_dir, "env=hopper")
+
+
+def test_resume_into_another_run_dir_is_refused(tmp_path):
+    run_dir = saved_run(tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"^run_dir=.* with resume=.*drop run_dir"):
+        resume(run_dir, f"run_dir={tmp_path / 'b'}")
+
+
+def test_resume_cannot_stretch_a_cosine_decay_fitted_to_the_run(tmp_path):
+    run_dir = saved_run(tmp_path, "algorithm.entropy_tuning.optim.lr_scheduler=cosine")
+    with pytest.raises(ConfigError, match=r"^collector.total_frames=496 cannot extend"):
+        resume(run_dir, "collector.total_frames=496")
+
+
+def test_resume_of_a_run_saved_with_keys_that_never_acted(tmp_path):
+    run_dir = saved_run(tmp_path)
+    saved = OmegaConf.load(run_dir / "config.yaml")
     saved.env.library = "gymnasium"  # as the embodied preset was saved before: these did nothing
     saved.env.categorical_action_encoding = False
     saved.algorithm.replay_buffer.enable_cache = True
     saved.algorithm.replay_buffer.cache_size = 6000
-    OmegaConf.save(saved, tmp_path / "config.yaml")
-    cfg = prepare_run(compose_config([f"resume={tmp_path}"]))[0]
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    cfg = resume(run_dir)
     rb = cfg.algorithm.replay_buffer
     assert "library" not in cfg.env and "categorical_action_encoding" not in cfg.env
     assert (rb.storage, rb.enable_cache, rb.cache_size) == ("memory", False, 0)

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -433,44 +436,47 @@ def replay_buffer_kwargs(cfg: DictConfig, run_dir: Path, device: torch.device) -
     }
 
 
-def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
+# Keys that a resumed run takes from the command line: how far the run goes, what it records
+# and what it runs on, not what it learns. A key under one of these prefixes counts too.
+RESUMABLE_KEYS = (
+    "collector.total_frames",  # to train a finished run further
+    "eval",
+    "logger.mode",
+    "logger.log_interval",
+    "checkpoint",
+    "progress_bar",
+    "threads",
+    "device",
+    "compile",
+    "cudagraphs",
+    "on_nonfinite",  # e.g. skip the step that stopped the run
+    "algorithm.replay_buffer.pin_memory",  # follows the device
+)
+
+
+def prepare_run(cfg: DictConfig, *, overrides: Sequence[str] = ()) -> tuple[DictConfig, Path, bool]:
     """Validates the config and sets up the run directory.
 
     A new run writes its resolved config to ``<run_dir>/config.yaml``. With
-    ``resume=<run_dir>`` the saved config is used (keys given now that differ
-    from it are reported and ignored), and the third value is ``True``.
+    ``resume=<run_dir>`` the run continues with its saved config, and the third value is
+    ``True``. Of the keys given on the command line (``overrides``, hydra's override
+    strings), those of :data:`RESUMABLE_KEYS` replace the saved values, which are saved again
+    (``collector.total_frames=...`` trains a finished run further); any other key, and any
+    group (``env=...``, ``experiment=...``), must agree with the saved config, or a
+    :class:`ConfigError` names the key.
+
+    Args:
+        cfg: the composed config.
+
+    Keyword Args:
+        overrides: the command line's overrides, e.g. ``HydraConfig.get().overrides.task``;
+            only read with ``resume``.
 
     Returns:
         ``(config, run directory, resuming)``.
     """
     if cfg.resume:
-        run_dir = Path(cfg.resume)
-        saved_path = run_dir / "config.yaml"
-        if not saved_path.is_file():
-            raise ConfigError(
-                f"resume={cfg.resume!r} is not a run directory: it has no config.yaml "
-                "(give the run_dir of an earlier run)"
-            )
-        stored = OmegaConf.load(saved_path)
-        _drop_what_never_acted(stored)
-        try:
-            saved = OmegaConf.merge(OmegaConf.structured(Config), stored)
-        except Exception as err:
-            raise ConfigError(
-                f"resume={cfg.resume!r}: its config.yaml does not match this version's schema ({err})"
-            ) from None
-        given = OmegaConf.to_container(cfg, resolve=True)
-        kept = OmegaConf.to_container(saved, resolve=True)
-        changed = [
-            k
-            for k in _flat_keys(given)
-            if k not in ("resume", "run_dir") and _select(given, k) != _select(kept, k)
-        ]
-        if changed:
-            print(f"resume: using the saved config; ignoring changed keys {changed}")
-        saved.resume = cfg.resume
-        saved.run_dir = str(run_dir)
-        return validate(saved), run_dir, True
+        return _resume(cfg, overrides), Path(cfg.resume), True
     validate(cfg)
     if cfg.run_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -484,6 +490,76 @@ def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     return cfg, run_dir, False
+
+
+def is_resumable(key: str) -> bool:
+    """Whether a resumed run takes ``key`` from the command line (see :data:`RESUMABLE_KEYS`)."""
+    return any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)
+
+
+def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    run_dir = Path(cfg.resume)
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"resume={cfg.resume!r} is not a run directory: it has no config.yaml "
+            "(give the run_dir of an earlier run)"
+        )
+    if cfg.run_dir is not None and Path(cfg.run_dir) != run_dir:
+        raise ConfigError(
+            f"run_dir={cfg.run_dir!r} with resume={cfg.resume!r}: a resumed run continues in "
+            "its own directory; drop run_dir"
+        )
+    stored = OmegaConf.load(saved_path)
+    _drop_what_never_acted(stored)
+    try:
+        saved = OmegaConf.merge(OmegaConf.structured(Config), stored)
+    except Exception as err:
+        raise ConfigError(
+            f"resume={cfg.resume!r}: its config.yaml does not match this version's schema ({err})"
+        ) from None
+    given = OmegaConf.to_container(cfg, resolve=True)
+    kept = OmegaConf.to_container(saved, resolve=True)
+    keys, groups = _command_line_keys(given, overrides)
+    allowed = ", ".join(
+        f"{k}.*" if isinstance(_select(kept, k), dict) else k for k in RESUMABLE_KEYS
+    )
+    keys = [k for k in keys if k not in ("resume", "run_dir")]  # checked above
+    changes = {}
+    for key in keys:
+        if _select(given, key) == _select(kept, key):
+            continue
+        if not is_resumable(key):
+            raise ConfigError(
+                f"{key}={_select(given, key)!r} cannot change on resume: the run in "
+                f"{cfg.resume} has {key}={_select(kept, key)!r} (a resumed run keeps its "
+                f"experiment; keys that may change: {allowed})"
+            )
+        changes[key] = _select(given, key)
+    for group, scope in groups:
+        for key in _flat_keys(given):
+            inside = not scope or key.startswith(f"{scope}.")
+            typed = key in keys or key in ("resume", "run_dir")
+            checked = inside and not typed and not is_resumable(key)
+            if checked and _select(given, key) != _select(kept, key):
+                raise ConfigError(
+                    f"{group} cannot change on resume: it gives {key}="
+                    f"{_select(given, key)!r} but the run in {cfg.resume} has {key}="
+                    f"{_select(kept, key)!r} (a resumed run keeps its experiment; give only "
+                    f"keys that may change: {allowed})"
+                )
+    for key, value in changes.items():
+        print(f"resume: {key}={value!r} (was {_select(kept, key)!r})")
+        OmegaConf.update(saved, key, value)
+    _check_schedule_horizon(saved, kept)
+    saved.run_dir = str(run_dir)
+    validate(saved)
+    if changes:  # saved again, so that a plain resume= after a kill keeps them
+        tmp = saved_path.with_suffix(".yaml.tmp")  # a kill mid-write keeps the old config
+        OmegaConf.save(saved, tmp, resolve=True)
+        os.replace(tmp, saved_path)
+    saved.resume = cfg.resume
+    return saved
 
 
 def _drop_what_never_acted(stored: DictConfig) -> None:
@@ -502,6 +578,48 @@ def _drop_what_never_acted(stored: DictConfig) -> None:
             rb.pop(key, None)
     if not rb.get("enable_cache", False):
         rb.pop("cache_size", None)
+
+
+def _command_line_keys(
+    given: dict, overrides: Sequence[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The config leaves set by ``overrides``, and the groups they select with their scope.
+
+    A group's scope is the subtree it fills (``env`` for ``env=hopper``), or ``""`` for the
+    whole config (``experiment=quick``, whose files are ``@package _global_``).
+    """
+    leaves = _flat_keys(given)
+    keys, groups = [], []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        name = override.key_or_group
+        if name.split("/")[0].split(".")[0] == "hydra":
+            continue  # hydra's own settings: not part of the experiment
+        if name in leaves:
+            keys.append(name)
+            continue
+        below = [k for k in leaves if k.startswith(f"{name}.")]
+        if below and isinstance(override.value(), dict):
+            keys += below  # a whole node given as a dict
+        else:
+            groups.append((f"{name}={override.value()}", name if below else ""))
+    return keys, groups
+
+
+def _check_schedule_horizon(saved: DictConfig, kept: dict) -> None:
+    """A cosine decay fitted to the saved run length cannot follow a longer run."""
+    entropy_optim = saved.algorithm.entropy_tuning.optim
+    total, before = saved.collector.total_frames, kept["collector"]["total_frames"]
+    decays_over_run = entropy_optim.lr_scheduler == "cosine" and entropy_optim.lr_decay_steps == 0
+    if (
+        total > before
+        and decays_over_run
+        and saved.algorithm.entropy_tuning.alpha_type != "fixed_alpha"
+    ):
+        raise ConfigError(
+            f"collector.total_frames={total} cannot extend a run whose temperature lr decays "
+            f"over its {before} frames (algorithm.entropy_tuning.optim.lr_scheduler=cosine, "
+            "lr_decay_steps=0): the cosine would rise again past its end; start a new run"
+        )
 
 
 def env_label(cfg: DictConfig) -> str:
