@@ -78,9 +78,10 @@ def next_multiple(frames: int, interval: int) -> int:
 
 @hydra.main(config_path="../configs", config_name="crossq", version_base=None)
 def main(cfg: DictConfig) -> None:
+    # What was typed, not the composed config: on resume only those keys may change.
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     try:
-        # What was typed, not the composed config: on resume only those keys may change.
-        train(cfg, overrides=list(HydraConfig.get().overrides.task))
+        train(cfg, overrides=overrides)
     except (ConfigError, UnknownEnvError, MissingExtraError, NonFiniteLossError) as err:
         raise SystemExit(f"error: {err}") from None
 
