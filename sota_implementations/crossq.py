@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 
 import hydra
 import numpy as np
 import torch
 import tqdm
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from torchrl_crossq import (
@@ -76,15 +78,18 @@ def next_multiple(frames: int, interval: int) -> int:
 
 @hydra.main(config_path="../configs", config_name="crossq", version_base=None)
 def main(cfg: DictConfig) -> None:
+    # What was typed, not the composed config: on resume only those keys may change.
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     try:
-        train(cfg)
+        train(cfg, overrides=overrides)
     except (ConfigError, UnknownEnvError, MissingExtraError, NonFiniteLossError) as err:
         raise SystemExit(f"error: {err}") from None
 
 
-def train(cfg: DictConfig) -> None:
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """One training run; ``overrides`` are the command line's keys (hydra override strings)."""
     # -- config, run directory, seeding ---------------------------------------------
-    cfg, run_dir, resuming = prepare_run(cfg)
+    cfg, run_dir, resuming = prepare_run(cfg, overrides=overrides)
     keep_freed_memory()  # no page faults on the update's re-allocated activations
     device = resolve_device(cfg.device)
     if cfg.threads is not None:  # e.g. 1 when other processes share the cores

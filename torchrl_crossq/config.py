@@ -6,19 +6,26 @@ accepted verbatim. Where they could overlap, ``algorithm`` wins and the key
 exists only there: the discount is ``algorithm.gamma``, the initial temperature
 ``algorithm.entropy_tuning.initial_alpha`` and the replay buffer
 ``algorithm.replay_buffer`` (TorchRL's ``optim.gamma``, ``optim.alpha_init`` and
-``replay_buffer`` do not exist here, so a stale key is an error, not a silent no-op).
+``replay_buffer`` do not exist here, so a stale key is an error, not a silent no-op; nor do
+its ``env.library`` and ``env.categorical_action_encoding``: ``env.backend`` picks the simulator
+and CrossQ's actions are continuous). Every key is read by the script or pinned to the one value
+the code implements (``algorithm.group_size``, ``adv_type``, ``loss_type``); test/test_config.py
+checks it by recording what the script reads.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -31,11 +38,9 @@ class EnvConfig:
     name: str = "HalfCheetah-v5"  # a gymnasium id, or Meta-World/MT1 (with env.task)
     task: str | None = None  # Meta-World task (reach-v3, push-v3, ...); only for Meta-World/MT1
     backend: str = "gymnasium"  # gymnasium (GymEnv + Parallel/SerialEnv) | envpool (C++ threads)
-    library: str = "gymnasium"  # TorchRL's SOTA key; the simulator is chosen by env.backend
     num_envs: int = 1  # paper: 1
     vectorization: str = "parallel"  # parallel (ParallelEnv, worker processes) | serial (SerialEnv)
     max_episode_steps: int | None = None  # None: the env's own limit
-    categorical_action_encoding: bool = False
 
 
 @dataclass
@@ -101,15 +106,15 @@ class EntropyTuningConfig:
 @dataclass
 class ReplayBufferConfig:
     size: int = 1_000_000  # capacity in transitions (paper: 1M)
-    storage: str = "memory"  # memory | disk
-    scratch_dir: str | None = None  # disk storage location (None: <run_dir>/replay)
-    enable_cache: bool = False
-    cache_size: int = 0  # trajectories kept in RAM when storage is disk
+    storage: str = "memory"  # memory | disk (a memmap in scratch_dir)
+    scratch_dir: str | None = None  # disk storage only (None: <run_dir>/replay)
+    enable_cache: bool = False  # disk storage only: the newest cache_size trajectories in RAM
+    cache_size: int = 0  # trajectories kept in RAM (with enable_cache only)
     sample_window_size: int = 0  # sample from the newest N units only (<= 0: all)
     window_unit: str = "trajectory"  # trajectory | episode | transition
     min_buffer_size: int = 0  # trajectories needed before updates start
     prefetch: int = 0  # batches prefetched by a thread (0 is fastest on 2 cores)
-    pin_memory: bool = False
+    pin_memory: bool = False  # disk storage on CUDA only: asynchronous copies of the batches
 
 
 @dataclass
@@ -186,7 +191,6 @@ CHOICES: dict[str, tuple] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("fp32", "bf16"),
     "on_nonfinite": ("raise", "skip"),
-    "env.library": ("gymnasium",),
     "env.backend": ("gymnasium", "envpool"),
     "env.vectorization": ("parallel", "serial"),
     "collector.backend": ("sync", "multi_sync", "multi_async", "ray"),
@@ -317,21 +321,46 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"collector.num_workers * env.num_envs = {workers * num_envs} with "
             f"collector.backend={cfg.collector.backend} (each worker fills an equal share)"
         )
-    rb = cfg.algorithm.replay_buffer
-    # Every window unit holds at least one transition, so a window above the capacity is impossible.
-    for key in ("sample_window_size", "cache_size", "min_buffer_size"):
-        if key == "cache_size" and not (rb.enable_cache and rb.storage == "disk"):
-            continue
-        if rb[key] > rb.size:
-            raise ConfigError(
-                f"algorithm.replay_buffer.{key}={rb[key]} exceeds algorithm.replay_buffer.size="
-                f"{rb.size} transitions; use at most the capacity"
-            )
+    _validate_replay_buffer(cfg.algorithm.replay_buffer)
     if cfg.cudagraphs and not cfg.compile:
         raise ConfigError(
             "cudagraphs=true needs compile=true (CUDA graphs are captured by torch.compile)"
         )
     return cfg
+
+
+def _validate_replay_buffer(rb: DictConfig) -> None:
+    """The storage keys act only together: a key that could not act is an error, not a no-op."""
+    prefix = "algorithm.replay_buffer"
+    if rb.storage != "disk":
+        if rb.enable_cache:
+            raise ConfigError(
+                f"{prefix}.enable_cache=True needs {prefix}.storage=disk (a memory storage holds "
+                f"every transition in RAM already); got storage={rb.storage!r}: use storage=disk "
+                "or enable_cache=false"
+            )
+        if rb.scratch_dir is not None:
+            raise ConfigError(
+                f"{prefix}.scratch_dir={rb.scratch_dir!r} needs {prefix}.storage=disk; got "
+                f"storage={rb.storage!r}: use storage=disk or scratch_dir=null"
+            )
+    if rb.enable_cache and rb.cache_size == 0:
+        raise ConfigError(
+            f"{prefix}.cache_size=0 with enable_cache=True caches nothing; use a cache_size of "
+            "at least 1 trajectory"
+        )
+    if not rb.enable_cache and rb.cache_size != 0:
+        raise ConfigError(
+            f"{prefix}.cache_size={rb.cache_size} needs {prefix}.enable_cache=true (with "
+            "storage=disk); use enable_cache=true or cache_size=0"
+        )
+    # Every window unit holds at least one transition, so a window above the capacity is impossible.
+    for key in ("sample_window_size", "cache_size", "min_buffer_size"):
+        if rb[key] > rb.size:
+            raise ConfigError(
+                f"{prefix}.{key}={rb[key]} exceeds {prefix}.size={rb.size} transitions; use at "
+                "most the capacity"
+            )
 
 
 def resolve_norm(cfg: DictConfig) -> str | None:
@@ -381,60 +410,73 @@ def resolve_device(device: str) -> torch.device:
 def replay_buffer_kwargs(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict:
     """Keyword arguments of :func:`~torchrl_crossq.data.make_replay_buffer`."""
     rb = cfg.algorithm.replay_buffer
-    disk = rb.storage == "disk"
+    scratch_dir = rb.scratch_dir  # validate() allows one only with storage=disk
+    if rb.storage == "disk" and scratch_dir is None:
+        scratch_dir = str(run_dir / "replay")
+    if rb.pin_memory and not (rb.storage == "disk" and device.type == "cuda"):
+        raise ConfigError(
+            f"algorithm.replay_buffer.pin_memory=True needs storage=disk and a CUDA device "
+            f"(batches copied from host memory); got storage={rb.storage!r}, device={device}: "
+            "use pin_memory=false"
+        )
     return {
         "capacity": rb.size,
         "batch_size": cfg.optim.batch_size,
         "storage": rb.storage,
-        "scratch_dir": (rb.scratch_dir or str(run_dir / "replay")) if disk else None,
+        "scratch_dir": scratch_dir,
         "sample_window_size": rb.sample_window_size,
         "window_unit": rb.window_unit,
-        "enable_cache": rb.enable_cache and disk,
-        "cache_size": rb.cache_size if rb.enable_cache and disk else 0,
+        "enable_cache": rb.enable_cache,
+        "cache_size": rb.cache_size,
         "min_buffer_size": rb.min_buffer_size,
         "prefetch": rb.prefetch,
-        "pin_memory": rb.pin_memory and device.type == "cuda",
+        "pin_memory": rb.pin_memory,
         "device": device if device.type == "cuda" else None,
         "seed": cfg.seed,
     }
 
 
-def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
+# Keys that a resumed run takes from the command line: how far the run goes, what it records
+# and what it runs on, not what it learns. A key under one of these prefixes counts too.
+RESUMABLE_KEYS = (
+    "collector.total_frames",  # to train a finished run further
+    "eval",
+    "logger.mode",
+    "logger.log_interval",
+    "checkpoint",
+    "progress_bar",
+    "threads",
+    "device",
+    "compile",
+    "cudagraphs",
+    "on_nonfinite",  # e.g. skip the step that stopped the run
+    "algorithm.replay_buffer.pin_memory",  # follows the device
+)
+
+
+def prepare_run(cfg: DictConfig, *, overrides: Sequence[str] = ()) -> tuple[DictConfig, Path, bool]:
     """Validates the config and sets up the run directory.
 
     A new run writes its resolved config to ``<run_dir>/config.yaml``. With
-    ``resume=<run_dir>`` the saved config is used (keys given now that differ
-    from it are reported and ignored), and the third value is ``True``.
+    ``resume=<run_dir>`` the run continues with its saved config, and the third value is
+    ``True``. Of the keys given on the command line (``overrides``, hydra's override
+    strings), those of :data:`RESUMABLE_KEYS` replace the saved values, which are saved again
+    (``collector.total_frames=...`` trains a finished run further); any other key, and any
+    group (``env=...``, ``experiment=...``), must agree with the saved config, or a
+    :class:`ConfigError` names the key.
+
+    Args:
+        cfg: the composed config.
+
+    Keyword Args:
+        overrides: the command line's overrides, e.g. ``HydraConfig.get().overrides.task``;
+            only read with ``resume``.
 
     Returns:
         ``(config, run directory, resuming)``.
     """
     if cfg.resume:
-        run_dir = Path(cfg.resume)
-        saved_path = run_dir / "config.yaml"
-        if not saved_path.is_file():
-            raise ConfigError(
-                f"resume={cfg.resume!r} is not a run directory: it has no config.yaml "
-                "(give the run_dir of an earlier run)"
-            )
-        try:
-            saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_path))
-        except Exception as err:
-            raise ConfigError(
-                f"resume={cfg.resume!r}: its config.yaml does not match this version's schema ({err})"
-            ) from None
-        given = OmegaConf.to_container(cfg, resolve=True)
-        kept = OmegaConf.to_container(saved, resolve=True)
-        changed = [
-            k
-            for k in _flat_keys(given)
-            if k not in ("resume", "run_dir") and _select(given, k) != _select(kept, k)
-        ]
-        if changed:
-            print(f"resume: using the saved config; ignoring changed keys {changed}")
-        saved.resume = cfg.resume
-        saved.run_dir = str(run_dir)
-        return validate(saved), run_dir, True
+        return _resume(cfg, overrides), Path(cfg.resume), True
     validate(cfg)
     if cfg.run_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -448,6 +490,136 @@ def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     return cfg, run_dir, False
+
+
+def is_resumable(key: str) -> bool:
+    """Whether a resumed run takes ``key`` from the command line (see :data:`RESUMABLE_KEYS`)."""
+    return any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)
+
+
+def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    run_dir = Path(cfg.resume)
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"resume={cfg.resume!r} is not a run directory: it has no config.yaml "
+            "(give the run_dir of an earlier run)"
+        )
+    if cfg.run_dir is not None and Path(cfg.run_dir) != run_dir:
+        raise ConfigError(
+            f"run_dir={cfg.run_dir!r} with resume={cfg.resume!r}: a resumed run continues in "
+            "its own directory; drop run_dir"
+        )
+    stored = OmegaConf.load(saved_path)
+    _drop_what_never_acted(stored)
+    try:
+        saved = OmegaConf.merge(OmegaConf.structured(Config), stored)
+    except Exception as err:
+        raise ConfigError(
+            f"resume={cfg.resume!r}: its config.yaml does not match this version's schema ({err})"
+        ) from None
+    given = OmegaConf.to_container(cfg, resolve=True)
+    kept = OmegaConf.to_container(saved, resolve=True)
+    keys, groups = _command_line_keys(given, overrides)
+    allowed = ", ".join(
+        f"{k}.*" if isinstance(_select(kept, k), dict) else k for k in RESUMABLE_KEYS
+    )
+    keys = [k for k in keys if k not in ("resume", "run_dir")]  # checked above
+    changes = {}
+    for key in keys:
+        if _select(given, key) == _select(kept, key):
+            continue
+        if not is_resumable(key):
+            raise ConfigError(
+                f"{key}={_select(given, key)!r} cannot change on resume: the run in "
+                f"{cfg.resume} has {key}={_select(kept, key)!r} (a resumed run keeps its "
+                f"experiment; keys that may change: {allowed})"
+            )
+        changes[key] = _select(given, key)
+    for group, scope in groups:
+        for key in _flat_keys(given):
+            inside = not scope or key.startswith(f"{scope}.")
+            typed = key in keys or key in ("resume", "run_dir")
+            checked = inside and not typed and not is_resumable(key)
+            if checked and _select(given, key) != _select(kept, key):
+                raise ConfigError(
+                    f"{group} cannot change on resume: it gives {key}="
+                    f"{_select(given, key)!r} but the run in {cfg.resume} has {key}="
+                    f"{_select(kept, key)!r} (a resumed run keeps its experiment; give only "
+                    f"keys that may change: {allowed})"
+                )
+    for key, value in changes.items():
+        print(f"resume: {key}={value!r} (was {_select(kept, key)!r})")
+        OmegaConf.update(saved, key, value)
+    _check_schedule_horizon(saved, kept)
+    saved.run_dir = str(run_dir)
+    validate(saved)
+    if changes:  # saved again, so that a plain resume= after a kill keeps them
+        tmp = saved_path.with_suffix(".yaml.tmp")  # a kill mid-write keeps the old config
+        OmegaConf.save(saved, tmp, resolve=True)
+        os.replace(tmp, saved_path)
+    saved.resume = cfg.resume
+    return saved
+
+
+def _drop_what_never_acted(stored: DictConfig) -> None:
+    """Earlier versions saved keys that had no effect; they go, so that the run resumes as it ran.
+
+    ``env.library`` and ``env.categorical_action_encoding`` left the schema; the replay buffer's
+    cache and scratch directory acted only with ``storage: disk`` (and ``cache_size`` only with
+    ``enable_cache``), and are now errors elsewhere.
+    """
+    env = stored.get("env") or {}
+    for key in ("library", "categorical_action_encoding"):
+        env.pop(key, None)
+    rb = OmegaConf.select(stored, "algorithm.replay_buffer") or {}
+    if rb.get("storage", "memory") != "disk":
+        for key in ("enable_cache", "scratch_dir"):
+            rb.pop(key, None)
+    if not rb.get("enable_cache", False):
+        rb.pop("cache_size", None)
+
+
+def _command_line_keys(
+    given: dict, overrides: Sequence[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The config leaves set by ``overrides``, and the groups they select with their scope.
+
+    A group's scope is the subtree it fills (``env`` for ``env=hopper``), or ``""`` for the
+    whole config (``experiment=quick``, whose files are ``@package _global_``).
+    """
+    leaves = _flat_keys(given)
+    keys, groups = [], []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        name = override.key_or_group
+        if name.split("/")[0].split(".")[0] == "hydra":
+            continue  # hydra's own settings: not part of the experiment
+        if name in leaves:
+            keys.append(name)
+            continue
+        below = [k for k in leaves if k.startswith(f"{name}.")]
+        if below and isinstance(override.value(), dict):
+            keys += below  # a whole node given as a dict
+        else:
+            groups.append((f"{name}={override.value()}", name if below else ""))
+    return keys, groups
+
+
+def _check_schedule_horizon(saved: DictConfig, kept: dict) -> None:
+    """A cosine decay fitted to the saved run length cannot follow a longer run."""
+    entropy_optim = saved.algorithm.entropy_tuning.optim
+    total, before = saved.collector.total_frames, kept["collector"]["total_frames"]
+    decays_over_run = entropy_optim.lr_scheduler == "cosine" and entropy_optim.lr_decay_steps == 0
+    if (
+        total > before
+        and decays_over_run
+        and saved.algorithm.entropy_tuning.alpha_type != "fixed_alpha"
+    ):
+        raise ConfigError(
+            f"collector.total_frames={total} cannot extend a run whose temperature lr decays "
+            f"over its {before} frames (algorithm.entropy_tuning.optim.lr_scheduler=cosine, "
+            "lr_decay_steps=0): the cosine would rise again past its end; start a new run"
+        )
 
 
 def env_label(cfg: DictConfig) -> str:

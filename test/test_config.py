@@ -1,0 +1,257 @@
+"""The config: every key acts or is rejected; a resumed run takes only the keys typed with it."""
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+from test_train_script import CONFIGS, TINY, compose_config, load_script
+
+from torchrl_crossq import config
+from torchrl_crossq.config import (
+    CHOICES,
+    ConfigError,
+    prepare_run,
+    replay_buffer_kwargs,
+    validate,
+)
+from torchrl_crossq.data import CachedStorage, make_replay_buffer
+
+PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+# TINY without its env: each preset runs on its own env (embodied: Meta-World in EnvPool).
+TINY_RUN = [
+    *(o for o in TINY if not o.startswith(("env=", "algorithm.replay_buffer.size"))),
+    "algorithm.replay_buffer.size=10000",  # the embodied window of 6000 trajectories fits
+    "logger.backend=none",
+]
+# Keys that validate() pins to the one value the code implements: any other is an error.
+PINNED = {key for key, accepted in CHOICES.items() if len(accepted) == 1}
+
+
+def leaves(tree: DictConfig) -> set[str]:
+    return set(config._flat_keys(OmegaConf.to_container(tree)))
+
+
+@contextlib.contextmanager
+def recording_reads():
+    """Records the config keys the code reads, outside validate(): those that act.
+
+    Attribute, item and ``get`` reads of any DictConfig and ``OmegaConf.select`` are
+    recorded by full key; saving or copying a whole config reads no key this way.
+    """
+    reads: set[str] = set()
+    paused: list[bool] = []
+
+    def recorded(method):
+        def read(self, key, *args, **kwargs):
+            value = method(self, key, *args, **kwargs)
+            if not paused and isinstance(key, str):
+                reads.add(self._get_full_key(key))
+            return value
+
+        return read
+
+    def recorded_select(cfg, key, *args, **kwargs):
+        if not paused:
+            prefix = cfg._get_full_key("")
+            reads.add(f"{prefix}.{key}" if prefix else key)
+        return select(cfg, key, *args, **kwargs)
+
+    def unrecorded_validate(cfg):
+        paused.append(True)
+        try:
+            return validate(cfg)
+        finally:
+            paused.pop()
+
+    select = OmegaConf.select
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("__getattr__", "__getitem__", "get"):
+            patch.setattr(DictConfig, name, recorded(getattr(DictConfig, name)))
+        patch.setattr(OmegaConf, "select", staticmethod(recorded_select))
+        patch.setattr(config, "validate", unrecorded_validate)
+        yield reads
+
+
+def tiny_run_reads(cfg: DictConfig) -> set[str]:
+    """Trains a tiny run of ``cfg``; returns the keys it read."""
+    script = load_script()
+    with recording_reads() as reads:
+        script.train(cfg)
+    return reads
+
+
+def tiny_config(overrides, run_dir) -> DictConfig:
+    return compose_config([*TINY_RUN, f"run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def reads_of_the_presets(tmp_path_factory) -> dict[str, tuple[set[str], set[str]]]:
+    """Per preset, the leaves of its config and the keys a tiny run of it read.
+
+    The quick preset runs a second time on worker processes: only they read the weight sync.
+    """
+    runs = {name: [f"experiment={name}"] for name in PRESETS}
+    runs["quick, multi_sync"] = ["experiment=quick", "collector.backend=multi_sync"]
+    root = tmp_path_factory.mktemp("presets")
+    found = {}
+    for i, (name, overrides) in enumerate(runs.items()):
+        cfg = tiny_config(overrides, root / str(i))
+        found[name] = leaves(cfg), tiny_run_reads(cfg)
+    return found
+
+
+def unread(keys: set[str], reads: set[str]) -> list[str]:
+    return sorted(keys - reads - PINNED)
+
+
+def test_every_key_of_every_preset_is_read_by_a_run_or_pinned(reads_of_the_presets):
+    assert set(PRESETS) == {"embodied", "paper", "quick", "sac"}
+    read = set().union(*(reads for _, reads in reads_of_the_presets.values()))
+    for name, (keys, _) in reads_of_the_presets.items():
+        assert unread(keys, read) == [], f"keys of experiment={name} that nothing reads"
+
+
+@dataclass
+class AlgorithmWithANewKey(config.AlgorithmConfig):
+    new_key: int = 3  # added to the schema, read nowhere
+
+
+@dataclass
+class ConfigWithANewKey(config.Config):
+    algorithm: AlgorithmWithANewKey = field(default_factory=AlgorithmWithANewKey)
+
+
+def test_a_new_key_that_nothing_reads_is_reported(reads_of_the_presets, tmp_path):
+    composed = tiny_config(["experiment=quick"], tmp_path)
+    cfg = OmegaConf.merge(OmegaConf.structured(ConfigWithANewKey), OmegaConf.to_container(composed))
+    read = set().union(*(reads for _, reads in reads_of_the_presets.values()))
+    assert unread(leaves(cfg), read | tiny_run_reads(cfg)) == ["algorithm.new_key"]
+
+
+# -- replay buffer keys act only together -------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["enable_cache=true", "cache_size=8"], r"enable_cache=True needs .*storage=disk"),
+        (["scratch_dir=/tmp/x"], r"scratch_dir='/tmp/x' needs .*storage=disk"),
+        (["cache_size=8"], r"cache_size=8 needs .*enable_cache=true"),
+        (["storage=disk", "cache_size=8"], r"cache_size=8 needs .*enable_cache=true"),
+        (["storage=disk", "enable_cache=true"], r"cache_size=0 with enable_cache=True"),
+    ],
+)
+def test_a_replay_buffer_key_that_could_not_act_names_itself(overrides, message):
+    cfg = compose_config([f"algorithm.replay_buffer.{o}" for o in overrides])
+    with pytest.raises(ConfigError, match=rf"^algorithm\.replay_buffer\.{message}"):
+        validate(cfg)
+
+
+def test_pin_memory_without_a_cuda_disk_storage_names_the_key(tmp_path):
+    cfg = validate(compose_config(["algorithm.replay_buffer.pin_memory=true", "device=cpu"]))
+    with pytest.raises(ConfigError, match=r"^algorithm.replay_buffer.pin_memory=True needs"):
+        replay_buffer_kwargs(cfg, tmp_path, torch.device("cpu"))
+
+
+def test_embodied_preset_caches_the_window_of_a_disk_buffer_in_the_run_dir(tmp_path):
+    cfg = validate(compose_config(["experiment=embodied"]))
+    buffer = make_replay_buffer(**replay_buffer_kwargs(cfg, tmp_path, torch.device("cpu")))
+    assert isinstance(buffer._storage, CachedStorage)
+    assert buffer._storage.cache_size == cfg.algorithm.replay_buffer.sample_window_size
+    assert Path(buffer._storage.disk.scratch_dir) == tmp_path / "replay"
+
+
+# -- resume: the keys typed with it ----------------------------------------------------------------
+def saved_run(tmp_path, *overrides) -> Path:
+    """A run directory as a new run leaves it before training (its config.yaml)."""
+    prepare_run(compose_config([*TINY, f"run_dir={tmp_path}", *overrides]))
+    return tmp_path
+
+
+def resume(run_dir, *overrides):
+    typed = [f"resume={run_dir}", *overrides]
+    return prepare_run(compose_config(typed), overrides=typed)[0]
+
+
+def test_resume_takes_the_saved_config_for_every_key_not_typed(tmp_path):
+    cfg = resume(saved_run(tmp_path, "seed=3"))  # composed from the defaults: HalfCheetah
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert cfg.env.name == "Pendulum-v1" and cfg.seed == 3 and cfg.progress_bar is False
+    assert OmegaConf.to_container(cfg) == {**OmegaConf.to_container(saved), "resume": str(tmp_path)}
+
+
+def test_resume_applies_typed_keys_that_do_not_change_what_is_learned(tmp_path, capsys):
+    run_dir = saved_run(tmp_path)
+    typed = ["collector.total_frames=496", "eval.episodes=3", "checkpoint.keep=5", "threads=1"]
+    cfg = resume(run_dir, *typed, "progress_bar=false")  # as saved: not a change
+    assert (cfg.collector.total_frames, cfg.eval.episodes, cfg.checkpoint.keep) == (496, 3, 5)
+    assert cfg.threads == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "resume: collector.total_frames=496 (was 96)",
+        "resume: eval.episodes=3 (was 1)",
+        "resume: checkpoint.keep=5 (was 2)",
+        "resume: threads=1 (was None)",
+    ]
+    saved = OmegaConf.load(run_dir / "config.yaml")  # a plain resume= after a kill keeps them
+    assert saved.collector.total_frames == 496 and saved.resume is None
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "env.name=InvertedPendulum-v5",
+        "seed=1",
+        "optim.lr=0.01",
+        "network.critic_hidden_sizes=[32,32]",
+        "algorithm.gamma=0.9",
+        "algorithm.replay_buffer.size=2000",
+        "logger.backend=csv",
+    ],
+)
+def test_resume_refuses_a_typed_key_that_changes_the_experiment(tmp_path, override):
+    key = override.split("=")[0]
+    run_dir = saved_run(tmp_path, "logger.backend=none")
+    with pytest.raises(ConfigError, match=rf"^{key}=.* cannot change on resume: the run in "):
+        resume(run_dir, override)
+
+
+def test_resume_accepts_experiment_keys_typed_as_the_run_has_them(tmp_path):
+    run_dir = saved_run(tmp_path, "seed=3")
+    assert resume(run_dir, "seed=3", "env=pendulum", "env.name=Pendulum-v1").seed == 3
+
+
+def test_resume_refuses_a_group_that_changes_the_experiment_naming_the_key(tmp_path):
+    run_dir = saved_run(tmp_path)
+    with pytest.raises(
+        ConfigError,
+        match=r"^env=hopper cannot change on resume: it gives env.name='Hopper-v5' but the run",
+    ):
+        resume(run_dir, "env=hopper")
+
+
+def test_resume_into_another_run_dir_is_refused(tmp_path):
+    run_dir = saved_run(tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"^run_dir=.* with resume=.*drop run_dir"):
+        resume(run_dir, f"run_dir={tmp_path / 'b'}")
+
+
+def test_resume_cannot_stretch_a_cosine_decay_fitted_to_the_run(tmp_path):
+    run_dir = saved_run(tmp_path, "algorithm.entropy_tuning.optim.lr_scheduler=cosine")
+    with pytest.raises(ConfigError, match=r"^collector.total_frames=496 cannot extend"):
+        resume(run_dir, "collector.total_frames=496")
+
+
+def test_resume_of_a_run_saved_with_keys_that_never_acted(tmp_path):
+    run_dir = saved_run(tmp_path)
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved.env.library = "gymnasium"  # as the embodied preset was saved before: these did nothing
+    saved.env.categorical_action_encoding = False
+    saved.algorithm.replay_buffer.enable_cache = True
+    saved.algorithm.replay_buffer.cache_size = 6000
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    cfg = resume(run_dir)
+    rb = cfg.algorithm.replay_buffer
+    assert "library" not in cfg.env and "categorical_action_encoding" not in cfg.env
+    assert (rb.storage, rb.enable_cache, rb.cache_size) == ("memory", False, 0)
