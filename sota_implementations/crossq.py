@@ -32,6 +32,7 @@ from torchrl_crossq import (
 )
 from torchrl_crossq.allocator import keep_freed_memory
 from torchrl_crossq.checkpoint import (
+    CheckpointError,
     StopOnSignal,
     load_latest_checkpoint,
     rng_state,
@@ -82,7 +83,13 @@ def main(cfg: DictConfig) -> None:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     try:
         train(cfg, overrides=overrides)
-    except (ConfigError, UnknownEnvError, MissingExtraError, NonFiniteLossError) as err:
+    except (
+        CheckpointError,
+        ConfigError,
+        UnknownEnvError,
+        MissingExtraError,
+        NonFiniteLossError,
+    ) as err:
         raise SystemExit(f"error: {err}") from None
 
 

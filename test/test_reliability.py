@@ -138,6 +138,16 @@ def test_truncated_checkpoint_is_detected_and_the_previous_one_used(tmp_path):
     assert state["frames"] == 10
 
 
+def test_a_run_whose_checkpoints_are_all_unreadable_is_refused_not_restarted(tmp_path):
+    run([], tmp_path)
+    for state in (tmp_path / "checkpoints").glob("ckpt_*/state.pt"):
+        state.write_bytes(state.read_bytes()[:100])
+    eval_csv = (tmp_path / "eval.csv").read_text()
+    with pytest.raises(SystemExit, match=r"^error: no checkpoint in .* could be loaded"):
+        load_script().main.__wrapped__(compose_config([f"resume={tmp_path}"]))
+    assert (tmp_path / "eval.csv").read_text() == eval_csv
+
+
 def test_keeps_only_the_last_k_checkpoints_and_no_temporary_folders(tmp_path):
     for frames in range(1, 6):
         save_checkpoint(tmp_path, frames, {"frames": frames}, keep=2)

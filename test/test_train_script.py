@@ -119,11 +119,6 @@ def test_resume_that_changes_the_env_stops_with_one_line_naming_the_key(tmp_path
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data/replay.py: make_replay_buffer's LazyMemmapStorage needs existsok=True; a "
-    "resumed run finds the memmap of the process before it in <run_dir>/replay",
-)
 def test_a_disk_buffer_run_resumes_from_its_checkpoint(tmp_path):
     disk = [f"algorithm.replay_buffer.{key}" for key in ("storage=disk", "enable_cache=true")]
     run([*disk, "algorithm.replay_buffer.cache_size=4", "collector.total_frames=48"], tmp_path)

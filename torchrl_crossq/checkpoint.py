@@ -79,8 +79,18 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
+class CheckpointError(RuntimeError):
+    """A run has checkpoints, and none of them can be loaded."""
+
+
 def load_latest_checkpoint(directory: str | Path, *, replay_buffer=None) -> dict[str, Any] | None:
-    """Loads the newest readable checkpoint; a corrupted one is reported and the previous one used."""
+    """Loads the newest readable checkpoint; a corrupted one is reported and the previous one used.
+
+    Returns ``None`` when there is no checkpoint. When there are some and none loads, raises
+    :class:`CheckpointError` naming each one's error: starting the run over would silently
+    throw away its work.
+    """
+    errors = []
     for path in reversed(list_checkpoints(directory)):
         try:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
@@ -90,9 +100,15 @@ def load_latest_checkpoint(directory: str | Path, *, replay_buffer=None) -> dict
             warnings.warn(
                 f"checkpoint {path} is unreadable ({err}); trying the previous one", stacklevel=2
             )
+            errors.append(f"{path.name}: {err}")
             continue
         state["path"] = str(path)
         return state
+    if errors:
+        raise CheckpointError(
+            f"no checkpoint in {directory} could be loaded ({'; '.join(errors)}); the run is left "
+            "as it is"
+        )
     return None
 
 

@@ -990,7 +990,9 @@ def make_replay_buffer(
         buffer_storage = LazyTensorStorage(capacity, device=device or "cpu")
         sample_device = None
     else:
-        buffer_storage = LazyMemmapStorage(capacity, scratch_dir=scratch_dir)
+        # existsok: a resumed run finds the memmap of the process before it in scratch_dir;
+        # those files are scratch, the checkpoint holds the data.
+        buffer_storage = LazyMemmapStorage(capacity, scratch_dir=scratch_dir, existsok=True)
         if enable_cache:
             if cache_size == 0:
                 raise ValueError(
