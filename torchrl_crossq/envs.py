@@ -132,8 +132,16 @@ def check_env(name: str, task: str | None = None, backend: str = "gymnasium") ->
         check_env_id(name)
 
 
-def _make_single_env(name: str, task: str | None, max_episode_steps: int | None, device) -> EnvBase:
+def _make_single_env(
+    name: str,
+    task: str | None,
+    max_episode_steps: int | None,
+    device,
+    render_mode: str | None = None,
+) -> EnvBase:
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
     if name != METAWORLD:
         return GymWrapper(EpisodeRecorder(gym.make(name, **kwargs)), device=device)
     _require("metaworld", f"env.name={METAWORLD}")  # registers the Meta-World/* ids
@@ -255,6 +263,7 @@ def make_env(
     max_episode_steps: int | None = None,
     seed: int | None = None,
     device: torch.device | str = "cpu",
+    render_mode: str | None = None,
 ) -> EnvBase:
     """Builds a float32 TorchRL env of ``num_envs`` copies of task ``name``.
 
@@ -282,6 +291,8 @@ def make_env(
         max_episode_steps: override of the task's time limit.
         seed: seeds the env(s); copies get consecutive seeds.
         device: where the env's tensors live.
+        render_mode: gymnasium's ``render_mode`` of each copy (``"rgb_array"``: frames for
+            videos, see :mod:`torchrl_crossq.video`); gymnasium backend only.
 
     Examples:
         >>> env = make_env("Pendulum-v1", seed=0)
@@ -296,6 +307,11 @@ def make_env(
         )
     if num_envs < 1:
         raise ValueError(f"env.num_envs={num_envs} must be >= 1")
+    if render_mode is not None and backend != "gymnasium":
+        raise ValueError(
+            f"render_mode={render_mode!r} needs backend='gymnasium' (EnvPool does not render); "
+            f"got backend={backend!r}"
+        )
     if backend == "envpool":
         pool_kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         if seed is not None:
@@ -305,7 +321,9 @@ def make_env(
         base = EnvPoolEnv(num_envs, envpool_id(name, task), create_env_kwargs=pool_kwargs)
         seed = None  # given at construction: EnvPool cannot be reseeded in place
     else:
-        create = functools.partial(_make_single_env, name, task, max_episode_steps, "cpu")
+        create = functools.partial(
+            _make_single_env, name, task, max_episode_steps, "cpu", render_mode
+        )
         if num_envs == 1:
             base = create()
         elif vectorization == "parallel":
