@@ -540,10 +540,13 @@ def set_training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
         >>> net[1].training
         False
     """
-    previous = [(m, m.training) for m in module.modules()]
-    module.train(training)
+    # Only the modules in the other mode are touched, and back: the loss enters this a few
+    # times per update, and nn.Module.train's recursion is pure overhead there.
+    switched = [m for m in module.modules() if m.training != training]
+    for m in switched:
+        m.training = training
     try:
         yield module
     finally:
-        for m, was_training in previous:
-            m.training = was_training
+        for m in switched:
+            m.training = not training
