@@ -465,3 +465,24 @@ def test_bootstrap_always_honours_multi_step_discounting(action_spec):
     target = loss._td_target(data, torch.full((2, 1), 10.0))
     torch.testing.assert_close(target, torch.full((2, 1), 2.25))
     assert data["next", "terminated"][0]  # the input is left as it was
+
+
+@pytest.mark.parametrize("convert", [None, "double"])
+def test_batch_renorm_statistics_the_loss_updates_are_the_ones_it_saves(action_spec, convert):
+    # The loss skips swapping in parameters its networks already hold; after a dtype or
+    # device move the module's buffers are copies, and the swap must happen again.
+    loss = build(action_spec)
+    data = make_batch()
+    if convert:
+        loss, data = (
+            getattr(loss, convert)(),
+            data.apply(lambda x: x.double() if x.is_floating_point() else x),
+        )
+    loss.qvalue_loss(data)
+    loss.actor_loss(data)
+    for params in (loss.qvalue_network_params, loss.actor_network_params):
+        counters = [v for k, v in params.items(True, True) if k[-1] == "num_batches_tracked"]
+        assert counters and all(int(c) == 1 for c in counters)
+    assert all(
+        int(v) == 1 for k, v in loss.state_dict().items() if k.endswith("num_batches_tracked")
+    )

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite
 from torchrl.envs import (
     DoubleToFloat,
@@ -132,22 +132,25 @@ def check_env(name: str, task: str | None = None, backend: str = "gymnasium") ->
         check_env_id(name)
 
 
-def _make_single_env(
-    name: str,
-    task: str | None,
-    max_episode_steps: int | None,
-    device,
-    render_mode: str | None = None,
-) -> EnvBase:
-    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    if render_mode is not None:
-        kwargs["render_mode"] = render_mode
+def make_gym_env(
+    name: str, task: str | None = None, max_episode_steps: int | None = None, **kwargs
+) -> gym.Env:
+    """The plain gymnasium env of task ``name`` (Meta-World: ``task``), no TorchRL wrapper.
+
+    Extra keyword arguments go to ``gymnasium.make`` (e.g. ``render_mode``).
+    """
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = max_episode_steps
     if name != METAWORLD:
-        return GymWrapper(EpisodeRecorder(gym.make(name, **kwargs)), device=device)
+        return gym.make(name, **kwargs)
     _require("metaworld", f"env.name={METAWORLD}")  # registers the Meta-World/* ids
-    base = gym.make(name, env_name=task, disable_env_checker=True, **kwargs)
-    env = GymWrapper(EpisodeRecorder(base), device=device)
-    env.set_info_dict_reader(SuccessReader())
+    return gym.make(name, env_name=task, disable_env_checker=True, **kwargs)
+
+
+def _make_single_env(name: str, task: str | None, max_episode_steps: int | None, device) -> EnvBase:
+    env = GymWrapper(EpisodeRecorder(make_gym_env(name, task, max_episode_steps)), device=device)
+    if name == METAWORLD:
+        env.set_info_dict_reader(SuccessReader())
     return env
 
 
@@ -263,7 +266,6 @@ def make_env(
     max_episode_steps: int | None = None,
     seed: int | None = None,
     device: torch.device | str = "cpu",
-    render_mode: str | None = None,
 ) -> EnvBase:
     """Builds a float32 TorchRL env of ``num_envs`` copies of task ``name``.
 
@@ -291,8 +293,6 @@ def make_env(
         max_episode_steps: override of the task's time limit.
         seed: seeds the env(s); copies get consecutive seeds.
         device: where the env's tensors live.
-        render_mode: gymnasium's ``render_mode`` of each copy (``"rgb_array"``: frames for
-            videos, see :mod:`torchrl_crossq.video`); gymnasium backend only.
 
     Examples:
         >>> env = make_env("Pendulum-v1", seed=0)
@@ -307,11 +307,6 @@ def make_env(
         )
     if num_envs < 1:
         raise ValueError(f"env.num_envs={num_envs} must be >= 1")
-    if render_mode is not None and backend != "gymnasium":
-        raise ValueError(
-            f"render_mode={render_mode!r} needs backend='gymnasium' (EnvPool does not render); "
-            f"got backend={backend!r}"
-        )
     if backend == "envpool":
         pool_kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         if seed is not None:
@@ -321,9 +316,7 @@ def make_env(
         base = EnvPoolEnv(num_envs, envpool_id(name, task), create_env_kwargs=pool_kwargs)
         seed = None  # given at construction: EnvPool cannot be reseeded in place
     else:
-        create = functools.partial(
-            _make_single_env, name, task, max_episode_steps, "cpu", render_mode
-        )
+        create = functools.partial(_make_single_env, name, task, max_episode_steps, "cpu")
         if num_envs == 1:
             base = create()
         elif vectorization == "parallel":
@@ -377,3 +370,94 @@ def evaluate(env: EnvBase, policy, *, episodes: int, max_steps: int) -> EvalResu
     values = torch.tensor(returns)
     success_rate = sum(successes) / len(successes) if successes else None
     return EvalResult(float(values.mean()), float(values.std(unbiased=False)), success_rate)
+
+
+class BatchedEvaluation:
+    """Deterministic evaluation episodes stepped together, one actor call per step for all.
+
+    ``episodes`` plain gymnasium envs of the task (no TorchRL wrapper: an env
+    step costs what gymnasium's does), reset with seeds ``seed, seed + 1, ...``;
+    at every step the observations of the episodes still running go through the
+    policy in one batch (deterministic action, policy in eval mode), then each
+    env steps. An episode ends at termination, truncation (the task's time
+    limit) or ``max_steps``; it succeeds when ``info["success"]`` was true at
+    any of its steps (tasks that report it). The same numbers as :func:`evaluate`
+    on the same episodes, at a fraction of the cost per step.
+
+    Args:
+        name: a gymnasium id, or ``"Meta-World/MT1"`` with ``task``.
+
+    Keyword Args:
+        episodes: episodes per evaluation.
+        max_steps: cap on each episode's length.
+        task: the Meta-World task.
+        max_episode_steps: override of the task's time limit.
+        observation_key: the policy's observation input key.
+        action_key: the policy's action output key.
+
+    Examples:
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_crossq import make_actor
+        >>> evaluation = BatchedEvaluation("Pendulum-v1", episodes=3, max_steps=20)
+        >>> actor = make_actor(3, Bounded(-2.0, 2.0, shape=(1,)), num_cells=(8,))
+        >>> result = evaluation(actor, seed=0)
+        >>> result.success_rate is None, evaluation.steps
+        (True, 60)
+        >>> evaluation.close()
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        episodes: int,
+        max_steps: int,
+        task: str | None = None,
+        max_episode_steps: int | None = None,
+        observation_key: str = "observation",
+        action_key: str = "action",
+    ) -> None:
+        if episodes < 1:
+            raise ValueError(f"episodes={episodes} must be >= 1")
+        check_env(name, task)
+        self.envs = [make_gym_env(name, task, max_episode_steps) for _ in range(episodes)]
+        self.max_steps = max_steps
+        self.observation_key = observation_key
+        self.action_key = action_key
+        self.steps = 0  # env steps of the last evaluation
+        self.returns = np.zeros(episodes)  # its per-episode returns
+
+    def __call__(self, policy, *, seed: int) -> EvalResult:
+        device = next(iter(policy.parameters()), torch.empty(0)).device
+        n = len(self.envs)
+        obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)])
+        returns, succeeded = np.zeros(n), np.zeros(n, dtype=bool)
+        running, reports_success = np.ones(n, dtype=bool), False
+        self.steps = 0
+        with (
+            torch.no_grad(),
+            set_exploration_type(ExplorationType.DETERMINISTIC),
+            set_training_mode(policy, False),
+        ):
+            for _ in range(self.max_steps):
+                rows = np.flatnonzero(running)
+                observation = torch.as_tensor(obs[rows], dtype=torch.float32, device=device)
+                td = TensorDict({self.observation_key: observation}, [len(rows)], device=device)
+                actions = policy(td).get(self.action_key).cpu().numpy()
+                for action, i in zip(actions, rows, strict=True):
+                    obs[i], reward, terminated, truncated, info = self.envs[i].step(action)
+                    returns[i] += reward
+                    if SUCCESS_KEY in info:
+                        reports_success = True
+                        succeeded[i] |= info[SUCCESS_KEY] > 0
+                    running[i] = not (terminated or truncated)
+                self.steps += len(rows)
+                if not running.any():
+                    break
+        self.returns = returns
+        success_rate = float(succeeded.mean()) if reports_success else None
+        return EvalResult(float(returns.mean()), float(returns.std()), success_rate)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()

@@ -202,6 +202,27 @@ class QEnsemble(nn.Module):
         return q.squeeze(-1).transpose(0, 1).reshape(*batch_shape, self.num_qvalue_nets)
 
 
+def module_output(module: TensorDictModuleBase, tensordict: TensorDictBase, key) -> torch.Tensor:
+    """``module(tensordict).get(key)``, calling a plain ``TensorDictModule``'s network directly.
+
+    For a ``TensorDictModule`` (or a subclass with its forward, e.g. ``ValueOperator``) with
+    one output key, the wrapped network is called on the input keys: tensordict 0.14
+    wraps every output through ``TensorDict.from_any``, which looks pandas up in the
+    import system on every call. Anything else goes through ``module(tensordict)``;
+    ``None`` when it writes no ``key``.
+    """
+    if (
+        isinstance(module, TensorDictModule)
+        and type(module).forward is TensorDictModule.forward
+        and len(module.out_keys) == 1
+        and module.out_keys[0] == key
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+    ):
+        return module.module(*(tensordict.get(k) for k in module.in_keys))
+    return module(tensordict).get(key, None)
+
+
 class ExpandedCritic(TensorDictModuleBase):
     """``n`` copies of one Q-network, run one after the other, their outputs side by side.
 
@@ -253,7 +274,7 @@ class ExpandedCritic(TensorDictModuleBase):
         key = self.out_keys[0]
         values = []
         for member in self.members:
-            value = member(tensordict.select(*self.in_keys)).get(key, None)
+            value = module_output(member, tensordict.select(*self.in_keys), key)
             if value is None or value.shape != (*tensordict.batch_size, 1):
                 written = "nothing" if value is None else f"shape {tuple(value.shape)}"
                 raise ValueError(
@@ -444,6 +465,16 @@ class TanhNormalActor(ProbabilisticActor):
         self._observation_key = module.in_keys[0]
         self._action_key = kwargs["out_keys"][0]
 
+    def get_dist(self, tensordict: TensorDictBase, *args, **kwargs) -> TanhNormal:
+        """TorchRL's ``get_dist`` (the TanhNormal of the observation), without the key plumbing."""
+        if args or kwargs:
+            return super().get_dist(tensordict, *args, **kwargs)
+        loc, scale = self.module[0].module(tensordict.get(self._observation_key))
+        dist_module = self.module[-1]
+        return dist_module.distribution_class(
+            loc=loc, scale=scale, **dist_module.distribution_kwargs
+        )
+
     def forward(self, tensordict: TensorDictBase, *args, **kwargs) -> TensorDictBase:
         mode = interaction_type() or self.default_interaction_type
         fast = not (
@@ -509,10 +540,13 @@ def set_training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
         >>> net[1].training
         False
     """
-    previous = [(m, m.training) for m in module.modules()]
-    module.train(training)
+    # Only the modules in the other mode are touched, and back: the loss enters this a few
+    # times per update, and nn.Module.train's recursion is pure overhead there.
+    switched = [m for m in module.modules() if m.training != training]
+    for m in switched:
+        m.training = training
     try:
         yield module
     finally:
-        for m, was_training in previous:
-            m.training = was_training
+        for m in switched:
+            m.training = not training

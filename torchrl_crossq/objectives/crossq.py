@@ -23,7 +23,7 @@ from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TD0Estimator
 
-from torchrl_crossq.modules.networks import ExpandedCritic, set_training_mode
+from torchrl_crossq.modules.networks import ExpandedCritic, module_output, set_training_mode
 from torchrl_crossq.objectives.entropy import Temperature
 
 Q_HEAD_TYPES = ("crossq", "default")
@@ -34,20 +34,54 @@ LOSS_FUNCTIONS = ("l2", "smooth_l1", "l1")
 
 
 @contextlib.contextmanager
-def _parameters_in(module: torch.nn.Module, params: TensorDictBase) -> Iterator[None]:
+def _parameters_in(
+    module: torch.nn.Module, params: TensorDictBase, held: bool = False
+) -> Iterator[None]:
     """Swaps ``params`` into ``module`` for the block, then puts the previous ones back.
 
+    ``held``: the module already holds ``params`` (see :func:`_holds`), so the
+    swap, about a millisecond of Python per call, is skipped.
     ``TensorDictBase.to_module`` used directly as a context manager turns any
     exception raised inside the block into "Converting a tensordict to boolean
     value is not permitted" (its ``__exit__`` returns a TensorDict); this keeps
     the original error.
     """
+    if held:
+        yield
+        return
     swap = params.to_module(module, preserve_module_state=False)
     swap.__enter__()
     try:
         yield
     finally:
         swap.__exit__(None, None, None)
+
+
+def _holds(module: torch.nn.Module, params: TensorDictBase) -> bool:
+    """Whether ``module`` holds every tensor of ``params`` at its path (the same memory).
+
+    True for a loss's own parameters: ``convert_to_functional`` leaves the module
+    holding the very parameters and views of the same buffers. False for target
+    or detached copies, and for buffers a device move copied apart.
+    """
+    for key, value in params.items(True, True):
+        held = module
+        for name in (key,) if isinstance(key, str) else key:
+            held = getattr(held, name, None)
+        if held is value:
+            continue
+        if not (
+            isinstance(held, torch.Tensor)  # a buffer, shared with params' copy of it
+            and not isinstance(held, torch.nn.Parameter)
+            and not isinstance(value, torch.nn.Parameter)
+            and held.data_ptr() == value.data_ptr()
+            and held.shape == value.shape
+            and held.stride() == value.stride()
+            and held.dtype == value.dtype
+            and held.device == value.device
+        ):
+            return False
+    return True
 
 
 def squashed_log_prob(
@@ -497,6 +531,19 @@ class CrossQLoss(LossModule):
             )
         return tensordict
 
+    def _holds_own(self, network: str) -> bool:
+        """Whether ``<network>_network`` holds ``<network>_network_params``, cached.
+
+        The cache's name starts with ``_cache``: TorchRL's ``LossModule._apply``
+        (``.to()``, ``.double()``...) erases it, and a device or dtype move can copy
+        the module's buffers apart from the loss's.
+        """
+        cache = self.__dict__.setdefault("_cache_holds_own", {})
+        if network not in cache:
+            module = getattr(self, f"{network}_network")
+            cache[network] = _holds(module, getattr(self, f"{network}_network_params"))
+        return cache[network]
+
     def _critic_input(self, source: TensorDictBase, action: torch.Tensor) -> TensorDictBase:
         td = source.select(*self._critic_state_keys())
         td.set(self.tensor_keys.action, action)
@@ -504,23 +551,26 @@ class CrossQLoss(LossModule):
 
     def _q(self, td: TensorDictBase, params: TensorDictBase, training: bool) -> torch.Tensor:
         with (
-            _parameters_in(self.qvalue_network, params),
+            _parameters_in(
+                self.qvalue_network,
+                params,
+                params is self.qvalue_network_params and self._holds_own("qvalue"),
+            ),
             set_training_mode(self.qvalue_network, training),
         ):
-            out = self.qvalue_network(td)
-        q = out.get(self.tensor_keys.state_action_value, None)
+            q = module_output(self.qvalue_network, td, self.tensor_keys.state_action_value)
         if not self._critic_output_checked:
-            self._check_critic_output(q, out, td.batch_size)
+            self._check_critic_output(q, td.batch_size)
         # At least float32 even when the critic's last matmul ran under bfloat16 autocast:
         # TD errors are small differences of large values.
         return q.to(torch.promote_types(q.dtype, torch.float32))
 
-    def _check_critic_output(self, q, out: TensorDictBase, batch_size: torch.Size) -> None:
+    def _check_critic_output(self, q, batch_size: torch.Size) -> None:
         """The first call: the critic wrote ``[B, num_qvalue_nets]`` under the expected key."""
         name = type(self.qvalue_network).__name__
         key = self.tensor_keys.state_action_value
         if q is None:
-            written = sorted(map(str, out.keys(True, True)))
+            written = sorted(map(str, self.qvalue_network.out_keys))
             raise KeyError(
                 f"{type(self).__name__}: the critic {name} wrote {written} but not {key!r}; "
                 "tell the loss its output key with loss.set_keys(state_action_value=...)"
@@ -540,7 +590,7 @@ class CrossQLoss(LossModule):
         with (
             torch.no_grad(),
             set_exploration_type(ExplorationType.RANDOM),
-            _parameters_in(self.actor_network, self.actor_network_params),
+            _parameters_in(self.actor_network, self.actor_network_params, self._holds_own("actor")),
             set_training_mode(self.actor_network, False),
         ):
             dist = self.actor_network.get_dist(next_td.select(*self._actor_in_keys()))
@@ -619,7 +669,7 @@ class CrossQLoss(LossModule):
         tensordict = self._check_input(tensordict)
         with (
             set_exploration_type(ExplorationType.RANDOM),
-            _parameters_in(self.actor_network, self.actor_network_params),
+            _parameters_in(self.actor_network, self.actor_network_params, self._holds_own("actor")),
             set_training_mode(self.actor_network, True),
         ):
             dist = self.actor_network.get_dist(tensordict.select(*self._actor_in_keys()))
