@@ -68,11 +68,6 @@ def test_a_missing_encoder_raises_one_line_naming_the_install(tmp_path, monkeypa
         record_episode(cheetah_actor(), tmp_path / "ep.mp4", env_name="HalfCheetah-v5")
 
 
-def test_make_env_renders_with_the_gymnasium_backend_only():
-    with pytest.raises(ValueError, match="render_mode='rgb_array' needs backend='gymnasium'"):
-        make_env("HalfCheetah-v5", backend="envpool", render_mode="rgb_array")
-
-
 def test_read_video_gives_frames_time_height_width_rgb(tmp_path):
     frames = read_video(write_video(tmp_path / "v.mp4"))
     assert frames.shape == (6, 32, 48, 3) and frames.dtype == torch.uint8

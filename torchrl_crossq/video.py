@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 
 import torch
-from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_crossq.envs import make_env
+from torchrl_crossq.envs import check_env, make_gym_env
 from torchrl_crossq.modules.networks import set_training_mode
 
 ENCODER_INSTALL = "pip install 'imageio[ffmpeg]'"
@@ -43,14 +44,16 @@ def record_episode(
     max_steps: int = 1_000,
     seed: int = 0,
     fps: int | None = None,
+    observation_key: str = "observation",
+    action_key: str = "action",
 ) -> Path:
     """Renders one deterministic episode of ``policy`` to an MP4 file at ``path``.
 
-    The env is :func:`~torchrl_crossq.envs.make_env`'s (one gymnasium env, the same
-    transforms as training), built with ``render_mode="rgb_array"``; frames are the
-    simulator's own size (480 x 480 for MuJoCo and Meta-World). The video holds the state
-    after the reset and after each step: ``steps + 1`` frames. The policy acts as in
-    :func:`~torchrl_crossq.envs.evaluate` (deterministic action, eval mode).
+    The env is the plain gymnasium task (:func:`~torchrl_crossq.envs.make_gym_env`, as
+    :class:`~torchrl_crossq.envs.BatchedEvaluation` steps it) with
+    ``render_mode="rgb_array"``; frames are the simulator's own size (480 x 480 for MuJoCo
+    and Meta-World). The video holds the state after the reset and after each step:
+    ``steps + 1`` frames. The policy acts as in evaluation (deterministic action, eval mode).
 
     Args:
         policy: a TorchRL actor ``observation -> action``.
@@ -61,8 +64,10 @@ def record_episode(
         task: the Meta-World task.
         max_episode_steps: override of the task's time limit.
         max_steps: the episode stops after this many steps at most.
-        seed: the env's seed (the episode's initial state).
+        seed: the reset's seed (the episode's initial state).
         fps: frames per second of the video (``None``: the env's ``render_fps``, real time).
+        observation_key: the policy's observation input key.
+        action_key: the policy's action output key.
 
     Returns:
         ``path``.
@@ -74,29 +79,25 @@ def record_episode(
     imageio = _require_encoder()
     path = Path(path)
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless; read when the first frame is rendered
-    env = make_env(
-        env_name,
-        task=task,
-        max_episode_steps=max_episode_steps,
-        seed=seed,
-        render_mode="rgb_array",
-    )
-    simulator = env.base_env._env  # the gymnasium env inside TorchRL's GymWrapper
+    check_env(env_name, task)
+    env = make_gym_env(env_name, task, max_episode_steps, render_mode="rgb_array")
+    device = next(iter(policy.parameters()), torch.empty(0)).device
     try:
-        frames = [_render(simulator, env_name)]
+        observation, _ = env.reset(seed=seed)
+        frames = [_render(env, env_name)]
         with (
             torch.no_grad(),
             set_exploration_type(ExplorationType.DETERMINISTIC),
             set_training_mode(policy, False),
         ):
-            tensordict = env.reset()
-            for _ in range(max_steps):  # not env.rollout: its callback skips the last step
-                tensordict = env.step(policy(tensordict))
-                frames.append(_render(simulator, env_name))
-                if tensordict["next", "done"].any():
+            for _ in range(max_steps):
+                obs = torch.as_tensor(observation, dtype=torch.float32, device=device)
+                action = policy(TensorDict({observation_key: obs})).get(action_key)
+                observation, _, terminated, truncated, _ = env.step(action.cpu().numpy())
+                frames.append(_render(env, env_name))
+                if terminated or truncated:
                     break
-                tensordict = step_mdp(tensordict)
-        fps = fps or simulator.metadata.get("render_fps") or 30
+        fps = fps or env.metadata.get("render_fps") or 30
     finally:
         env.close()  # frees the GL context while the display still exists
     path.parent.mkdir(parents=True, exist_ok=True)
