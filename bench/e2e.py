@@ -1,0 +1,887 @@
+"""End to end: our training script against sb3-contrib's ``CrossQ.learn``, frames/s and costs.
+
+Three measurements on HalfCheetah-v5, one contestant at a time, on the same machine:
+
+- **training frames/s** with evaluation off, at critic widths 256 and 2048: ours is
+  ``sota_implementations/crossq.py`` as a user runs it (one subprocess per contestant; fp32
+  eager, ``compile=true`` and ``precision=bf16 compile=true``), sb3 is ``sb3_contrib.CrossQ``
+  and its ``learn`` (one subprocess, written by this file, ``--sb3-run``). Both get the matched
+  hyperparameters of ``bench/learning.py`` (``HYPERPARAMETERS``, imported from there), one env,
+  UTD 1, ``init_random_frames`` = ``learning_starts``, the same seed and ``OMP_NUM_THREADS`` /
+  torch threads (``--threads``). Frames/s are read in windows of ``log_interval`` frames: ours
+  from the script's ``perf/frames_per_s`` (CSV logger, ``<run_dir>/logs/``), sb3 from a
+  callback's ``time.perf_counter()`` at every env step. Windows that start before
+  ``init_random_frames + warmup_frames`` (random steps, the first updates, torch.compile) are
+  dropped; the figure is the median of the rest.
+- **evaluation cost per env step**: ours is ``torchrl_crossq.envs.BatchedEvaluation`` (10
+  deterministic episodes stepped together, one actor call per step), with the old path
+  ``torchrl_crossq.envs.evaluate`` (TorchRL rollouts, one episode at a time) for reference; sb3
+  is ``stable_baselines3.common.evaluation.evaluate_policy(model, env, n_eval_episodes=10,
+  deterministic=True)`` on a CrossQ model of the same actor. Wall time over env steps, median
+  of ``--eval-reps`` interleaved reps after a warm-up call each.
+- **collection cost per frame** (ours, actor included, one env): TorchRL's ``Collector`` as
+  ``make_collector`` builds it for the script (``sync`` backend) with our actor, at one frame per
+  batch (the script's ``collector.frames_per_batch=1``: the headline) and at 1000; with TorchRL's
+  random policy; and a plain gymnasium loop with the actor and with random actions, for
+  reference. Median ms per frame over chunks after a warm-up.
+
+Run: ``make bench`` or ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
+.venv/bin/python bench/e2e.py`` (``--quick`` for a smoke run). The last lines are
+``e2e_speedup_vs_sb3_w256``, ``e2e_speedup_vs_sb3_w2048`` (ours fp32 eager frames/s over
+sb3's), ``e2e_speedup_best_vs_sb3_w256``, ``e2e_speedup_best_vs_sb3_w2048`` (our fastest
+setting), ``eval_ms_per_step``, ``sb3_eval_ms_per_step`` and ``collect_ms_per_frame``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
+sys.path.insert(0, str(ROOT))  # this checkout's torchrl_crossq, not an installed one
+from learning import HYPERPARAMETERS  # noqa: E402  (bench/ is on sys.path)
+from results_file import section_markers, write_section  # noqa: E402
+from update import _loadavg, machine_info  # noqa: E402
+
+SCRIPT = ROOT / "sota_implementations" / "crossq.py"
+OUT_DIR = Path(__file__).with_name("out")
+SECTION_START, SECTION_END = section_markers("bench/e2e.py")
+ENV_ID = "HalfCheetah-v5"
+ENV_GROUP = "halfcheetah"  # configs/env/halfcheetah.yaml
+SEED = 0
+EVAL_SEED = 10_000  # the script's eval env seed offset
+
+# Our settings: the script's overrides on top of the matched command line (table order).
+OURS = {
+    "ours": [],
+    "ours_compiled": ["compile=true"],
+    "ours_bf16_compiled": ["precision=bf16", "compile=true"],
+}
+CONTESTANTS = ("sb3", *OURS)
+LABELS = {
+    "sb3": "sb3-contrib CrossQ.learn",
+    "ours": "ours, fp32 eager",
+    "ours_compiled": "ours, compile=true",
+    "ours_bf16_compiled": "ours, precision=bf16 compile=true",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Learning frames of one training run (after ``init_random_frames`` random ones)."""
+
+    warmup_frames: int  # not timed: the first updates, torch.compile
+    measured_frames: int  # timed, in windows of log_interval frames
+    log_interval: int
+
+
+# Width 256: ~15 ms per frame on 2 cores; 2048: ~200 ms (ours fp32) to ~250 ms (sb3).
+BUDGETS = {"small": Budget(500, 3_000, 500), "large": Budget(100, 400, 50)}
+QUICK_BUDGETS = {"small": Budget(20, 60, 20), "large": Budget(10, 20, 10)}
+LARGE_WIDTH = 1024  # widths above this get the "large" budget
+
+# Issue #16's targets: (summary line, comparison, bound); a str bound names another line.
+TARGETS = (
+    ("e2e_speedup_vs_sb3_w256", ">=", 1.3),
+    ("e2e_speedup_vs_sb3_w2048", ">=", 1.2),
+    ("e2e_speedup_best_vs_sb3_w256", ">=", 2.0),
+    ("e2e_speedup_best_vs_sb3_w2048", ">=", 2.3),
+    ("eval_ms_per_step", "<=", 0.3),
+    ("eval_ms_per_step", "<=", "sb3_eval_ms_per_step"),
+    ("collect_ms_per_frame", "<=", 1.0),
+)
+COLLECT_HEADLINE = "collector_actor_b1"  # the script's collection: one frame per batch
+
+
+# -- training frames/s -------------------------------------------------------------------------
+def total_frames(budget: Budget, init_random_frames: int) -> int:
+    return init_random_frames + budget.warmup_frames + budget.measured_frames
+
+
+def ours_command(
+    width: int, budget: Budget, args: argparse.Namespace, run_dir: Path, overrides: list[str]
+) -> list[str]:
+    """The training script's command line: matched settings, evaluation and checkpoints off."""
+    hp = HYPERPARAMETERS
+    frames = total_frames(budget, args.init_random_frames)
+    actor = hp["actor_width"]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        f"env={ENV_GROUP}",
+        f"seed={SEED}",
+        f"device={args.device}",
+        f"run_dir={run_dir}",
+        f"threads={args.threads}",
+        "env.num_envs=1",
+        f"collector.total_frames={frames}",
+        f"collector.init_random_frames={args.init_random_frames}",
+        "collector.frames_per_batch=1",
+        f"optim.lr={hp['lr']}",
+        f"optim.beta1={hp['betas'][0]}",
+        f"optim.beta2={hp['betas'][1]}",
+        f"optim.batch_size={hp['batch_size']}",
+        f"optim.policy_update_delay={hp['policy_delay']}",
+        f"algorithm.gamma={hp['gamma']}",
+        "algorithm.q_head_type=crossq",
+        f"algorithm.entropy_tuning.initial_alpha={hp['initial_alpha']}",
+        f"algorithm.replay_buffer.size={min(hp['replay_size'], frames)}",
+        f"network.critic_hidden_sizes=[{width},{width}]",
+        f"network.actor_hidden_sizes=[{actor},{actor}]",
+        f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
+        f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
+        f"network.batch_norm_eps={hp['batch_norm_eps']}",
+        f"network.warmup_steps={hp['warmup_steps']}",
+        # 0: no evaluation during training; the one at the end (1 episode) comes after the
+        # last timed window, as does the final checkpoint.
+        "eval.interval=0",
+        "eval.episodes=1",
+        "checkpoint.interval=0",
+        "logger.backend=csv",
+        f"logger.log_interval={budget.log_interval}",
+        "progress_bar=false",
+        *overrides,
+    ]
+
+
+def sb3_model(env, *, critic_width: int, learning_starts: int, buffer_size: int, device: str):
+    """sb3-contrib's CrossQ with the matched settings (as bench/learning.py's sb3 runs)."""
+    import torch
+    from sb3_contrib import CrossQ
+
+    hp = HYPERPARAMETERS
+    model = CrossQ(
+        "MlpPolicy",
+        env,
+        learning_rate=hp["lr"],
+        buffer_size=buffer_size,
+        learning_starts=learning_starts,
+        batch_size=hp["batch_size"],
+        gamma=hp["gamma"],
+        train_freq=1,
+        gradient_steps=1,
+        policy_delay=hp["policy_delay"],
+        ent_coef=f"auto_{hp['initial_alpha']}",
+        policy_kwargs={
+            "net_arch": {"pi": [hp["actor_width"]] * 2, "qf": [critic_width] * 2},
+            "n_critics": hp["num_qvalue_nets"],
+            "batch_norm_momentum": hp["batch_norm_momentum"],
+            "batch_norm_eps": hp["batch_norm_eps"],
+            "renorm_warmup_steps": hp["warmup_steps"],
+            "optimizer_kwargs": {"betas": hp["betas"]},
+        },
+        seed=SEED,
+        device=device,
+    )
+    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
+    model.ent_coef_optimizer = torch.optim.Adam(
+        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
+    )
+    return model
+
+
+def sb3_run(spec: dict) -> None:
+    """``--sb3-run``: ``CrossQ.learn`` with a clock at every env step; writes ``times.json``."""
+    import warnings
+
+    import gymnasium as gym
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(spec["threads"])
+    model = sb3_model(
+        gym.make(ENV_ID),
+        critic_width=spec["width"],
+        learning_starts=spec["init_random_frames"],
+        buffer_size=min(HYPERPARAMETERS["replay_size"], spec["frames"]),
+        device=spec["device"],
+    )
+    torch.set_num_threads(spec["threads"])
+    times: list[float] = []
+
+    class Clock(BaseCallback):
+        # Called after each env step, before that step's update: the time at num_timesteps.
+        def _on_step(self) -> bool:
+            times.append(time.perf_counter())
+            return True
+
+    model.learn(total_timesteps=spec["frames"], callback=Clock())
+    Path(spec["run_dir"], "times.json").write_text(json.dumps(times))
+
+
+def ours_windows(run_dir: Path) -> list[tuple[int, int, float]]:
+    """``(first frame, last frame, frames/s)`` of each window the script logged."""
+    paths = list((run_dir / "logs").rglob("frames_per_s.csv"))
+    if len(paths) != 1:
+        raise RuntimeError(f"expected one perf/frames_per_s CSV log under {run_dir / 'logs'}")
+    with paths[0].open() as f:
+        rows = sorted((int(float(step)), float(rate)) for step, rate in csv.reader(f))
+    starts = [0] + [step for step, _ in rows[:-1]]
+    return [(start, step, rate) for start, (step, rate) in zip(starts, rows, strict=True)]
+
+
+def sb3_windows(times: list[float], log_interval: int) -> list[tuple[int, int, float]]:
+    """The same windows from sb3's clock (``times[i]``: after env step ``i + 1``)."""
+    return [
+        (end - log_interval, end, log_interval / (times[end - 1] - times[end - log_interval - 1]))
+        for end in range(2 * log_interval, len(times) + 1, log_interval)
+    ]
+
+
+def subprocess_env(threads: int) -> dict[str, str]:
+    """This process's environment (allocator settings too), the thread count, this checkout."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return dict(
+        os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=path
+    )
+
+
+def library_used(threads: int) -> str:
+    """Where the script's subprocesses import torchrl_crossq from (a check of PYTHONPATH)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import torchrl_crossq; print(torchrl_crossq.__file__)"],
+        cwd=SCRIPT.parent,  # sys.path[0] as when the script runs
+        env=subprocess_env(threads),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(Path(done.stdout.strip()).parent)
+
+
+def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namespace) -> dict:
+    """One training run in a subprocess; its measured windows and their median frames/s."""
+    run_dir = args.out / f"w{width}" / contestant
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
+    run_dir.mkdir(parents=True)
+    frames = total_frames(budget, args.init_random_frames)
+    if contestant in OURS:
+        command = ours_command(width, budget, args, run_dir, OURS[contestant])
+    else:
+        spec = {
+            "width": width,
+            "frames": frames,
+            "init_random_frames": args.init_random_frames,
+            "threads": args.threads,
+            "device": args.device,
+            "run_dir": str(run_dir),
+        }
+        command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
+    start = time.perf_counter()
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=subprocess_env(args.threads),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall_s = time.perf_counter() - start
+    (run_dir / "output.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"{contestant} width {width} exited {done.returncode}:\n{tail}")
+    if contestant in OURS:
+        windows = ours_windows(run_dir)
+    else:
+        times = json.loads((run_dir / "times.json").read_text())
+        windows = sb3_windows(times, budget.log_interval)
+    first = args.init_random_frames + budget.warmup_frames
+    measured = [w for w in windows if w[0] >= first]
+    if not measured:
+        raise RuntimeError(
+            f"{contestant} width {width}: no logged window starts at or after frame {first} "
+            f"(windows {windows}); raise --measured-frames or lower --log-interval"
+        )
+    rates = [rate for _, _, rate in measured]
+    seconds = sum((end - start) / rate for start, end, rate in measured)
+    result = {
+        "contestant": contestant,
+        "width": width,
+        "frames": frames,
+        "timed_frames": measured[-1][1] - measured[0][0],
+        "windows": windows,
+        "measured_rates": rates,
+        "frames_per_s": statistics.median(rates),
+        "frames_per_s_overall": (measured[-1][1] - measured[0][0]) / seconds,
+        "wall_s": wall_s,
+    }
+    print(
+        f"  width {width:<5} {contestant:<19} {result['frames_per_s']:8.2f} frames/s (median of "
+        f"{len(rates)} windows, {min(rates):.2f}..{max(rates):.2f}; run {wall_s:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+def budget_for(width: int, args: argparse.Namespace) -> Budget:
+    size = "large" if width > LARGE_WIDTH else "small"
+    base = (QUICK_BUDGETS if args.quick else BUDGETS)[size]
+    return Budget(
+        args.warmup_frames if args.warmup_frames is not None else base.warmup_frames,
+        args.measured_frames or base.measured_frames,
+        args.log_interval or base.log_interval,
+    )
+
+
+# -- evaluation cost per env step --------------------------------------------------------------
+def bench_eval(args: argparse.Namespace) -> dict:
+    """Ms per env step of our batched evaluation, our old rollout path and sb3's evaluate_policy."""
+    import warnings
+
+    import gymnasium as gym
+    import torch
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    from torchrl_crossq import make_actor
+    from torchrl_crossq.envs import BatchedEvaluation, env_dims, evaluate, make_env
+
+    warnings.filterwarnings("ignore")
+    episodes, steps = args.eval_episodes, args.eval_max_steps
+    actor_cells = [HYPERPARAMETERS["actor_width"]] * 2
+    torchrl_env = make_env(ENV_ID, seed=EVAL_SEED, max_episode_steps=steps)
+    obs_dim, _ = env_dims(torchrl_env)
+    torch.manual_seed(SEED)
+    actor = make_actor(obs_dim, torchrl_env.action_spec_unbatched, num_cells=actor_cells)
+    calls = [0]  # the old path calls the actor once per env step
+    actor.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    batched = BatchedEvaluation(ENV_ID, episodes=episodes, max_steps=steps, max_episode_steps=steps)
+    sb3_env = Monitor(gym.make(ENV_ID, max_episode_steps=steps))
+    model = sb3_model(
+        gym.make(ENV_ID), critic_width=256, learning_starts=0, buffer_size=1_000, device="cpu"
+    )
+    torch.set_num_threads(
+        args.infer_threads or args.threads
+    )  # again after sb3's build, as learning.py
+
+    def ours() -> int:
+        batched(actor, seed=EVAL_SEED)
+        return batched.steps
+
+    def ours_rollout() -> int:
+        calls[0] = 0
+        evaluate(torchrl_env, actor, episodes=episodes, max_steps=steps)
+        return calls[0]
+
+    def sb3() -> int:
+        _, lengths = evaluate_policy(
+            model,
+            sb3_env,
+            n_eval_episodes=episodes,
+            deterministic=True,
+            return_episode_rewards=True,
+        )
+        return int(sum(lengths))
+
+    evaluators = {"ours": ours, "ours_rollout": ours_rollout, "sb3": sb3}
+    ms: dict[str, list[float]] = {name: [] for name in evaluators}
+    env_steps: dict[str, int] = {}
+    for run in evaluators.values():  # warm-up
+        run()
+    for _ in range(args.eval_reps):  # interleaved: each meets the same load
+        for name, run in evaluators.items():
+            start = time.perf_counter()
+            env_steps[name] = run()
+            ms[name].append(1e3 * (time.perf_counter() - start) / env_steps[name])
+    batched.close()
+    torchrl_env.close()
+    sb3_env.close()
+    result = {
+        "episodes": episodes,
+        "max_steps": steps,
+        "reps": args.eval_reps,
+        "env_steps": env_steps,
+        "ms_per_step_per_rep": ms,
+        "ms_per_step": {name: statistics.median(v) for name, v in ms.items()},
+    }
+    for name, value in result["ms_per_step"].items():
+        print(f"  eval {name:<14} {value:7.3f} ms per env step ({env_steps[name]} steps)")
+    return result
+
+
+# -- collection cost per frame -----------------------------------------------------------------
+def time_chunks(step: Callable[[], int], warmup: int, chunk: int, chunks: int) -> list[float]:
+    """Ms per frame of each of ``chunks`` chunks of ``chunk`` frames, after ``warmup`` frames."""
+    done = 0
+    while done < warmup:
+        done += step()
+    result = []
+    for _ in range(chunks):
+        frames, start = 0, time.perf_counter()
+        while frames < chunk:
+            frames += step()
+        result.append(1e3 * (time.perf_counter() - start) / frames)
+    return result
+
+
+def bench_collect(args: argparse.Namespace) -> dict:
+    """Ms per frame of our collection (TorchRL Collector, one env) and of plain loops."""
+    import torch
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from torchrl_crossq import make_actor
+    from torchrl_crossq.collectors import make_collector
+    from torchrl_crossq.envs import env_dims, make_env, make_gym_env
+
+    probe = make_env(ENV_ID, seed=SEED)
+    obs_dim, _ = env_dims(probe)
+    torch.manual_seed(SEED)
+    actor = make_actor(
+        obs_dim, probe.action_spec_unbatched, num_cells=[HYPERPARAMETERS["actor_width"]] * 2
+    )  # eval mode, as the script's actor when it acts
+    probe.close()
+    warmup, chunk, chunks = args.collect_warmup, args.collect_chunk, args.collect_chunks
+
+    def collector(policy, frames_per_batch: int) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            # The collector closes its env before yielding its last batch: one batch to spare.
+            needed = warmup + chunks * chunk + 2 * frames_per_batch
+            c = make_collector(
+                functools.partial(make_env, ENV_ID),
+                policy,
+                seed=SEED,
+                frames_per_batch=frames_per_batch,
+                total_frames=needed,
+                policy_device="cpu",
+            )
+            batches = iter(c)
+            try:
+                return time_chunks(lambda: next(batches).numel(), warmup, chunk, chunks)
+            finally:
+                c.shutdown()
+
+        return run
+
+    def plain(with_actor: bool) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            env = make_gym_env(ENV_ID)
+            obs = [env.reset(seed=SEED)[0]]
+
+            def step() -> int:
+                if with_actor:
+                    observation = torch.as_tensor(obs[0], dtype=torch.float32)
+                    action = actor(TensorDict({"observation": observation}, [])).get("action")
+                    action = action.numpy()
+                else:
+                    action = env.action_space.sample()
+                obs[0], _, terminated, truncated, _ = env.step(action)
+                if terminated or truncated:
+                    obs[0] = env.reset()[0]
+                return 1
+
+            try:
+                with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+                    return time_chunks(step, warmup, chunk, chunks)
+            finally:
+                env.close()
+
+        return run
+
+    batch = args.collect_batch
+    setups = {
+        "collector_actor_b1": (
+            "TorchRL Collector, our actor, 1 frame per batch",
+            collector(actor, 1),
+        ),
+        f"collector_actor_b{batch}": (
+            f"TorchRL Collector, our actor, {batch} frames per batch",
+            collector(actor, batch),
+        ),
+        "collector_random_b1": (
+            "TorchRL Collector, random policy, 1 frame per batch",
+            collector(None, 1),
+        ),
+        "gym_loop_actor": ("plain gymnasium loop, our actor", plain(True)),
+        "gym_loop_random": ("plain gymnasium loop, action_space.sample()", plain(False)),
+    }
+    result = {"warmup": warmup, "chunk": chunk, "chunks": chunks, "setups": {}}
+    for name, (label, run) in setups.items():
+        per_chunk = run()
+        result["setups"][name] = {
+            "label": label,
+            "ms_per_frame_per_chunk": per_chunk,
+            "ms_per_frame": statistics.median(per_chunk),
+        }
+        print(f"  collect {name:<22} {statistics.median(per_chunk):7.3f} ms per frame ({label})")
+    return result
+
+
+# -- summary, report, RESULTS.md ---------------------------------------------------------------
+def summarise(training: list[dict], evaluation: dict | None, collect: dict | None) -> dict:
+    """The summary lines' values (a line is left out when its contestants were not run)."""
+    summary: dict[str, float] = {}
+    by_width: dict[int, dict[str, dict]] = {}
+    for r in training:
+        by_width.setdefault(r["width"], {})[r["contestant"]] = r
+    for width, runs in sorted(by_width.items()):
+        if "sb3" not in runs:
+            continue
+        sb3 = runs["sb3"]["frames_per_s"]
+        if "ours" in runs:
+            summary[f"e2e_speedup_vs_sb3_w{width}"] = runs["ours"]["frames_per_s"] / sb3
+        ours = [runs[c]["frames_per_s"] for c in OURS if c in runs]
+        if ours:
+            summary[f"e2e_speedup_best_vs_sb3_w{width}"] = max(ours) / sb3
+    if evaluation is not None:
+        summary["eval_ms_per_step"] = evaluation["ms_per_step"]["ours"]
+        summary["sb3_eval_ms_per_step"] = evaluation["ms_per_step"]["sb3"]
+    if collect is not None:
+        summary["collect_ms_per_frame"] = collect["setups"][COLLECT_HEADLINE]["ms_per_frame"]
+    return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    order = [k for k in summary if k.startswith("e2e_speedup_vs")]
+    order += [k for k in summary if k.startswith("e2e_speedup_best")]
+    order += [k for k in summary if not k.startswith("e2e_")]
+    return [f"{k}: {summary[k]:.3f}" for k in order]
+
+
+def check_targets(summary: dict) -> list[dict]:
+    """Issue #16's targets next to the measured values (skipped when a value is missing)."""
+    rows = []
+    for name, comparison, bound in TARGETS:
+        if name not in summary or (isinstance(bound, str) and bound not in summary):
+            continue
+        limit = summary[bound] if isinstance(bound, str) else bound
+        met = summary[name] >= limit if comparison == ">=" else summary[name] <= limit
+        target = (
+            f"{comparison} {bound} ({limit:.3f})"
+            if isinstance(bound, str)
+            else f"{comparison} {bound}"
+        )
+        rows.append({"metric": name, "value": summary[name], "target": target, "met": met})
+    return rows
+
+
+def busy_warning(info: dict, training: list[dict]) -> str | None:
+    """Signs of a shared machine: load at start, unsteady windows of one run."""
+    signs = []
+    load = info["loadavg_start"].split()[0]
+    if load[0].isdigit() and float(load) > 0.5 * (info["cores"] or 1):
+        signs.append(f"load average {load} at start on {info['cores']} cores")
+    for r in training:
+        rates = r["measured_rates"]
+        if max(rates) > 1.5 * min(rates):
+            signs.append(
+                f"{r['contestant']} at width {r['width']}: frames/s varied "
+                f"{min(rates):.1f}..{max(rates):.1f} across windows"
+            )
+    if not signs:
+        return None
+    return "WARNING: the machine looks busy (" + "; ".join(signs) + "): rates are unreliable"
+
+
+def training_rows(training: list[dict]) -> list[tuple[str, ...]]:
+    sb3 = {r["width"]: r["frames_per_s"] for r in training if r["contestant"] == "sb3"}
+    rows = []
+    for r in training:
+        speedup = f"{r['frames_per_s'] / sb3[r['width']]:.3f}" if r["width"] in sb3 else ""
+        rows.append(
+            (
+                str(r["width"]),
+                LABELS[r["contestant"]],
+                f"{r['timed_frames']:,}",
+                str(len(r["measured_rates"])),
+                f"{r['frames_per_s']:.2f}",
+                f"{min(r['measured_rates']):.2f}..{max(r['measured_rates']):.2f}",
+                f"{r['frames_per_s_overall']:.2f}",
+                f"{1e3 / r['frames_per_s']:.1f}",
+                speedup,
+            )
+        )
+    return rows
+
+
+TRAINING_COLUMNS = (
+    "width",
+    "contestant",
+    "timed frames",
+    "windows",
+    "frames/s (median)",
+    "window range",
+    "frames/s (all timed)",
+    "ms per frame",
+    "vs sb3",
+)
+
+
+def eval_rows(evaluation: dict) -> list[tuple[str, ...]]:
+    labels = {
+        "ours": "ours, `BatchedEvaluation` (episodes stepped together)",
+        "ours_rollout": "ours, old path `evaluate` (TorchRL rollouts)",
+        "sb3": "sb3 `evaluate_policy(deterministic=True)`",
+    }
+    return [
+        (labels[name], f"{evaluation['env_steps'][name]:,}", f"{value:.3f}")
+        for name, value in evaluation["ms_per_step"].items()
+    ]
+
+
+def collect_rows(collect: dict) -> list[tuple[str, ...]]:
+    return [(s["label"], f"{s['ms_per_frame']:.3f}") for s in collect["setups"].values()]
+
+
+def console_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows, strict=True)]
+    return [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in (columns, *rows)
+    ]
+
+
+def markdown_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|---" * len(columns) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def settings_line(settings: dict) -> str:
+    hp = HYPERPARAMETERS
+    budgets = "; ".join(
+        f"width {w}: {b['warmup_frames']:,} learning frames of warm-up, then "
+        f"{b['measured_frames']:,} timed in windows of {b['log_interval']:,}"
+        for w, b in settings["budgets"].items()
+    )
+    return (
+        f"- matched: {ENV_ID}, one env, UTD 1, seed {SEED}, Adam lr {hp['lr']}, betas "
+        f"{hp['betas']} (actor, critic, temperature), batch {hp['batch_size']}, gamma "
+        f"{hp['gamma']}, policy delay {hp['policy_delay']}, {hp['num_qvalue_nets']} critics of "
+        f"width W x 2, actor {hp['actor_width']} x 2, BRN momentum {hp['batch_norm_momentum']}, "
+        f"eps {hp['batch_norm_eps']}, warmup {hp['warmup_steps']:,}, initial temperature "
+        f"{hp['initial_alpha']}, {settings['init_random_frames']:,} random frames "
+        f"(`init_random_frames` = `learning_starts`), evaluation off during training; {budgets}"
+    )
+
+
+def write_results(saved: dict) -> None:
+    """Replaces (or appends) this script's section of bench/RESULTS.md."""
+    info, settings, summary = saved["info"], saved["settings"], saved["summary"]
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
+    lines = [
+        SECTION_START,
+        "## End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`)",
+        "",
+        f"- date: {info['date']}; commit {info['commit']}",
+        f"- command: `{info['command']}`",
+        f"- machine: {info['cpu']}, {info['cores']} cores, {settings['threads']} torch "
+        f"thread(s) (`OMP_NUM_THREADS` too) per contestant, one contestant at a time, device "
+        f"{settings['device']}; load average {info['loadavg_start']} at start, "
+        f"{info['loadavg_end']} at end",
+        f"- versions: Python {info['python']}, {versions}",
+        f"- allocator: {allocator}",
+        settings_line(settings),
+        *([f"- **{info['warning']}**"] if info.get("warning") else []),
+        *(
+            ["- **--quick: a smoke run with tiny budgets, not a measurement**"]
+            if settings["quick"]
+            else []
+        ),
+    ]
+    if saved["training"]:
+        lines += [
+            "",
+            "Training frames/s with evaluation off: ours is `sota_implementations/crossq.py` "
+            "(`perf/frames_per_s` of its CSV log), sb3 is `CrossQ.learn` (a clock at every env "
+            "step); median over the timed windows:",
+            "",
+            *markdown_table(TRAINING_COLUMNS, training_rows(saved["training"])),
+        ]
+    if saved["eval"]:
+        e = saved["eval"]
+        lines += [
+            "",
+            f"Evaluation cost: {e['episodes']} deterministic episodes of at most "
+            f"{e['max_steps']:,} steps, actor {HYPERPARAMETERS['actor_width']} x 2; wall time "
+            f"over env steps, median of {e['reps']} interleaved rep(s) after a warm-up, "
+            f"{settings.get('infer_threads', settings['threads'])} torch thread(s):",
+            "",
+            *markdown_table(("evaluator", "env steps", "ms per env step"), eval_rows(e)),
+        ]
+    if saved["collect"]:
+        c = saved["collect"]
+        lines += [
+            "",
+            f"Collection cost, {ENV_ID}, one env (the headline `collect_ms_per_frame` is the "
+            f"first row, the script's one frame per batch); median of {c['chunks']} chunks of "
+            f"{c['chunk']:,} frames after {c['warmup']:,}, "
+            f"{settings.get('infer_threads', settings['threads'])} torch thread(s):",
+            "",
+            *markdown_table(("setup", "ms per frame"), collect_rows(c)),
+        ]
+    targets = saved["targets"]
+    if targets:
+        lines += [
+            "",
+            "Targets of issue #16:",
+            "",
+            *markdown_table(
+                ("metric", "measured", "target", "met"),
+                [
+                    (t["metric"], f"{t['value']:.3f}", t["target"], "yes" if t["met"] else "no")
+                    for t in targets
+                ],
+            ),
+        ]
+    lines += ["", "```", *summary_lines(summary), "```", SECTION_END]
+    write_section("\n".join(lines), SECTION_START, SECTION_END)
+
+
+# -- command line ------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 2048], help="critic widths")
+    parser.add_argument(
+        "--contestants", nargs="+", choices=CONTESTANTS, default=list(CONTESTANTS),
+        help="training runs (sb3 is needed for the speedup lines)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--parts", nargs="+", choices=("train", "eval", "collect"),
+        default=["train", "eval", "collect"],
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per contestant")
+    parser.add_argument(
+        "--infer-threads", type=int,
+        help="torch threads of the eval and collect parts (default: --threads, as in the script)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (training, both)")
+    parser.add_argument("--init-random-frames", type=int, default=1_000)
+    parser.add_argument("--warmup-frames", type=int, help="learning frames not timed (per width)")
+    parser.add_argument("--measured-frames", type=int, help="learning frames timed (per width)")
+    parser.add_argument("--log-interval", type=int, help="frames per timed window (per width)")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--eval-max-steps", type=int, default=1_000, help="steps per episode")
+    parser.add_argument("--eval-reps", type=int, default=3)
+    parser.add_argument("--collect-warmup", type=int, default=1_000, help="frames not timed")
+    parser.add_argument("--collect-chunk", type=int, default=1_000, help="frames per chunk")
+    parser.add_argument("--collect-chunks", type=int, default=5)
+    parser.add_argument("--collect-batch", type=int, default=1_000, help="the large batch")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "e2e", help="run directories")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
+    parser.add_argument("--json", type=Path, help="dump all results to this file")
+    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--results-from", type=Path,
+        help="rewrite the RESULTS.md section from a --json dump of an earlier run (no runs)",
+    )  # fmt: skip
+    parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.init_random_frames = min(args.init_random_frames, 200)
+        args.eval_max_steps, args.eval_reps = min(args.eval_max_steps, 100), 1
+        args.collect_warmup, args.collect_chunk, args.collect_chunks = 100, 100, 2
+        args.collect_batch = min(args.collect_batch, 100)
+    positive = ("widths", "threads", "infer_threads", "measured_frames", "log_interval",
+                "eval_episodes", "eval_max_steps", "eval_reps", "collect_chunk", "collect_chunks",
+                "collect_batch")  # fmt: skip
+    for key in positive:
+        values = getattr(args, key)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value < 1:
+                parser.error(f"--{key.replace('_', '-')}={value} must be >= 1")
+    for key in ("init_random_frames", "warmup_frames", "collect_warmup"):
+        value = getattr(args, key)
+        if value is not None and value < 0:
+            parser.error(f"--{key.replace('_', '-')}={value} must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.sb3_run:
+        sb3_run(json.loads(args.sb3_run))
+        return
+    if args.results_from:
+        write_results(json.loads(args.results_from.read_text()))
+        return
+    import torch
+
+    # This process runs the eval and collect parts; the script evaluates on its own threads.
+    torch.set_num_threads(args.infer_threads or args.threads)
+    info = machine_info()
+    info["loadavg_start"] = _loadavg()
+    info["library"] = library_used(args.threads)
+    if Path(info["library"]) != ROOT / "torchrl_crossq":
+        raise SystemExit(f"error: the script would import torchrl_crossq from {info['library']}")
+    budgets = {w: budget_for(w, args) for w in args.widths}
+    settings = {
+        "env": ENV_ID,
+        "threads": args.threads,
+        "infer_threads": args.infer_threads or args.threads,
+        "device": args.device,
+        "init_random_frames": args.init_random_frames,
+        "budgets": {w: asdict(b) for w, b in budgets.items()},
+        "hyperparameters": HYPERPARAMETERS,
+        "quick": args.quick,
+    }
+    allocator = ", ".join(f"{k}={v if v else 'unset'}" for k, v in info["allocator"].items())
+    print(f"# {info['cpu']}, {info['cores']} cores; {args.threads} torch thread(s) per "
+          f"contestant, one at a time; allocator: {allocator}")  # fmt: skip
+    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(f"# torchrl_crossq: {info['library']}; load average {info['loadavg_start']}")
+    print("# " + settings_line(settings)[2:])
+
+    training: list[dict] = []
+    if "train" in args.parts:
+        print("# training frames/s, evaluation off")
+        for width in args.widths:
+            for contestant in args.contestants:
+                training.append(train_one(contestant, width, budgets[width], args))
+    evaluation = collect = None
+    if "eval" in args.parts:
+        print(f"# evaluation cost: {args.eval_episodes} episodes of <= {args.eval_max_steps} steps")
+        evaluation = bench_eval(args)
+    if "collect" in args.parts:
+        print(f"# collection cost, one env, {args.collect_chunks} chunks of {args.collect_chunk}")
+        collect = bench_collect(args)
+    info["loadavg_end"] = _loadavg()
+    info["warning"] = busy_warning(info, training)
+    summary = summarise(training, evaluation, collect)
+    targets = check_targets(summary)
+    saved = {
+        "info": info,
+        "settings": settings,
+        "training": training,
+        "eval": evaluation,
+        "collect": collect,
+        "summary": summary,
+        "targets": targets,
+    }
+    if training:
+        print(*console_table(TRAINING_COLUMNS, training_rows(training)), sep="\n")
+    for t in targets:
+        print(f"# target {t['metric']} {t['target']}: {t['value']:.3f}, "
+              f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
+    print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
+    if info["warning"]:
+        print(f"# {info['warning']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(saved, indent=2))
+    if args.write_results:
+        write_results(saved)
+    for line in summary_lines(summary):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
