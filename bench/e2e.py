@@ -57,7 +57,13 @@ from update import _loadavg, machine_info  # noqa: E402
 
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-SECTION_START, SECTION_END = section_markers("bench/e2e.py")
+
+
+def sections(device: str) -> tuple[str, str]:
+    """The RESULTS.md markers: a CUDA run has its own section beside the CPU one."""
+    return section_markers("bench/e2e.py" if device == "cpu" else f"bench/e2e.py --device {device}")
+
+
 ENV_ID = "HalfCheetah-v5"
 ENV_GROUP = "halfcheetah"  # configs/env/halfcheetah.yaml
 SEED = 0
@@ -677,9 +683,12 @@ def write_results(saved: dict) -> None:
     info, settings, summary = saved["info"], saved["settings"], saved["summary"]
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
+    section_start, section_end = sections(settings["device"])
     lines = [
-        SECTION_START,
-        "## End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`)",
+        section_start,
+        "## End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`"
+        + ("" if settings["device"] == "cpu" else f", {settings['device']}")
+        + ")",
         "",
         f"- date: {info['date']}; commit {info['commit']}",
         f"- command: `{info['command']}`",
@@ -742,8 +751,8 @@ def write_results(saved: dict) -> None:
                 ],
             ),
         ]
-    lines += ["", "```", *summary_lines(summary), "```", SECTION_END]
-    write_section("\n".join(lines), SECTION_START, SECTION_END)
+    lines += ["", "```", *summary_lines(summary), "```", section_end]
+    write_section("\n".join(lines), section_start, section_end)
 
 
 # -- command line ------------------------------------------------------------------------------
