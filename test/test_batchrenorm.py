@@ -285,3 +285,10 @@ def test_without_affine_gradients_match_the_unbiased_batch_norm_formula():
     (brn(x) * probe).sum().backward()
     (expected * probe).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_warmup_schedule_is_plain_batch_norm_then_the_full_bounds():
+    brn = BatchRenorm1d(3, rmax=3.0, dmax=5.0, warmup_steps=2)
+    bounds = [tuple(float(b) for b in brn._warmup_schedule()) for _ in range(4)]
+    assert bounds == [(1.0, 0.0), (1.0, 0.0), (3.0, 5.0), (3.0, 5.0)]
+    assert int(brn.num_batches_tracked) == 2  # capped at warmup_steps

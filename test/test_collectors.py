@@ -8,7 +8,7 @@ from test_train_script import run
 from torchrl.data import Bounded
 
 from torchrl_crossq import make_actor
-from torchrl_crossq.collectors import make_collector
+from torchrl_crossq.collectors import PolicyWeightSync, make_collector
 from torchrl_crossq.envs import make_env
 
 
@@ -101,60 +101,24 @@ def test_episode_window_over_multi_async_batches_holds_the_newest_episodes():
 
 
 def test_unknown_backend_names_the_key_and_choices():
-    with pytest.raises(
-        ValueError, match=r"collector.backend=.threads. is not supported; use one of: sync"
-    ):
+    with pytest.raises(ValueError, match=r"^backend=.threads. is not supported; use one of: sync"):
         make_collector(
             make_env, None, seed=0, backend="threads", frames_per_batch=8, total_frames=8
         )
 
 
-def test_collector_state_is_none_for_worker_process_envs():
-    import functools
+class CountingCollector:
+    def __init__(self):
+        self.syncs = 0
 
-    from torchrl_crossq.collectors import collector_state, make_collector, restore_collector_state
-    from torchrl_crossq.envs import make_env
-
-    create = functools.partial(make_env, "Pendulum-v1", num_envs=2, vectorization="parallel")
-    collector = make_collector(create, None, seed=0, frames_per_batch=4, total_frames=8)
-    next(iter(collector))
-    assert collector_state(collector) is None  # ParallelEnv workers: not capturable
-    assert not restore_collector_state(collector, None)
-    collector.shutdown()
+    def update_policy_weights_(self):
+        self.syncs += 1
 
 
-def test_episode_recorder_replays_to_the_same_state():
-    import gymnasium as gym
-    import numpy as np
-
-    from torchrl_crossq.envs import EpisodeRecorder
-
-    env = EpisodeRecorder(gym.make("HalfCheetah-v5"))
-    env.reset(seed=0)
-    env.step(env.action_space.sample())
-    env.reset()  # an unseeded reset: the env RNG's state before it is what counts
-    for _ in range(5):
-        env.step(env.action_space.sample())
-    state = env.episode_state()
-    expected = env.step(np.full(6, 0.3, np.float32))[0]
-    other = EpisodeRecorder(gym.make("HalfCheetah-v5"))
-    other.reset(seed=123)
-    other.restore_episode(state)
-    np.testing.assert_array_equal(other.step(np.full(6, 0.3, np.float32))[0], expected)
-
-
-def test_an_episode_too_long_to_replay_is_not_recorded():
-    import gymnasium as gym
-
-    from torchrl_crossq.envs import EpisodeRecorder
-
-    env = EpisodeRecorder(gym.make("Pendulum-v1"))
-    env.max_steps = 3
-    env.reset(seed=0)
-    for _ in range(3):
-        env.step(env.action_space.sample())
-    assert len(env.episode_state()["actions"]) == 3
-    env.step(env.action_space.sample())
-    assert env.episode_state() is None
-    env.reset()
-    assert env.episode_state()["actions"] == []
+@pytest.mark.parametrize("backend, every, syncs", [("sync", 1, 0), ("multi_sync", 2, 3)])
+def test_policy_weight_sync_refreshes_worker_copies_every_n_rounds(backend, every, syncs):
+    collector = CountingCollector()
+    sync = PolicyWeightSync(collector, backend=backend, every=every)
+    for _ in range(6):
+        sync.after_updates()
+    assert collector.syncs == syncs

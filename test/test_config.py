@@ -10,14 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 from test_train_script import CONFIGS, TINY, compose_config, load_script
 
 from torchrl_crossq import config
-from torchrl_crossq.config import (
-    CHOICES,
-    ConfigError,
-    prepare_run,
-    replay_buffer_kwargs,
-    validate,
-)
-from torchrl_crossq.data import CachedStorage, make_replay_buffer
+from torchrl_crossq.config import CHOICES, ConfigError, prepare_run, validate
+from torchrl_crossq.data import CachedStorage
+from torchrl_crossq.from_config import make_replay_buffer_from_config
 
 PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 # TINY without its env: each preset runs on its own env (embodied: Meta-World in EnvPool).
@@ -151,12 +146,12 @@ def test_a_replay_buffer_key_that_could_not_act_names_itself(overrides, message)
 def test_pin_memory_without_a_cuda_disk_storage_names_the_key(tmp_path):
     cfg = validate(compose_config(["algorithm.replay_buffer.pin_memory=true", "device=cpu"]))
     with pytest.raises(ConfigError, match=r"^algorithm.replay_buffer.pin_memory=True needs"):
-        replay_buffer_kwargs(cfg, tmp_path, torch.device("cpu"))
+        make_replay_buffer_from_config(cfg, tmp_path, torch.device("cpu"))
 
 
 def test_embodied_preset_caches_the_window_of_a_disk_buffer_in_the_run_dir(tmp_path):
     cfg = validate(compose_config(["experiment=embodied"]))
-    buffer = make_replay_buffer(**replay_buffer_kwargs(cfg, tmp_path, torch.device("cpu")))
+    buffer = make_replay_buffer_from_config(cfg, tmp_path, torch.device("cpu"))
     assert isinstance(buffer._storage, CachedStorage)
     assert buffer._storage.cache_size == cfg.algorithm.replay_buffer.sample_window_size
     assert Path(buffer._storage.disk.scratch_dir) == tmp_path / "replay"
@@ -255,3 +250,37 @@ def test_resume_of_a_run_saved_with_keys_that_never_acted(tmp_path):
     rb = cfg.algorithm.replay_buffer
     assert "library" not in cfg.env and "categorical_action_encoding" not in cfg.env
     assert (rb.storage, rb.enable_cache, rb.cache_size) == ("memory", False, 0)
+
+
+def test_choice_lists_are_the_library_lists():
+    from torchrl_crossq.collectors import COLLECTOR_BACKENDS
+    from torchrl_crossq.data.sampler import WINDOW_UNITS
+    from torchrl_crossq.envs import ENV_BACKENDS
+    from torchrl_crossq.logging import LOGGER_BACKENDS
+    from torchrl_crossq.objectives.crossq import Q_HEAD_TYPES
+
+    assert CHOICES["collector.backend"] is COLLECTOR_BACKENDS
+    assert CHOICES["logger.backend"] is LOGGER_BACKENDS
+    assert CHOICES["env.backend"] is ENV_BACKENDS
+    assert CHOICES["algorithm.q_head_type"] is Q_HEAD_TYPES
+    assert CHOICES["algorithm.replay_buffer.window_unit"] is WINDOW_UNITS
+
+
+def test_brn_warmup_has_a_name_that_says_brn():
+    from torchrl_crossq.from_config import brn_warmup_steps
+
+    cfg = validate(compose_config(["network.brn_warmup_steps=7"]))
+    assert brn_warmup_steps(cfg) == 7
+    old = validate(compose_config(["network.warmup_steps=9"]))
+    with pytest.warns(FutureWarning, match=r"network.warmup_steps is deprecated.*brn_warmup_steps"):
+        assert brn_warmup_steps(old) == 9
+
+
+def test_resume_of_a_run_saved_with_the_old_brn_warmup_key_keeps_its_value(tmp_path):
+    run_dir = saved_run(tmp_path)
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    del saved.network["brn_warmup_steps"]
+    saved.network.warmup_steps = 123  # as runs were saved before the key was renamed
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    cfg = resume(run_dir)
+    assert (cfg.network.brn_warmup_steps, cfg.network.warmup_steps) == (123, None)

@@ -252,7 +252,7 @@ def test_default_install_envs_work_without_the_extra(without):
 
 
 def test_numpy_float_success_from_envpool_is_read_as_bool():
-    from torchrl_crossq.threaded_env import EnvPoolEnv
+    from torchrl_crossq.envpool_env import EnvPoolEnv
 
     class Fake:
         _read_success = True

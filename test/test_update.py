@@ -103,7 +103,7 @@ def test_updater_state_dict_round_trip(action_spec):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match", [({"tau": 0.0}, "tau"), ({"tau": 0.1, "every": 0}, "target_update_freq")]
+    "kwargs, match", [({"tau": 0.0}, "tau"), ({"tau": 0.1, "every": 0}, "every=0")]
 )
 def test_soft_update_rejects_bad_values(action_spec, kwargs, match):
     with pytest.raises(ValueError, match=match):

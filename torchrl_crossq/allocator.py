@@ -1,4 +1,4 @@
-"""Process-level allocator tuning for CPU training (see shared perf notes)."""
+"""Process-level allocator tuning for CPU training: freed activations stay mapped."""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""Checkpoints: atomic writes, the last K kept, corrupted files detected."""
+"""Checkpoints and resume: what a checkpoint holds, and how a run continues from one.
+
+:class:`RunCheckpoints` is the whole story of a training run's checkpoints: what is saved, what is
+put back and what is forgotten on resume. Below it: atomic checkpoint folders of which the newest
+``keep`` are kept and a corrupted one is detected (:func:`save_checkpoint`,
+:func:`load_latest_checkpoint`), the global random states, and the state of in-process envs
+(:class:`EpisodeRecorder`, :func:`collector_state`) that lets a resumed run continue their
+episodes exactly.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from torchrl.collectors import BaseCollector
+from torchrl.envs import EnvBase, GymWrapper, SerialEnv, TransformedEnv
+from torchrl.record.loggers import Logger
+
+from torchrl_crossq.logging import EvalHistory, logger_run_id
 
 _NAME = re.compile(r"^ckpt_(\d{12})$")
 
@@ -83,6 +97,16 @@ class CheckpointError(RuntimeError):
     """A run has checkpoints, and none of them can be loaded."""
 
 
+class EnvMismatchError(CheckpointError):
+    """A checkpoint made for other observation/action sizes than the env's."""
+
+    def __init__(self, path: str, saved: tuple[int, int], current: tuple[int, int]) -> None:
+        self.saved, self.current = saved, current
+        super().__init__(
+            f"{path} was made for observation/action sizes {saved}; the env has {current}"
+        )
+
+
 def load_latest_checkpoint(directory: str | Path, *, replay_buffer=None) -> dict[str, Any] | None:
     """Loads the newest readable checkpoint; a corrupted one is reported and the previous one used.
 
@@ -144,3 +168,202 @@ class StopOnSignal:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class RunCheckpoints:
+    """What a checkpoint of a training run holds, and how the run continues from one.
+
+    ``<run_dir>/checkpoints/ckpt_<frames>/`` holds the loss (networks, temperature,
+    BatchRenorm statistics), the updater (optimisers, schedules, counters), the replay
+    buffer, the global random states, the frame count, the env's observation/action sizes,
+    the logger's run id (wandb) and, when the envs run in this process, the collector's next
+    step and how each env's current episode came about (:func:`collector_state`). With all of
+    them a resumed run logs the same losses as an uninterrupted one; envs in worker processes
+    or EnvPool start new episodes instead.
+
+    A resumed run forgets what was logged after its checkpoint (``eval.csv`` and CSV-logger
+    rows), since it logs those steps again.
+
+    Args:
+        run_dir: the run directory.
+
+    Keyword Args:
+        loss: the loss module (its ``state_dict`` holds networks and temperature).
+        updater: the :class:`~torchrl_crossq.CrossQUpdater`.
+        replay_buffer: the replay buffer, dumped into each checkpoint.
+        env_dims: ``(observation size, action size)``; a checkpoint of other sizes is refused.
+        keep: checkpoints kept on disk.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        loss: torch.nn.Module,
+        updater,
+        replay_buffer,
+        env_dims: tuple[int, int],
+        keep: int = 2,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.directory = self.run_dir / "checkpoints"
+        self.loss = loss
+        self.updater = updater
+        self.replay_buffer = replay_buffer
+        self.env_dims = tuple(env_dims)
+        self.keep = keep
+        self.logger_id: str | None = None
+        self._resumed: dict[str, Any] | None = None
+
+    def start(self, *, resume: bool) -> int:
+        """The frame count the run starts from: the newest checkpoint's with ``resume``, else 0.
+
+        Loads that checkpoint into the loss, the updater and the replay buffer, and forgets
+        what was logged after it. Raises :class:`CheckpointError` when checkpoints exist and
+        none loads, :class:`EnvMismatchError` when the newest was made for other env sizes.
+        """
+        frames, state = 0, None
+        if resume:
+            state = load_latest_checkpoint(self.directory, replay_buffer=self.replay_buffer)
+        if state is not None:
+            saved_dims = tuple(state.get("env_dims", self.env_dims))
+            if saved_dims != self.env_dims:
+                raise EnvMismatchError(state["path"], saved_dims, self.env_dims)
+            self.loss.load_state_dict(state["loss"])
+            self.updater.load_state_dict(state["updater"])
+            frames, self.logger_id = state["frames"], state.get("logger_id")
+            self._resumed = state
+            print(f"resumed from {state['path']} at {frames} frames")
+        EvalHistory(self.run_dir / "eval.csv").truncate(frames)
+        truncate_csv_logs(self.run_dir / "logs", frames)
+        return frames
+
+    def restore_collector(self, collector: BaseCollector) -> None:
+        """Continues the checkpoint's env episodes in ``collector``, then restores the random
+        states (last: building the collector may draw random numbers). Nothing on a new run."""
+        if self._resumed is None:
+            return
+        if not restore_collector_state(collector, self._resumed.get("collector")):
+            print("resume: the envs start new episodes (their state was not checkpointed)")
+        set_rng_state(self._resumed["rng"])
+        self._resumed = None
+
+    def save(self, frames: int, *, collector: BaseCollector, logger: Logger | None) -> Path:
+        """Writes the checkpoint of ``frames`` (see the class docstring for what it holds)."""
+        self.logger_id = logger_run_id(logger) or self.logger_id
+        state = {
+            "loss": self.loss.state_dict(),
+            "updater": self.updater.state_dict(),
+            "rng": rng_state(),
+            "frames": frames,
+            "env_dims": self.env_dims,
+            "logger_id": self.logger_id,
+            "collector": collector_state(collector),
+        }
+        return save_checkpoint(
+            self.directory, frames, state, replay_buffer=self.replay_buffer, keep=self.keep
+        )
+
+
+def truncate_csv_logs(log_dir: str | Path, frames: int) -> None:
+    """Drops CSV-logger rows logged after ``frames``, so a resumed run does not log steps twice.
+
+    TorchRL's ``CSVLogger`` writes ``<log_dir>/<exp>/scalars/<name>.csv`` with ``step,value`` rows.
+    """
+    for path in Path(log_dir).rglob("scalars/**/*.csv"):
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line and int(float(line.split(",", 1)[0])) <= frames]
+        if len(kept) != len(lines):
+            path.write_text("".join(f"{line}\n" for line in kept))
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Records how the current episode came about, so that a resumed run can rebuild it exactly.
+
+    A simulator's state (MuJoCo's qpos/qvel/warm start, wrapper counters, RNG) is
+    not generally serialisable, but gymnasium tasks are deterministic given the
+    reset's seed (or the env RNG's state before the reset) and the actions taken
+    since. :meth:`episode_state` returns those; :meth:`restore_episode` replays
+    them and leaves the env exactly where it was, time limit counter included.
+    Episodes longer than ``max_steps`` (envs without a time limit) stop being
+    recorded: :meth:`episode_state` then returns ``None``.
+    """
+
+    max_steps = 100_000
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        rng = None if seed is not None else self.unwrapped.np_random.bit_generator.state
+        self._episode = {"seed": seed, "options": options, "rng": rng}
+        self._actions: list[np.ndarray] | None = []
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self._actions is not None:
+            self._actions.append(np.array(action, copy=True))
+            if len(self._actions) > self.max_steps:
+                self._actions = None  # too long to replay: not resumable mid-episode
+        return self.env.step(action)
+
+    def episode_state(self) -> dict | None:
+        if self._actions is None:
+            return None
+        return {**self._episode, "actions": list(self._actions)}
+
+    def restore_episode(self, state: dict) -> None:
+        if state["rng"] is not None:
+            self.unwrapped.np_random.bit_generator.state = state["rng"]
+        self.reset(seed=state["seed"], options=state["options"])
+        for action in state["actions"]:
+            self.step(action)
+
+
+def _in_process_recorders(env: EnvBase) -> list[EpisodeRecorder] | None:
+    """The :class:`EpisodeRecorder` of each env copy, when all run in this process."""
+    base = env.base_env if isinstance(env, TransformedEnv) else env
+    if base.is_closed:  # shut down with the collector
+        return None
+    # (a SerialEnv's __getattr__ forwards unknown names to its envs: read its own dict)
+    copies = list(vars(base).get("_envs") or []) if isinstance(base, SerialEnv) else [base]
+    if not copies:
+        return None
+    copies = [c.base_env if isinstance(c, TransformedEnv) else c for c in copies]
+    if not all(isinstance(c, GymWrapper) and isinstance(c._env, EpisodeRecorder) for c in copies):
+        return None  # worker processes (ParallelEnv), EnvPool threads: not capturable
+    return [c._env for c in copies]
+
+
+def collector_state(collector: BaseCollector) -> dict | None:
+    """What a resumed run needs to continue collection exactly where this one is.
+
+    The collector's carrier (the next step's input: observation, step count, episode
+    return...; TorchRL keeps it in the private ``_carrier``) and, for each env copy, how its
+    current episode came about (see :class:`EpisodeRecorder`). ``None`` when the envs are not
+    in this process (``ParallelEnv`` workers, EnvPool, multi-process or Ray collectors): a run
+    resumed from such a checkpoint starts new episodes.
+    """
+    carrier = getattr(collector, "_carrier", None)
+    env = getattr(collector, "env", None)
+    if carrier is None or not isinstance(env, EnvBase):
+        return None
+    recorders = _in_process_recorders(env)
+    if recorders is None:
+        return None
+    episodes = [r.episode_state() for r in recorders]
+    if any(episode is None for episode in episodes):
+        return None
+    return {"carrier": carrier.clone(), "episodes": episodes}
+
+
+def restore_collector_state(collector: BaseCollector, state: dict | None) -> bool:
+    """Puts a :func:`collector_state` back; ``False`` (nothing changed) when it does not apply."""
+    if state is None or getattr(collector, "_carrier", None) is None:
+        return False
+    recorders = _in_process_recorders(collector.env)
+    if recorders is None or len(recorders) != len(state["episodes"]):
+        return False
+    if state["carrier"].batch_size != collector._carrier.batch_size:
+        return False
+    for recorder, episode in zip(recorders, state["episodes"], strict=True):
+        recorder.restore_episode(episode)
+    collector._carrier = state["carrier"].clone()
+    return True

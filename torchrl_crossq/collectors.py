@@ -41,8 +41,9 @@ def make_collector(
       collectors; joins the cluster at ``ray_address`` or starts a local one
       (with ``ray_num_cpus`` CPUs). Needs the ``distributed`` extra.
 
-    Worker copies of the policy are refreshed by ``collector.update_policy_weights_()``,
-    which the training loop calls after its updates; the loop is the same for every backend.
+    Worker copies of the policy are refreshed by :class:`PolicyWeightSync` after the
+    learner's updates; the training loop is the same for every backend. ``multi_sync`` and
+    ``ray`` split a batch evenly over the workers (TorchRL rounds an uneven split up).
 
     Examples:
         >>> import functools
@@ -56,11 +57,10 @@ def make_collector(
     """
     if backend not in COLLECTOR_BACKENDS:
         raise ValueError(
-            f"collector.backend={backend!r} is not supported; use one of: "
-            f"{', '.join(COLLECTOR_BACKENDS)}"
+            f"backend={backend!r} is not supported; use one of: {', '.join(COLLECTOR_BACKENDS)}"
         )
     if num_workers < 1:
-        raise ValueError(f"collector.num_workers={num_workers} must be >= 1")
+        raise ValueError(f"num_workers={num_workers} must be >= 1")
     common = {
         "frames_per_batch": frames_per_batch,
         "total_frames": total_frames,
@@ -76,11 +76,6 @@ def make_collector(
     if backend == "sync":
         return Collector(env_fns[0](), policy, auto_register_policy_transforms=False, **common)
     if backend in ("multi_sync", "multi_async"):
-        if frames_per_batch % num_workers and backend == "multi_sync":
-            raise ValueError(
-                f"collector.frames_per_batch={frames_per_batch} must be a multiple of "
-                f"collector.num_workers={num_workers} with backend multi_sync"
-            )
         return Collector(
             env_fns,
             policy,
@@ -93,9 +88,7 @@ def make_collector(
         import ray  # noqa: F401
         from torchrl.collectors.distributed import RayCollector
     except ImportError as err:
-        raise ImportError(
-            "collector.backend=ray needs Ray: pip install -e '.[distributed]'"
-        ) from err
+        raise ImportError("backend='ray' needs Ray: pip install -e '.[distributed]'") from err
     ray_init_config = {"address": ray_address} if ray_address else {"num_cpus": ray_num_cpus}
     return RayCollector(
         env_fns,
@@ -108,57 +101,30 @@ def make_collector(
     )
 
 
-def _in_process_recorders(env: EnvBase) -> list | None:
-    """The :class:`~torchrl_crossq.envs.EpisodeRecorder` of each env copy, when all run here."""
-    from torchrl.envs import GymWrapper, SerialEnv, TransformedEnv
+class PolicyWeightSync:
+    """Refreshes the workers' copies of the policy after every ``every``-th round of updates.
 
-    from torchrl_crossq.envs import EpisodeRecorder
+    With the ``"sync"`` backend the collector acts with the learner's own policy object:
+    there is no copy to refresh.
 
-    base = env.base_env if isinstance(env, TransformedEnv) else env
-    if base.is_closed:  # shut down with the collector
-        return None
-    # (a SerialEnv's __getattr__ forwards unknown names to its envs: read its own dict)
-    copies = list(vars(base).get("_envs") or []) if isinstance(base, SerialEnv) else [base]
-    if not copies:
-        return None
-    copies = [c.base_env if isinstance(c, TransformedEnv) else c for c in copies]
-    if not all(isinstance(c, GymWrapper) and isinstance(c._env, EpisodeRecorder) for c in copies):
-        return None  # worker processes (ParallelEnv), EnvPool threads: not capturable
-    return [c._env for c in copies]
+    Args:
+        collector: a collector from :func:`make_collector`.
 
-
-def collector_state(collector: BaseCollector) -> dict | None:
-    """What a resumed run needs to continue collection exactly where this one is.
-
-    The collector's carrier (the next step's input: observation, step count, episode
-    return...) and, for each env copy, how its current episode came about (see
-    :class:`~torchrl_crossq.envs.EpisodeRecorder`). ``None`` when the envs are not
-    in this process (``ParallelEnv`` workers, EnvPool, multi-process or Ray
-    collectors): a run resumed from such a checkpoint starts new episodes.
+    Keyword Args:
+        backend: the collector's backend.
+        every: rounds of updates between refreshes (>= 1).
     """
-    carrier = getattr(collector, "_carrier", None)
-    env = getattr(collector, "env", None)
-    if carrier is None or not isinstance(env, EnvBase):
-        return None
-    recorders = _in_process_recorders(env)
-    if recorders is None:
-        return None
-    episodes = [r.episode_state() for r in recorders]
-    if any(episode is None for episode in episodes):
-        return None
-    return {"carrier": carrier.clone(), "episodes": episodes}
 
+    def __init__(self, collector: BaseCollector, *, backend: str, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every={every} must be >= 1")
+        self.collector = collector
+        self.has_copies = backend != "sync"
+        self.every = every
+        self.rounds = 0
 
-def restore_collector_state(collector: BaseCollector, state: dict | None) -> bool:
-    """Puts a :func:`collector_state` back; ``False`` (nothing changed) when it does not apply."""
-    if state is None or getattr(collector, "_carrier", None) is None:
-        return False
-    recorders = _in_process_recorders(collector.env)
-    if recorders is None or len(recorders) != len(state["episodes"]):
-        return False
-    if state["carrier"].batch_size != collector._carrier.batch_size:
-        return False
-    for recorder, episode in zip(recorders, state["episodes"], strict=True):
-        recorder.restore_episode(episode)
-    collector._carrier = state["carrier"].clone()
-    return True
+    def after_updates(self) -> None:
+        """Counts one round of updates; refreshes the copies on every ``every``-th."""
+        self.rounds += 1
+        if self.has_copies and self.rounds % self.every == 0:
+            self.collector.update_policy_weights_()

@@ -23,10 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+
+from torchrl_crossq.collectors import COLLECTOR_BACKENDS
+from torchrl_crossq.data.replay import STORAGE_KINDS
+from torchrl_crossq.data.sampler import WINDOW_UNITS
+from torchrl_crossq.envs import ENV_BACKENDS, VECTORIZATIONS
+from torchrl_crossq.logging import LOGGER_BACKENDS
+from torchrl_crossq.modules.networks import NORMS
+from torchrl_crossq.objectives.crossq import AGG_Q, BOOTSTRAP_TYPES, Q_HEAD_TYPES
+from torchrl_crossq.objectives.entropy import ALPHA_TYPES
+from torchrl_crossq.objectives.update import LR_SCHEDULERS, NONFINITE_POLICIES, PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -82,7 +91,8 @@ class NetworkConfig:
     batch_norm_eps: float = 1.0e-3
     rmax: float = 3.0
     dmax: float = 5.0
-    warmup_steps: int = 100_000  # paper: 100k BRN warmup steps
+    brn_warmup_steps: int = 100_000  # paper: 100k training forwards of plain batch norm
+    warmup_steps: int | None = None  # deprecated alias of brn_warmup_steps (a warning says so)
 
 
 @dataclass
@@ -186,27 +196,30 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="crossq_schema", node=Config)
 
 
-# Enumerated keys and the values each accepts.
+# The loss's reduction for each algorithm.loss_agg_func (the embodied block's names).
+LOSS_AGG_FUNCS = {"token-mean": "mean", "sum": "sum"}
+
+# Enumerated keys and the values each accepts: the library's lists, plus the config's own.
 CHOICES: dict[str, tuple] = {
     "device": ("auto", "cpu", "cuda"),
-    "precision": ("fp32", "bf16"),
-    "on_nonfinite": ("raise", "skip"),
-    "env.backend": ("gymnasium", "envpool"),
-    "env.vectorization": ("parallel", "serial"),
-    "collector.backend": ("sync", "multi_sync", "multi_async", "ray"),
-    "network.norm": ("auto", "brn", "none"),
+    "precision": PRECISIONS,
+    "on_nonfinite": tuple(p for p in NONFINITE_POLICIES if p is not None),
+    "env.backend": ENV_BACKENDS,
+    "env.vectorization": VECTORIZATIONS,
+    "collector.backend": COLLECTOR_BACKENDS,
+    "network.norm": ("auto", *(norm or "none" for norm in NORMS)),
     "algorithm.group_size": (1,),
-    "algorithm.agg_q": ("min", "mean"),
+    "algorithm.agg_q": AGG_Q,
     "algorithm.adv_type": ("embodied_sac",),
     "algorithm.loss_type": ("embodied_sac",),
-    "algorithm.loss_agg_func": ("token-mean", "sum"),
-    "algorithm.q_head_type": ("crossq", "default"),
-    "algorithm.bootstrap_type": ("standard", "always"),
-    "algorithm.entropy_tuning.alpha_type": ("exp", "softplus", "fixed_alpha"),
-    "algorithm.entropy_tuning.optim.lr_scheduler": ("torch_constant", "cosine", "linear_warmup"),
-    "algorithm.replay_buffer.storage": ("memory", "disk"),
-    "algorithm.replay_buffer.window_unit": ("trajectory", "episode", "transition"),
-    "logger.backend": ("wandb", "csv", "tensorboard", "none"),
+    "algorithm.loss_agg_func": tuple(LOSS_AGG_FUNCS),
+    "algorithm.q_head_type": Q_HEAD_TYPES,
+    "algorithm.bootstrap_type": BOOTSTRAP_TYPES,
+    "algorithm.entropy_tuning.alpha_type": ALPHA_TYPES,
+    "algorithm.entropy_tuning.optim.lr_scheduler": LR_SCHEDULERS,
+    "algorithm.replay_buffer.storage": STORAGE_KINDS,
+    "algorithm.replay_buffer.window_unit": WINDOW_UNITS,
+    "logger.backend": LOGGER_BACKENDS,
     "logger.mode": ("offline", "online", "disabled"),
 }
 
@@ -234,7 +247,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "collector.init_random_frames",
     "optim.weight_decay",
-    "network.warmup_steps",
+    "network.brn_warmup_steps",
     "network.dmax",
     "algorithm.replay_buffer.cache_size",
     "algorithm.replay_buffer.min_buffer_size",
@@ -322,10 +335,9 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"collector.backend={cfg.collector.backend} (each worker fills an equal share)"
         )
     _validate_replay_buffer(cfg.algorithm.replay_buffer)
-    if cfg.cudagraphs and not cfg.compile:
-        raise ConfigError(
-            "cudagraphs=true needs compile=true (CUDA graphs are captured by torch.compile)"
-        )
+    warmup_alias = cfg.network.warmup_steps
+    if warmup_alias is not None and not warmup_alias >= 0:
+        raise ConfigError(f"network.warmup_steps={warmup_alias!r} must be >= 0")
     return cfg
 
 
@@ -361,79 +373,6 @@ def _validate_replay_buffer(rb: DictConfig) -> None:
                 f"{prefix}.{key}={rb[key]} exceeds {prefix}.size={rb.size} transitions; use at "
                 "most the capacity"
             )
-
-
-def resolve_norm(cfg: DictConfig) -> str | None:
-    """``network.norm`` with ``auto`` resolved: BRN for the CrossQ head, none for the SAC head."""
-    norm = cfg.network.norm
-    if norm == "auto":
-        norm = "brn" if cfg.algorithm.q_head_type == "crossq" else "none"
-    return None if norm == "none" else norm
-
-
-def norm_kwargs(cfg: DictConfig) -> dict:
-    """Keyword arguments of :class:`~torchrl_crossq.BatchRenorm1d` from ``network``."""
-    net = cfg.network
-    return {
-        "momentum": net.batch_norm_momentum,
-        "eps": net.batch_norm_eps,
-        "rmax": net.rmax,
-        "dmax": net.dmax,
-        "warmup_steps": net.warmup_steps,
-    }
-
-
-def loss_kwargs(cfg: DictConfig) -> dict:
-    """Keyword arguments of :class:`~torchrl_crossq.CrossQLoss` from ``algorithm``."""
-    algo = cfg.algorithm
-    target_entropy = algo.entropy_tuning.target_entropy
-    return {
-        "q_head_type": algo.q_head_type,
-        "agg_q": algo.agg_q,
-        "bootstrap_type": algo.bootstrap_type,
-        "alpha_type": algo.entropy_tuning.alpha_type,
-        "initial_alpha": algo.entropy_tuning.initial_alpha,
-        "target_entropy": target_entropy if target_entropy == "auto" else float(target_entropy),
-        "reduction": "mean" if algo.loss_agg_func == "token-mean" else "sum",
-    }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but CUDA is not available; use one of: auto, cpu")
-    return torch.device(device)
-
-
-def replay_buffer_kwargs(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict:
-    """Keyword arguments of :func:`~torchrl_crossq.data.make_replay_buffer`."""
-    rb = cfg.algorithm.replay_buffer
-    scratch_dir = rb.scratch_dir  # validate() allows one only with storage=disk
-    if rb.storage == "disk" and scratch_dir is None:
-        scratch_dir = str(run_dir / "replay")
-    if rb.pin_memory and not (rb.storage == "disk" and device.type == "cuda"):
-        raise ConfigError(
-            f"algorithm.replay_buffer.pin_memory=True needs storage=disk and a CUDA device "
-            f"(batches copied from host memory); got storage={rb.storage!r}, device={device}: "
-            "use pin_memory=false"
-        )
-    return {
-        "capacity": rb.size,
-        "batch_size": cfg.optim.batch_size,
-        "storage": rb.storage,
-        "scratch_dir": scratch_dir,
-        "sample_window_size": rb.sample_window_size,
-        "window_unit": rb.window_unit,
-        "enable_cache": rb.enable_cache,
-        "cache_size": rb.cache_size,
-        "min_buffer_size": rb.min_buffer_size,
-        "prefetch": rb.prefetch,
-        "pin_memory": rb.pin_memory,
-        "device": device if device.type == "cuda" else None,
-        "seed": cfg.seed,
-    }
 
 
 # Keys that a resumed run takes from the command line: how far the run goes, what it records
@@ -563,12 +502,16 @@ def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 
 def _drop_what_never_acted(stored: DictConfig) -> None:
-    """Earlier versions saved keys that had no effect; they go, so that the run resumes as it ran.
+    """Reads a config.yaml of an earlier version as the schema has it, so the run resumes as it ran.
 
-    ``env.library`` and ``env.categorical_action_encoding`` left the schema; the replay buffer's
-    cache and scratch directory acted only with ``storage: disk`` (and ``cache_size`` only with
-    ``enable_cache``), and are now errors elsewhere.
+    Keys that had no effect go: ``env.library`` and ``env.categorical_action_encoding`` left the
+    schema; the replay buffer's cache and scratch directory act only with ``storage: disk`` (and
+    ``cache_size`` only with ``enable_cache``), and are errors elsewhere. ``network.warmup_steps``
+    is read as ``network.brn_warmup_steps``.
     """
+    network = stored.get("network") or {}
+    if network.get("warmup_steps") is not None:
+        network["brn_warmup_steps"] = network.pop("warmup_steps")
     env = stored.get("env") or {}
     for key in ("library", "categorical_action_encoding"):
         env.pop(key, None)

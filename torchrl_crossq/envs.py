@@ -8,7 +8,6 @@ import functools
 from typing import NamedTuple
 
 import gymnasium as gym
-import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite
@@ -26,14 +25,14 @@ from torchrl.envs import (
 from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from torchrl_crossq.checkpoint import EpisodeRecorder
+from torchrl_crossq.envpool_env import SUCCESS_KEY, EnvPoolEnv
 from torchrl_crossq.modules.networks import set_training_mode
-from torchrl_crossq.threaded_env import EnvPoolEnv
 
 VECTORIZATIONS = ("parallel", "serial")
 ENV_BACKENDS = ("gymnasium", "envpool")
 # env.name of the Meta-World single-task group; env.task names the task.
 METAWORLD = "Meta-World/MT1"
-SUCCESS_KEY = "success"
 EMBODIED_INSTALL = "pip install -e '.[embodied]'"
 
 
@@ -152,46 +151,6 @@ def _make_single_env(name: str, task: str | None, max_episode_steps: int | None,
     if name == METAWORLD:
         env.set_info_dict_reader(SuccessReader())
     return env
-
-
-class EpisodeRecorder(gym.Wrapper):
-    """Records how the current episode came about, so that a resumed run can rebuild it exactly.
-
-    A simulator's state (MuJoCo's qpos/qvel/warm start, wrapper counters, RNG) is
-    not generally serialisable, but gymnasium tasks are deterministic given the
-    reset's seed (or the env RNG's state before the reset) and the actions taken
-    since. :meth:`episode_state` returns those; :meth:`restore_episode` replays
-    them and leaves the env exactly where it was, time limit counter included.
-    Episodes longer than ``max_steps`` (envs without a time limit) stop being
-    recorded: :meth:`episode_state` then returns ``None``.
-    """
-
-    max_steps = 100_000
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        rng = None if seed is not None else self.unwrapped.np_random.bit_generator.state
-        self._episode = {"seed": seed, "options": options, "rng": rng}
-        self._actions: list[np.ndarray] | None = []
-        return self.env.reset(seed=seed, options=options)
-
-    def step(self, action):
-        if self._actions is not None:
-            self._actions.append(np.array(action, copy=True))
-            if len(self._actions) > self.max_steps:
-                self._actions = None  # too long to replay: not resumable mid-episode
-        return self.env.step(action)
-
-    def episode_state(self) -> dict | None:
-        if self._actions is None:
-            return None
-        return {**self._episode, "actions": list(self._actions)}
-
-    def restore_episode(self, state: dict) -> None:
-        if state["rng"] is not None:
-            self.unwrapped.np_random.bit_generator.state = state["rng"]
-        self.reset(seed=state["seed"], options=state["options"])
-        for action in state["actions"]:
-            self.step(action)
 
 
 class SuccessReader(BaseInfoDictReader):

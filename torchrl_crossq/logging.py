@@ -1,15 +1,51 @@
-"""Logger factory (TorchRL loggers), metric history and the learning-curve plot."""
+"""Logging: TorchRL loggers, the training-metrics window, the progress bar, evaluation
+history and the learning-curve plot."""
 
 from __future__ import annotations
 
 import csv
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchrl.record.loggers import CSVLogger, Logger, TensorboardLogger, WandbLogger
+import numpy as np
+import torch
+import tqdm
+from tensordict import TensorDictBase
+from torchrl.record.loggers import Logger, WandbLogger, get_logger
 
-LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "none")
+
+def _in_logs_dir(run_dir: Path, **_) -> dict:
+    return {"logger_name": str(run_dir / "logs")}
+
+
+def _tensorboard(run_dir: Path, **_) -> dict:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "backend='tensorboard' needs the tensorboard package: pip install tensorboard"
+        ) from err
+    return _in_logs_dir(run_dir)
+
+
+def _wandb(run_dir: Path, *, project_name: str, wandb_mode: str, run_id: str | None) -> dict:
+    wandb_kwargs = {
+        "offline": wandb_mode == "offline",
+        "project": project_name,
+        "id": run_id,
+        "mode": wandb_mode,
+        "resume": "allow" if run_id else None,
+        "log_env_packages": False,
+    }
+    return {"logger_name": str(run_dir), "wandb_kwargs": wandb_kwargs}
+
+
+# TorchRL's get_logger builds each backend; this table says where it writes and with which
+# options. A new backend (mlflow, trackio...) is one entry here.
+_LOGGER_OPTIONS = {"wandb": _wandb, "csv": _in_logs_dir, "tensorboard": _tensorboard}
+LOGGER_BACKENDS = (*_LOGGER_OPTIONS, "none")
 
 
 def make_logger(
@@ -24,39 +60,29 @@ def make_logger(
     """A TorchRL logger writing under ``run_dir`` (``None`` for ``backend="none"``).
 
     wandb runs offline by default (no network); ``run_id`` continues a run on resume.
+    End it with :func:`close_logger`.
 
     Examples:
         >>> import tempfile
         >>> logger = make_logger("csv", tempfile.mkdtemp(), exp_name="demo")
         >>> logger.log_scalar("train/loss_qvalue", 1.0, step=0)
     """
-    run_dir = Path(run_dir)
     if backend == "none":
         return None
-    if backend == "csv":
-        return CSVLogger(exp_name=exp_name, log_dir=str(run_dir / "logs"))
-    if backend == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError as err:
-            raise ImportError(
-                "logger.backend=tensorboard needs the tensorboard package: pip install tensorboard"
-            ) from err
-        return TensorboardLogger(exp_name=exp_name, log_dir=str(run_dir / "logs"))
-    if backend == "wandb":
-        return WandbLogger(
-            exp_name=exp_name,
-            offline=wandb_mode == "offline",
-            save_dir=str(run_dir),
-            project=project_name,
-            id=run_id,
-            mode=wandb_mode,
-            resume="allow" if run_id else None,
-            log_env_packages=False,
+    if backend not in _LOGGER_OPTIONS:
+        raise ValueError(
+            f"backend={backend!r} is not supported; use one of: {', '.join(LOGGER_BACKENDS)}"
         )
-    raise ValueError(
-        f"logger.backend={backend!r} is not supported; use one of: {', '.join(LOGGER_BACKENDS)}"
+    options = _LOGGER_OPTIONS[backend](
+        Path(run_dir), project_name=project_name, wandb_mode=wandb_mode, run_id=run_id
     )
+    return get_logger(backend, experiment_name=exp_name, **options)
+
+
+def close_logger(logger: Logger | None) -> None:
+    """Flushes and ends the logger's run (a wandb run is finished)."""
+    if logger is not None:
+        logger.close()
 
 
 def logger_run_id(logger: Logger | None) -> str | None:
@@ -66,6 +92,7 @@ def logger_run_id(logger: Logger | None) -> str | None:
 
 
 def log_metrics(logger: Logger | None, metrics: Mapping[str, float], step: int) -> None:
+    """Logs each scalar of ``metrics`` at ``step`` (nothing without a logger)."""
     if logger is None:
         return
     for name, value in metrics.items():
@@ -180,13 +207,86 @@ def plot_learning_curve(history: EvalHistory, path: str | Path, title: str) -> P
     return path
 
 
-def truncate_csv_logs(log_dir: str | Path, frames: int) -> None:
-    """Drops CSV-logger rows logged after ``frames``, so a resumed run does not log steps twice.
+class TrainingWindow:
+    """What happened since the last log: frames, updates, finished episodes, the latest losses.
 
-    TorchRL's ``CSVLogger`` writes ``<log_dir>/<exp>/scalars/<name>.csv`` with ``step,value`` rows.
+    :meth:`scalars` reads it as the logged quantities (``perf/frames_per_s``,
+    ``train/<metric>``, ``train/return``, ``train/success_rate``) and starts a new window.
+    Update metrics stay tensors until then: the update path never waits for the host.
     """
-    for path in Path(log_dir).rglob("scalars/**/*.csv"):
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if line and int(float(line.split(",", 1)[0])) <= frames]
-        if len(kept) != len(lines):
-            path.write_text("".join(f"{line}\n" for line in kept))
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, torch.Tensor] = {}
+        self._start_window()
+
+    def _start_window(self) -> None:
+        self._start = time.perf_counter()
+        self._frames = self._updates = 0
+        self._returns: list[float] = []
+        self._successes: list[bool] = []
+
+    def add_batch(self, data: TensorDictBase) -> None:
+        """Counts a collected batch and the episodes that ended in it."""
+        self._frames += data.numel()
+        done = data["next", "done"].squeeze(-1)
+        self._returns += data["next", "episode_reward"].squeeze(-1)[done].tolist()
+        if ("next", "episode_success") in data.keys(True):
+            self._successes += data["next", "episode_success"].squeeze(-1)[done].tolist()
+
+    def add_update(self, metrics: TensorDictBase) -> None:
+        """Counts one update; keeps the latest value of each metric (actor terms come every
+        policy delay)."""
+        self._metrics.update(metrics.items())
+        self._updates += 1
+
+    def scalars(self) -> dict[str, float]:
+        """The window's logged quantities; a new window starts."""
+        elapsed = time.perf_counter() - self._start
+        scalars = {
+            "perf/frames_per_s": self._frames / elapsed,
+            "perf/updates_per_s": self._updates / elapsed,
+        }
+        scalars.update({f"train/{k}": v.item() for k, v in self._metrics.items()})
+        if self._returns:
+            scalars["train/return"] = float(np.mean(self._returns))
+        if self._successes:
+            scalars["train/success_rate"] = float(np.mean(self._successes))
+        self._start_window()
+        return scalars
+
+
+def log_evaluation(
+    logger: Logger | None, history: EvalHistory, frames: int, result
+) -> dict[str, float]:
+    """Appends an :class:`~torchrl_crossq.envs.EvalResult` to ``history`` and logs it as
+    ``eval/return``, ``eval/return_std`` and (for tasks with success) ``eval/success_rate``."""
+    history.append(frames, result.return_mean, result.return_std, result.success_rate)
+    scalars = {"eval/return": result.return_mean, "eval/return_std": result.return_std}
+    if result.success_rate is not None:
+        scalars["eval/success_rate"] = result.success_rate
+    log_metrics(logger, scalars, frames)
+    return scalars
+
+
+class ProgressBar:
+    """A tqdm bar over the run's frames, showing speeds and the last evaluation."""
+
+    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True) -> None:
+        self._bar = tqdm.tqdm(total=total, initial=initial, disable=not enabled, unit="frames")
+
+    def update(self, frames: int) -> None:
+        self._bar.update(frames)
+
+    def show(self, history: EvalHistory, scalars: Mapping[str, float] | None = None) -> None:
+        """Shows the speeds of ``scalars`` (when given) and the last evaluation of ``history``."""
+        values = {}
+        if scalars is not None:
+            values["fps"] = f"{scalars['perf/frames_per_s']:.0f}"
+            values["ups"] = f"{scalars['perf/updates_per_s']:.1f}"
+        values["eval_return"] = f"{history.last_return:.1f}"
+        if history.has_success:
+            values["eval_success"] = f"{history.last_success_rate:.2f}"
+        self._bar.set_postfix(**values)
+
+    def close(self) -> None:
+        self._bar.close()

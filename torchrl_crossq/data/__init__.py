@@ -1,12 +1,8 @@
 """Data components: the replay buffer with a sliding window over the newest trajectories."""
 
-from torchrl_crossq.data.replay import (
-    WINDOW_UNITS,
-    CachedStorage,
-    SlidingWindowSampler,
-    WindowReplayBuffer,
-    make_replay_buffer,
-)
+from torchrl_crossq.data.replay import WindowReplayBuffer, make_replay_buffer
+from torchrl_crossq.data.sampler import WINDOW_UNITS, SlidingWindowSampler
+from torchrl_crossq.data.storage import CachedStorage
 
 __all__ = [
     "WINDOW_UNITS",

@@ -20,9 +20,10 @@ class BatchRenorm1d(nn.Module):
 
     with ``r`` and ``d`` under stop-gradient. For the first ``warmup_steps``
     training forwards ``r = 1`` and ``d = 0`` (plain batch norm), which lets the
-    running statistics settle before they are trusted. The step counter is a
-    buffer capped at ``warmup_steps``, so it is saved in checkpoints and ``r``,
-    ``d`` stay within their bounds however long training runs. Running
+    running statistics settle before they are trusted (the schedule is one method,
+    ``_warmup_schedule``). The step counter is a buffer capped at ``warmup_steps``,
+    so it is saved in checkpoints and ``r``, ``d`` stay within their bounds however
+    long training runs. Running
     statistics follow PyTorch's convention: ``running = (1 - momentum) *
     running + momentum * batch``. In eval mode the running statistics are used.
 
@@ -177,26 +178,40 @@ class BatchRenorm1d(nn.Module):
         weight = bias = None
         if self.affine:
             weight, bias = self.weight.view(stat_shape), self.bias.view(stat_shape)
-        warmed_up = self.num_batches_tracked >= self.warmup_steps
+        rmax, dmax = self._warmup_schedule()
         y, batch_mean, batch_var = _BatchRenormTrain.apply(
-            x3, weight, bias, running_mean, running_var, warmed_up, self.eps, self.rmax, self.dmax
+            x3, weight, bias, running_mean, running_var, self.eps, rmax, dmax
         )
         with torch.no_grad():
             running_mean.lerp_(batch_mean.to(running_mean.dtype), self.momentum)
             running_var.lerp_(batch_var.to(running_var.dtype), self.momentum)
-            # Capped in place: past warmup the counter stays at warmup_steps.
-            self.num_batches_tracked.add_(
-                (self.num_batches_tracked < self.warmup_steps).to(torch.long)
-            )
         return y.view(x.shape)
+
+    @torch.no_grad()
+    def _warmup_schedule(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bounds on ``r`` and ``d`` of this training forward, and one step of the counter.
+
+        A hard switch, as in sb3-contrib: plain batch norm (``r = 1``, ``d = 0``) for the
+        first ``warmup_steps`` training forwards, then the full bounds ``rmax``, ``dmax``. The
+        paper (Ioffe, 2017) relaxes the bounds gradually instead; a schedule is a change here.
+        Tensors, not a Python ``if``: no host sync, and ``torch.compile`` traces it.
+        """
+        warmed_up = self.num_batches_tracked >= self.warmup_steps
+        # Capped: past warmup the counter stays at warmup_steps.
+        self.num_batches_tracked.add_((~warmed_up).to(torch.long))
+        dtype = self.running_var.dtype
+        rmax = torch.where(warmed_up, self.rmax, 1.0).to(dtype)
+        dmax = torch.where(warmed_up, self.dmax, 0.0).to(dtype)
+        return rmax, dmax
 
 
 class _BatchRenormTrain(torch.autograd.Function):
     """Train-mode Batch Renormalization of ``x: [G, N, C]`` over ``N``, affine included.
 
     ``y = weight * (x_hat * r + d) + bias`` with ``x_hat = (x - mean_B) / sqrt(var_B + eps)``
-    and the corrections ``r``, ``d`` (from the running statistics, clipped; ``1`` and ``0``
-    before ``warmed_up``) under stop-gradient, ``var_B`` the unbiased batch variance. Returns
+    and the corrections ``r``, ``d`` (from the running statistics, clipped to
+    ``[1 / rmax, rmax]`` and ``[-dmax, dmax]``, tensors from the warmup schedule) under
+    stop-gradient, ``var_B`` the unbiased batch variance. Returns
     ``(y, mean_B, var_B)``; the batch statistics carry no gradient and feed the running averages.
 
     Forward and backward are each a handful of passes over ``x``; the backward is
@@ -208,7 +223,7 @@ class _BatchRenormTrain(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, warmed_up, eps, rmax, dmax):
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps, rmax, dmax):
         n = x.shape[1]
         # Two-pass mean and variance: several times faster than torch.var_mean on CPU.
         mean = x.sum(1, keepdim=True).div_(n)
@@ -217,10 +232,8 @@ class _BatchRenormTrain(torch.autograd.Function):
         var = y.sum(1, keepdim=True).div_(n - 1)
         inv_std = (var + eps).rsqrt()
         running_inv_std = (running_var + eps).rsqrt()
-        r = ((var + eps).sqrt() * running_inv_std).clamp_(1.0 / rmax, rmax)
-        d = ((mean - running_mean) * running_inv_std).clamp_(-dmax, dmax)
-        r = torch.where(warmed_up, r, torch.ones_like(r))
-        d = torch.where(warmed_up, d, torch.zeros_like(d))
+        r = torch.clamp((var + eps).sqrt() * running_inv_std, rmax.reciprocal(), rmax)
+        d = torch.clamp((mean - running_mean) * running_inv_std, -dmax, dmax)
         # y = centred * scale + shift, one fused pass.
         scale, shift = inv_std * r, d
         if weight is not None:
@@ -250,4 +263,4 @@ class _BatchRenormTrain(torch.autograd.Function):
         if ctx.has_affine:
             grad_weight = torch.addcmul(d * sum_grad, r, sum_grad_x_hat)
             grad_bias = sum_grad
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None

@@ -11,8 +11,6 @@ from torchrl.objectives.utils import SoftUpdate
 
 from torchrl_crossq.objectives.crossq import CrossQLoss
 
-# The loss terms each optimiser steps. Every `loss_*` the loss returns must appear here:
-# the anchor bug "alpha never trained" was a loss term that reached no optimiser.
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("raise", "skip", None)
 
@@ -32,6 +30,8 @@ _BATCH_ADVICE = (
 )
 
 
+# The loss terms each optimiser steps. Every `loss_*` the loss returns must appear here:
+# the anchor bug "alpha never trained" was a loss term that reached no optimiser.
 OPTIMISED_LOSSES = {
     "critic": ("loss_qvalue",),
     "actor": ("loss_actor",),
@@ -43,7 +43,7 @@ class PeriodicSoftUpdate(SoftUpdate):
     """Polyak averaging ``target <- (1 - tau) * target + tau * online`` every ``every`` calls.
 
     TorchRL's :class:`~torchrl.objectives.SoftUpdate`, applied on every
-    ``every``-th call of :meth:`step` (the config's ``target_update_freq``).
+    ``every``-th call of :meth:`step`.
 
     Args:
         loss_module: a loss with target parameters (``CrossQLoss(q_head_type="default")``).
@@ -57,7 +57,7 @@ class PeriodicSoftUpdate(SoftUpdate):
         if not 0.0 < tau <= 1.0:
             raise ValueError(f"tau={tau} must be in (0, 1]")
         if every < 1:
-            raise ValueError(f"target_update_freq={every} must be >= 1")
+            raise ValueError(f"every={every} must be >= 1")
         super().__init__(loss_module, tau=tau)
         self.every = every
         self.calls = 0

@@ -20,7 +20,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase, MultiThreadedEnv
 
-SUCCESS_KEY = "success"
+SUCCESS_KEY = "success"  # the info key of tasks that report success, and our step output's key
 
 
 class EnvPoolEnv(MultiThreadedEnv):

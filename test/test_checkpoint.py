@@ -1,0 +1,57 @@
+"""Checkpoint contents: the state of in-process envs that lets a resumed run continue exactly.
+
+End-to-end resume (the same losses as an uninterrupted run, corrupted checkpoints...) is in
+test_reliability.py.
+"""
+
+
+def test_collector_state_is_none_for_worker_process_envs():
+    import functools
+
+    from torchrl_crossq.checkpoint import collector_state, restore_collector_state
+    from torchrl_crossq.collectors import make_collector
+    from torchrl_crossq.envs import make_env
+
+    create = functools.partial(make_env, "Pendulum-v1", num_envs=2, vectorization="parallel")
+    collector = make_collector(create, None, seed=0, frames_per_batch=4, total_frames=8)
+    next(iter(collector))
+    assert collector_state(collector) is None  # ParallelEnv workers: not capturable
+    assert not restore_collector_state(collector, None)
+    collector.shutdown()
+
+
+def test_episode_recorder_replays_to_the_same_state():
+    import gymnasium as gym
+    import numpy as np
+
+    from torchrl_crossq.checkpoint import EpisodeRecorder
+
+    env = EpisodeRecorder(gym.make("HalfCheetah-v5"))
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    env.reset()  # an unseeded reset: the env RNG's state before it is what counts
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    state = env.episode_state()
+    expected = env.step(np.full(6, 0.3, np.float32))[0]
+    other = EpisodeRecorder(gym.make("HalfCheetah-v5"))
+    other.reset(seed=123)
+    other.restore_episode(state)
+    np.testing.assert_array_equal(other.step(np.full(6, 0.3, np.float32))[0], expected)
+
+
+def test_an_episode_too_long_to_replay_is_not_recorded():
+    import gymnasium as gym
+
+    from torchrl_crossq.checkpoint import EpisodeRecorder
+
+    env = EpisodeRecorder(gym.make("Pendulum-v1"))
+    env.max_steps = 3
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    assert len(env.episode_state()["actions"]) == 3
+    env.step(env.action_space.sample())
+    assert env.episode_state() is None
+    env.reset()
+    assert env.episode_state()["actions"] == []

@@ -1,0 +1,51 @@
+"""The logging layer: logger factory and close, the training-metrics window."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torchrl_crossq.logging import LOGGER_BACKENDS, TrainingWindow, close_logger, make_logger
+
+
+def collected(returns, done):
+    """A collector batch of ``len(done)`` steps with episode returns and done flags."""
+    n = len(done)
+    return TensorDict(
+        {
+            "next": {
+                "done": torch.tensor(done).reshape(n, 1),
+                "episode_reward": torch.tensor(returns, dtype=torch.float32).reshape(n, 1),
+            }
+        },
+        [n],
+    )
+
+
+def test_window_logs_the_mean_return_of_the_episodes_that_ended_then_starts_over():
+    window = TrainingWindow()
+    window.add_batch(collected([1.0, 2.0, 4.0], [False, True, True]))
+    window.add_update(TensorDict({"loss_qvalue": torch.tensor(0.5)}, []))
+    scalars = window.scalars()
+    assert scalars["train/return"] == 3.0 and scalars["train/loss_qvalue"] == 0.5
+    assert scalars["perf/frames_per_s"] > 0 and scalars["perf/updates_per_s"] > 0
+    later = window.scalars()
+    assert "train/return" not in later and later["perf/frames_per_s"] == 0.0
+    assert later["train/loss_qvalue"] == 0.5  # the latest value until the next update
+
+
+def test_unknown_logger_backend_names_the_argument_and_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"^backend='mlflw' is not supported; use one of: wandb"):
+        make_logger("mlflw", tmp_path, exp_name="x")
+
+
+@pytest.mark.parametrize("backend", LOGGER_BACKENDS)
+def test_close_logger_ends_every_backend(tmp_path, backend, monkeypatch):
+    if backend == "tensorboard":
+        pytest.importorskip("tensorboard")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = make_logger(backend, tmp_path, exp_name="x", wandb_mode="offline")
+    close_logger(logger)
+    if backend == "wandb":
+        import wandb
+
+        assert wandb.run is None  # finished by the logger layer

@@ -1,0 +1,208 @@
+"""A disk storage with its newest trajectories cached in memory (see :mod:`.sampler`'s vocabulary)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchrl.data import LazyTensorStorage
+from torchrl.data.replay_buffers import Storage
+
+from torchrl_crossq.data.sampler import _check_int
+
+
+class CachedStorage(Storage):
+    """A disk storage with an in-memory copy of its newest ``cache_size`` trajectories.
+
+    Every write goes to ``disk`` and, for the newest transitions, to an in-memory ring
+    (a :class:`~torchrl.data.LazyTensorStorage`). Reads of cached indices are served from
+    memory; only the other indices are read from ``disk``. With ``cache_size`` at least the
+    sampling window, window samples never touch the disk.
+
+    The cache is sized in transitions at the first write, as ``cache_size`` times the length
+    of the longest trajectory then written (collector batches have a fixed length ``T``),
+    capped at the capacity. Later, longer trajectories leave room for fewer of them; that
+    changes how often the disk is read, never what is read. Writes must be round robin
+    (TorchRL's default writer), as for :class:`SlidingWindowSampler`.
+
+    Args:
+        disk (Storage): the 1-D storage that holds every transition, typically a
+            :class:`~torchrl.data.LazyMemmapStorage`.
+        cache_size (int): number of trajectories kept in memory, between 1 and the
+            capacity. Embodied config: 6000.
+
+    Examples:
+        >>> import tempfile
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyMemmapStorage
+        >>> from torchrl_crossq.data import CachedStorage
+        >>> with tempfile.TemporaryDirectory() as scratch_dir:
+        ...     storage = CachedStorage(LazyMemmapStorage(100, scratch_dir=scratch_dir), 2)
+        ...     storage.reserve(10)  # trajectories of 10 transitions: cache 20
+        ...     for step in range(5):
+        ...         storage.set(torch.arange(10 * step, 10 * step + 10),
+        ...                     TensorDict({"step": torch.full((10,), step)}, [10]))
+        ...     print(storage.cache_capacity)
+        ...     print(storage.is_cached(torch.tensor([0, 29, 30, 49])).tolist())
+        20
+        [False, False, True, True]
+    """
+
+    def __init__(self, disk: Storage, cache_size: int) -> None:
+        if disk.ndim != 1:
+            raise ValueError(f"CachedStorage needs a 1-D disk storage; got ndim={disk.ndim}")
+        cache_size = _check_int("cache_size", cache_size, minimum=1)
+        if cache_size > disk.max_size:
+            raise ValueError(
+                f"cache_size={cache_size} trajectories exceeds the capacity of {disk.max_size} "
+                "transitions; use a cache of at most the capacity"
+            )
+        super().__init__(disk.max_size)
+        self.disk = disk
+        self.cache_size = cache_size
+        self.cache: LazyTensorStorage | None = None
+        self.device = torch.device("cpu")
+        self._num_written = 0
+
+    @property
+    def cache_capacity(self) -> int | None:
+        """Transitions the cache holds once full (``None`` before the first write)."""
+        return None if self.cache is None else self.cache.max_size
+
+    def reserve(self, trajectory_length: int) -> None:
+        """Sizes the cache for trajectories of ``trajectory_length`` transitions (once)."""
+        if self.cache is None:
+            transitions = self.cache_size * trajectory_length
+            if transitions > self.max_size:
+                warnings.warn(
+                    f"cache_size={self.cache_size} trajectories of {trajectory_length} "
+                    f"transitions exceed the capacity of {self.max_size}; the cache holds the "
+                    "whole buffer",
+                    stacklevel=3,
+                )
+            self.cache = LazyTensorStorage(min(transitions, self.max_size))
+
+    def _locate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For storage indices: whether each is cached, and its cache slot."""
+        newest = self._num_written - 1
+        age = (newest - index).remainder(self.max_size)
+        cached = age < min(self.cache.max_size, self._num_written)
+        return cached, (newest - age).remainder(self.cache.max_size)
+
+    def is_cached(self, index: torch.Tensor) -> torch.Tensor:
+        """Whether each storage index is served from memory."""
+        if self.cache is None:
+            return torch.zeros_like(index, dtype=torch.bool)
+        return self._locate(torch.as_tensor(index, dtype=torch.long))[0]
+
+    def set(self, cursor: Any, data: Any, *, set_cursor: bool = True) -> None:
+        self.disk.set(cursor, data, set_cursor=set_cursor)
+        if isinstance(cursor, int):
+            index, data = torch.tensor([cursor]), data.unsqueeze(0)
+        elif isinstance(cursor, slice):
+            index = torch.arange(self.max_size)[cursor]
+        else:
+            index = torch.as_tensor(cursor, dtype=torch.long).reshape(-1)
+        if set_cursor:
+            self._set_last_cursor(cursor)
+            self._write_through(index, data)
+        elif self.cache is not None and self._num_written:
+            cached, slot = self._locate(index)
+            if bool(cached.any()):
+                self.cache.set(slot[cached], data[cached], set_cursor=False)
+        self._bump_mutation_revision()
+
+    def _write_through(self, index: torch.Tensor, data: Any) -> None:
+        num_new = index.numel()
+        if num_new and int(index[0]) != self._num_written % self.max_size:
+            raise RuntimeError(
+                f"CachedStorage expects round-robin writes: write at index {int(index[0])}, "
+                f"expected {self._num_written % self.max_size}"
+            )
+        self.reserve(num_new)  # a write of unknown layout counts as one trajectory
+        kept = min(num_new, self.cache.max_size)
+        position = torch.arange(self._num_written + num_new - kept, self._num_written + num_new)
+        self.cache.set(position.remainder(self.cache.max_size), data[num_new - kept :])
+        self._num_written += num_new
+
+    def get(self, index: Any) -> Any:
+        if self.cache is None or self._num_written == 0 or isinstance(index, slice):
+            return self.disk.get(index)
+        if isinstance(index, int):
+            return self.get(torch.tensor([index]))[0]
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.ndim != 1:
+            return self.get(index.reshape(-1)).reshape(index.shape)
+        cached, slot = self._locate(index)
+        if bool(cached.all()):
+            return self.cache.get(slot)
+        missed = (~cached).nonzero().squeeze(-1)
+        if missed.numel() == index.numel():
+            return self.disk.get(index)
+        # Missed rows of this gather hold unrelated cached data; the disk read overwrites them.
+        out = self.cache.get(slot)
+        out[missed] = self.disk.get(index[missed])
+        return out
+
+    def _refill_cache(self, capacity: int | None) -> None:
+        """Rebuilds the cache of ``capacity`` transitions from the disk (after a load)."""
+        self.cache = None if capacity is None else LazyTensorStorage(capacity)
+        if self.cache is None:
+            return
+        num_cached = min(self.cache.max_size, self._num_written, len(self.disk))
+        if num_cached:
+            position = torch.arange(self._num_written - num_cached, self._num_written)
+            data = self.disk.get(position.remainder(self.max_size))
+            self.cache.set(position.remainder(self.cache.max_size), data)
+
+    def __len__(self) -> int:
+        return len(self.disk)
+
+    def contains(self, item: Any) -> Any:
+        return self.disk.contains(item)
+
+    def _empty(self) -> None:
+        self.disk._empty()
+        if self.cache is not None:
+            self.cache._empty()
+        self._num_written = 0
+        self._bump_mutation_revision()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "disk": self.disk.state_dict(),
+            "cache_capacity": self.cache_capacity,
+            "num_written": self._num_written,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.disk.load_state_dict(state_dict["disk"])
+        self._load_cache_metadata(state_dict)
+
+    def dumps(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.disk.dumps(path / "disk")
+        metadata = {"cache_capacity": self.cache_capacity, "num_written": self._num_written}
+        (path / "cache_metadata.json").write_text(json.dumps(metadata))
+
+    def loads(self, path: str | Path) -> None:
+        path = Path(path)
+        self.disk.loads(path / "disk")
+        self._load_cache_metadata(json.loads((path / "cache_metadata.json").read_text()))
+
+    def _load_cache_metadata(self, metadata: dict[str, Any]) -> None:
+        self._num_written = int(metadata["num_written"])
+        capacity = metadata["cache_capacity"]
+        self._refill_cache(None if capacity is None else int(capacity))
+        self._bump_mutation_revision()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(disk={type(self.disk).__name__}(max_size={self.max_size}), "
+            f"cache_size={self.cache_size}, cache_capacity={self.cache_capacity}, len={len(self)})"
+        )

@@ -1,0 +1,304 @@
+"""From the config to the components: every ``cfg -> make_*(...)`` translation, in one place.
+
+The training script builds each stage with one call here; the library functions these
+call take plain keyword arguments and never see the config (STYLE.md). Errors raised by the
+library name its arguments; where a check can only run here, the error names the config key.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torchrl.collectors import BaseCollector
+from torchrl.envs import EnvBase
+from torchrl.record.loggers import Logger
+
+from torchrl_crossq.allocator import keep_freed_memory
+from torchrl_crossq.checkpoint import EnvMismatchError, RunCheckpoints
+from torchrl_crossq.collectors import PolicyWeightSync, make_collector
+from torchrl_crossq.config import LOSS_AGG_FUNCS, ConfigError
+from torchrl_crossq.data import WindowReplayBuffer, make_replay_buffer
+from torchrl_crossq.envs import EvalResult, env_dims, evaluate, make_env
+from torchrl_crossq.logging import make_logger
+from torchrl_crossq.modules import make_actor, make_critic
+from torchrl_crossq.objectives import (
+    CrossQLoss,
+    CrossQUpdater,
+    PeriodicSoftUpdate,
+    make_optimizers,
+)
+from torchrl_crossq.objectives.update import make_lr_scheduler
+
+# Evaluation episodes are seeded apart from the training envs.
+EVAL_SEED_OFFSET = 10_000
+
+
+def setup_process_from_config(cfg: DictConfig) -> torch.device:
+    """Seeds the global generators, sets the threads and the allocator; returns the device."""
+    keep_freed_memory()  # no page faults on the update's re-allocated activations
+    device = resolve_device(cfg.device)
+    if cfg.threads is not None:  # e.g. 1 when other processes share the cores
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    return device
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available; use one of: auto, cpu")
+    return torch.device(device)
+
+
+def make_envs_from_config(cfg: DictConfig) -> tuple[Callable[..., EnvBase], EnvBase]:
+    """The training envs' factory (built where they run, seeded by the collector) and the
+    evaluation env."""
+    env = cfg.env
+    env_kwargs = {
+        "task": env.task,
+        "backend": env.backend,
+        "max_episode_steps": env.max_episode_steps,
+    }
+    make_train_env = functools.partial(
+        make_env,
+        env.name,
+        num_envs=env.num_envs,
+        vectorization=env.vectorization,
+        **env_kwargs,
+    )
+    eval_env = make_env(env.name, seed=cfg.seed + EVAL_SEED_OFFSET, **env_kwargs)
+    return make_train_env, eval_env
+
+
+def resolve_norm(cfg: DictConfig) -> str | None:
+    """``network.norm`` with ``auto`` resolved: BRN for the CrossQ head, none for the SAC head."""
+    norm = cfg.network.norm
+    if norm == "auto":
+        norm = "brn" if cfg.algorithm.q_head_type == "crossq" else "none"
+    return None if norm == "none" else norm
+
+
+def brn_warmup_steps(cfg: DictConfig) -> int:
+    """``network.brn_warmup_steps``, or its deprecated alias ``network.warmup_steps`` when set."""
+    alias = cfg.network.warmup_steps
+    if alias is None:
+        return cfg.network.brn_warmup_steps
+    warnings.warn(
+        f"network.warmup_steps is deprecated: it is BatchRenorm's warmup, now named "
+        f"network.brn_warmup_steps; using network.warmup_steps={alias}",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return alias
+
+
+def make_actor_critic_from_config(
+    cfg: DictConfig, env: EnvBase, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The actor and the critic ensemble for ``env``'s observations and actions."""
+    net = cfg.network
+    norm = resolve_norm(cfg)
+    norm_kwargs = {
+        "momentum": net.batch_norm_momentum,
+        "eps": net.batch_norm_eps,
+        "rmax": net.rmax,
+        "dmax": net.dmax,
+        "warmup_steps": brn_warmup_steps(cfg),
+    }
+    obs_dim, action_dim = env_dims(env)
+    actor = make_actor(
+        obs_dim,
+        env.action_spec_unbatched,  # [1, A] for a batched (EnvPool) env
+        num_cells=net.actor_hidden_sizes,
+        norm=norm,
+        norm_kwargs=norm_kwargs,
+        device=device,
+    )
+    critic = make_critic(
+        obs_dim,
+        action_dim,
+        num_cells=net.critic_hidden_sizes,
+        num_qvalue_nets=net.num_qvalue_nets,
+        norm=norm,
+        norm_kwargs=norm_kwargs,
+        device=device,
+    )
+    return actor, critic
+
+
+def make_loss_from_config(
+    cfg: DictConfig, actor: torch.nn.Module, critic: torch.nn.Module
+) -> CrossQLoss:
+    """The :class:`~torchrl_crossq.CrossQLoss` of the ``algorithm`` block."""
+    algo = cfg.algorithm
+    target_entropy = algo.entropy_tuning.target_entropy
+    loss = CrossQLoss(
+        actor,
+        critic,
+        q_head_type=algo.q_head_type,
+        agg_q=algo.agg_q,
+        bootstrap_type=algo.bootstrap_type,
+        alpha_type=algo.entropy_tuning.alpha_type,
+        initial_alpha=algo.entropy_tuning.initial_alpha,
+        target_entropy=target_entropy if target_entropy == "auto" else float(target_entropy),
+        reduction=LOSS_AGG_FUNCS[algo.loss_agg_func],
+    )
+    loss.make_value_estimator(gamma=algo.gamma)
+    return loss
+
+
+def make_updater_from_config(cfg: DictConfig, loss: CrossQLoss) -> CrossQUpdater:
+    """Optimisers, target updater, temperature schedule and the update that steps them.
+
+    The critic is stepped on ``loss_qvalue`` every update; the actor on ``loss_actor`` and the
+    temperature on ``loss_alpha`` every ``optim.policy_update_delay`` updates.
+    """
+    algo, entropy_optim = cfg.algorithm, cfg.algorithm.entropy_tuning.optim
+    optimizers = make_optimizers(
+        loss,
+        lr=cfg.optim.lr,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        alpha_lr=entropy_optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    target_updater = None
+    if algo.q_head_type == "default":  # SAC's target critic
+        target_updater = PeriodicSoftUpdate(loss, tau=algo.tau, every=algo.target_update_freq)
+    alpha_scheduler = None
+    if "alpha" in optimizers:
+        # The temperature steps once per policy delay: the whole run's steps by default.
+        run_steps = (
+            cfg.collector.total_frames
+            // cfg.collector.frames_per_batch
+            * algo.update_epoch
+            // cfg.optim.policy_update_delay
+        )
+        alpha_scheduler = make_lr_scheduler(
+            optimizers["alpha"],
+            entropy_optim.lr_scheduler,
+            warmup_steps=entropy_optim.lr_warmup_steps,
+            decay_steps=entropy_optim.lr_decay_steps or run_steps,
+            min_lr=entropy_optim.min_lr,
+        )
+    try:
+        return CrossQUpdater(
+            loss,
+            optimizers,
+            policy_delay=cfg.optim.policy_update_delay,
+            clip_grad_norm=cfg.optim.clip_grad_norm,
+            alpha_clip_grad_norm=entropy_optim.clip_grad,
+            target_updater=target_updater,
+            alpha_scheduler=alpha_scheduler,
+            compile=cfg.compile,
+            cudagraphs=cfg.cudagraphs,
+            precision=cfg.precision,
+            on_nonfinite=cfg.on_nonfinite,
+        )
+    except ValueError as err:  # compile and cudagraphs: the updater's arguments are the keys
+        raise ConfigError(str(err)) from None
+
+
+def make_replay_buffer_from_config(
+    cfg: DictConfig, run_dir: Path, device: torch.device
+) -> WindowReplayBuffer:
+    """The replay buffer of ``algorithm.replay_buffer``; a disk one lives in the run directory."""
+    rb = cfg.algorithm.replay_buffer
+    scratch_dir = rb.scratch_dir  # validate() allows one only with storage=disk
+    if rb.storage == "disk" and scratch_dir is None:
+        scratch_dir = str(run_dir / "replay")
+    if rb.pin_memory and not (rb.storage == "disk" and device.type == "cuda"):
+        raise ConfigError(
+            f"algorithm.replay_buffer.pin_memory=True needs storage=disk and a CUDA device "
+            f"(batches copied from host memory); got storage={rb.storage!r}, device={device}: "
+            "use pin_memory=false"
+        )
+    return make_replay_buffer(
+        rb.size,
+        batch_size=cfg.optim.batch_size,
+        storage=rb.storage,
+        scratch_dir=scratch_dir,
+        sample_window_size=rb.sample_window_size,
+        window_unit=rb.window_unit,
+        enable_cache=rb.enable_cache,
+        cache_size=rb.cache_size,
+        min_buffer_size=rb.min_buffer_size,
+        prefetch=rb.prefetch,
+        pin_memory=rb.pin_memory,
+        device=device if device.type == "cuda" else None,
+        seed=cfg.seed,
+    )
+
+
+def start_from_config(cfg: DictConfig, checkpoints: RunCheckpoints, *, resuming: bool) -> int:
+    """The frame count the run starts from (see :meth:`RunCheckpoints.start`)."""
+    try:
+        return checkpoints.start(resume=resuming)
+    except EnvMismatchError as err:
+        raise ConfigError(
+            f"resume={cfg.resume!r}: the checkpoint was made for observation/action sizes "
+            f"{err.saved} but env.name={cfg.env.name!r} has {err.current}"
+        ) from None
+
+
+def make_collector_from_config(
+    cfg: DictConfig,
+    make_train_env: Callable[..., EnvBase],
+    actor: torch.nn.Module,
+    device: torch.device,
+    *,
+    frames: int,
+) -> tuple[BaseCollector, PolicyWeightSync]:
+    """The collector of the frames left after ``frames``, and its policy-weight sync."""
+    col = cfg.collector
+    collector = make_collector(
+        make_train_env,
+        actor,
+        backend=col.backend,
+        num_workers=col.num_workers,
+        frames_per_batch=col.frames_per_batch,
+        total_frames=col.total_frames - frames,
+        init_random_frames=max(0, col.init_random_frames - frames),
+        policy_device=device,
+        ray_address=cfg.ray.address,
+        ray_num_cpus=cfg.ray.num_cpus,
+        seed=cfg.seed + frames,  # a resumed run gets fresh, reproducible env seeds
+    )
+    return collector, PolicyWeightSync(collector, backend=col.backend, every=col.sync_every)
+
+
+def make_logger_from_config(
+    cfg: DictConfig, run_dir: Path, *, run_id: str | None = None
+) -> Logger | None:
+    """The logger of the ``logger`` block; ``run_id`` continues a wandb run."""
+    return make_logger(
+        cfg.logger.backend,
+        run_dir,
+        exp_name=cfg.logger.exp_name or run_dir.name,
+        project_name=cfg.logger.project_name,
+        wandb_mode=cfg.logger.mode,
+        run_id=run_id,
+    )
+
+
+def make_evaluator_from_config(
+    cfg: DictConfig, eval_env: EnvBase, actor: torch.nn.Module
+) -> Callable[[int], EvalResult]:
+    """``evaluate_at(frames)``: the ``eval`` block's deterministic evaluation, on the same
+    episodes at a frame count however the run got there (the env is seeded by it)."""
+
+    def evaluate_at(frames: int) -> EvalResult:
+        eval_env.set_seed(cfg.seed + EVAL_SEED_OFFSET + frames)
+        return evaluate(
+            eval_env, actor, episodes=cfg.eval.episodes, max_steps=cfg.eval.max_episode_steps
+        )
+
+    return evaluate_at
