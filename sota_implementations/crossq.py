@@ -107,7 +107,9 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     )
     checkpoints.restore_collector(collector)
     logger = make_logger_from_config(cfg, run_dir, run_id=checkpoints.logger_id)
-    evaluate_at = make_evaluator_from_config(cfg, eval_env, actor)
+    evaluate_at = make_evaluator_from_config(
+        cfg, actor, run_dir=run_dir, logger=logger, frames=frames
+    )
     history = EvalHistory(run_dir / "eval.csv")
 
     progress = ProgressBar(cfg.collector.total_frames, initial=frames, enabled=cfg.progress_bar)
@@ -156,6 +158,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     if curve is not None:
         print(f"learning curve: {curve}")
     close_logger(logger)
+    evaluate_at.close()
     eval_env.close()  # the collector's shutdown closed the training envs
 
 

@@ -7,8 +7,8 @@
 The env and the actor are rebuilt from ``<run>/config.yaml``; the actor's weights come from
 the newest readable checkpoint in ``<run>/checkpoints``. Runs made with ``precision=bf16`` or
 ``compile=true`` load the same way: both change how the losses are computed, not the stored
-(float32) weights. By default the episodes are those of the run's last evaluation (eval env
-seeded ``seed + 10000 + frames``, ``eval.max_episode_steps``), so ``--episodes`` equal to the
+(float32) weights. By default the episodes are those of the run's last evaluation (episodes
+seeded from ``seed + 10000 + frames``, ``eval.max_episode_steps``), so ``--episodes`` equal to the
 run's ``eval.episodes`` reproduces the last row of ``eval.csv``. Prints one line: return
 mean/std and, for tasks that report success (Meta-World), the success rate.
 """
@@ -22,21 +22,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from torchrl_crossq import make_actor
 from torchrl_crossq.checkpoint import CheckpointError, load_latest_checkpoint
-from torchrl_crossq.config import env_label, norm_kwargs, resolve_norm
-from torchrl_crossq.envs import (
-    EvalResult,
-    MissingExtraError,
-    UnknownEnvError,
-    env_dims,
-    evaluate,
-    make_env,
+from torchrl_crossq.config import env_label
+from torchrl_crossq.envs import EvalResult, MissingExtraError, UnknownEnvError, env_dims, make_env
+from torchrl_crossq.from_config import (
+    EVAL_SEED_OFFSET,
+    make_actor_from_config,
+    make_evaluator_from_config,
 )
 from torchrl_crossq.video import VideoUnavailable, record_episode
 
 ACTOR_PREFIX = "actor_network_params."  # CrossQLoss's state dict keys of the actor's weights
-EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000 + frames
 
 
 class RunError(RuntimeError):
@@ -44,10 +40,8 @@ class RunError(RuntimeError):
 
 
 def make_env_and_actor(cfg: DictConfig, *, seed: int):
-    """The eval env and the (untrained) actor of a run's config, as the training script builds them.
-
-    The one place that reads the config here: it follows the script's construction.
-    """
+    """An env of the run's task (its specs) and the (untrained) actor of a run's config, built
+    by the training script's own config layer (``torchrl_crossq.from_config``)."""
     env = make_env(
         cfg.env.name,
         task=cfg.env.task,
@@ -55,14 +49,7 @@ def make_env_and_actor(cfg: DictConfig, *, seed: int):
         max_episode_steps=cfg.env.max_episode_steps,
         seed=seed,
     )
-    actor = make_actor(
-        env_dims(env)[0],
-        env.action_spec_unbatched,
-        num_cells=cfg.network.actor_hidden_sizes,
-        norm=resolve_norm(cfg),
-        norm_kwargs=norm_kwargs(cfg),
-    )
-    return env, actor
+    return env, make_actor_from_config(cfg, env)
 
 
 def load_actor_weights(actor, loss_state: dict) -> None:
@@ -125,8 +112,10 @@ def evaluate_run(
             f"config.yaml's env {env_label(cfg)} has {dims}"
         )
     load_actor_weights(actor, state["loss"])
-    result = evaluate(env, actor, episodes=episodes, max_steps=cfg.eval.max_episode_steps)
     env.close()
+    evaluate_at = make_evaluator_from_config(cfg, actor, episodes=episodes)
+    result = evaluate_at(frames, seed=seed)
+    evaluate_at.close()
     info = {
         "frames": frames,
         "checkpoint": state["path"],

@@ -100,3 +100,41 @@ def test_wandb_gets_the_mp4_file(tmp_path, monkeypatch):
     logger.experiment.finish()
     (logged,) = tmp_path.glob("wandb/offline-run-*/files/media/videos/eval/video_*.mp4")
     assert read_video(logged).shape == (6, 32, 48, 3)
+
+
+@needs_gl
+def test_training_with_eval_video_writes_a_video_past_each_interval(tmp_path):
+    from test_train_script import run
+
+    from torchrl_crossq.video import read_video
+
+    run(
+        [
+            "env=inverted_pendulum",
+            "eval.video=true",
+            "eval.video_interval=96",
+            "logger.backend=csv",
+        ],
+        tmp_path,
+    )
+    videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert videos == ["eval_96.mp4"]  # the evals at 48 and 96 frames: one interval passed
+    frames = read_video(tmp_path / "videos" / "eval_96.mp4")
+    assert frames.shape[0] >= 2 and frames.shape[1:] == (480, 480, 3)
+
+
+def test_training_with_eval_video_where_none_can_be_made_warns_once_and_trains(
+    tmp_path, monkeypatch, capsys
+):
+    from test_train_script import run
+
+    from torchrl_crossq import from_config
+
+    def unavailable(*args, **kwargs):
+        raise from_config.VideoUnavailable("no OpenGL here")
+
+    monkeypatch.setattr(from_config, "record_episode", unavailable)
+    run(["eval.video=true", "eval.video_interval=48", "logger.backend=none"], tmp_path)
+    out = capsys.readouterr().out
+    assert out.count("warning: eval.video: no OpenGL here") == 1
+    assert len((tmp_path / "eval.csv").read_text().splitlines()) == 3  # header, 48, 96

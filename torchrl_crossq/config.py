@@ -147,8 +147,10 @@ class AlgorithmConfig:
 @dataclass
 class EvalConfig:
     interval: int = 10_000  # frames between evaluations (0: only at the end)
-    episodes: int = 10
+    episodes: int = 10  # stepped together, one actor call per step for all
     max_episode_steps: int = 1_000
+    video: bool = False  # render one deterministic eval episode to run_dir/videos/ (MP4)
+    video_interval: int = 100_000  # frames between videos (at the first eval past each multiple)
 
 
 @dataclass
@@ -256,6 +258,7 @@ NON_NEGATIVE = (
     "algorithm.entropy_tuning.optim.lr_decay_steps",
     "algorithm.entropy_tuning.optim.min_lr",
     "eval.interval",
+    "eval.video_interval",
     "checkpoint.interval",
 )
 UNIT_INTERVAL = ("algorithm.gamma", "optim.beta1", "optim.beta2")

@@ -8,6 +8,7 @@ import functools
 from typing import NamedTuple
 
 import gymnasium as gym
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite

@@ -24,7 +24,7 @@ from torchrl_crossq.checkpoint import EnvMismatchError, RunCheckpoints
 from torchrl_crossq.collectors import PolicyWeightSync, make_collector
 from torchrl_crossq.config import LOSS_AGG_FUNCS, ConfigError
 from torchrl_crossq.data import WindowReplayBuffer, make_replay_buffer
-from torchrl_crossq.envs import EvalResult, env_dims, evaluate, make_env
+from torchrl_crossq.envs import BatchedEvaluation, EvalResult, env_dims, make_env
 from torchrl_crossq.logging import make_logger
 from torchrl_crossq.modules import make_actor, make_critic
 from torchrl_crossq.objectives import (
@@ -34,6 +34,7 @@ from torchrl_crossq.objectives import (
     make_optimizers,
 )
 from torchrl_crossq.objectives.update import make_lr_scheduler
+from torchrl_crossq.video import VideoUnavailable, log_video, record_episode
 
 # Evaluation episodes are seeded apart from the training envs.
 EVAL_SEED_OFFSET = 10_000
@@ -60,8 +61,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def make_envs_from_config(cfg: DictConfig) -> tuple[Callable[..., EnvBase], EnvBase]:
-    """The training envs' factory (built where they run, seeded by the collector) and the
-    evaluation env."""
+    """The training envs' factory (built where they run, seeded by the collector) and one env
+    of the task, for its specs (evaluation steps plain gymnasium envs: see
+    :func:`make_evaluator_from_config`)."""
     env = cfg.env
     env_kwargs = {
         "task": env.task,
@@ -101,28 +103,37 @@ def brn_warmup_steps(cfg: DictConfig) -> int:
     return alias
 
 
-def make_actor_critic_from_config(
-    cfg: DictConfig, env: EnvBase, device: torch.device
-) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The actor and the critic ensemble for ``env``'s observations and actions."""
+def _norm_kwargs(cfg: DictConfig) -> dict:
     net = cfg.network
-    norm = resolve_norm(cfg)
-    norm_kwargs = {
+    return {
         "momentum": net.batch_norm_momentum,
         "eps": net.batch_norm_eps,
         "rmax": net.rmax,
         "dmax": net.dmax,
         "warmup_steps": brn_warmup_steps(cfg),
     }
-    obs_dim, action_dim = env_dims(env)
-    actor = make_actor(
-        obs_dim,
+
+
+def make_actor_from_config(cfg: DictConfig, env: EnvBase, device: torch.device | None = None):
+    """The actor for ``env``'s observations and actions (in eval mode, as make_actor returns it)."""
+    return make_actor(
+        env_dims(env)[0],
         env.action_spec_unbatched,  # [1, A] for a batched (EnvPool) env
-        num_cells=net.actor_hidden_sizes,
-        norm=norm,
-        norm_kwargs=norm_kwargs,
+        num_cells=cfg.network.actor_hidden_sizes,
+        norm=resolve_norm(cfg),
+        norm_kwargs=_norm_kwargs(cfg),
         device=device,
     )
+
+
+def make_actor_critic_from_config(
+    cfg: DictConfig, env: EnvBase, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The actor and the critic ensemble for ``env``'s observations and actions."""
+    net = cfg.network
+    norm, norm_kwargs = resolve_norm(cfg), _norm_kwargs(cfg)
+    obs_dim, action_dim = env_dims(env)
+    actor = make_actor_from_config(cfg, env, device)
     critic = make_critic(
         obs_dim,
         action_dim,
@@ -290,15 +301,53 @@ def make_logger_from_config(
 
 
 def make_evaluator_from_config(
-    cfg: DictConfig, eval_env: EnvBase, actor: torch.nn.Module
-) -> Callable[[int], EvalResult]:
-    """``evaluate_at(frames)``: the ``eval`` block's deterministic evaluation, on the same
-    episodes at a frame count however the run got there (the env is seeded by it)."""
+    cfg: DictConfig,
+    actor: torch.nn.Module,
+    *,
+    run_dir: Path | None = None,
+    logger: Logger | None = None,
+    frames: int = 0,
+    episodes: int | None = None,
+) -> Callable[..., EvalResult]:
+    """``evaluate_at(frames, seed=None)``: the ``eval`` block's deterministic evaluation.
 
-    def evaluate_at(frames: int) -> EvalResult:
-        eval_env.set_seed(cfg.seed + EVAL_SEED_OFFSET + frames)
-        return evaluate(
-            eval_env, actor, episodes=cfg.eval.episodes, max_steps=cfg.eval.max_episode_steps
-        )
+    The ``eval.episodes`` episodes are stepped together (:class:`BatchedEvaluation`) and
+    seeded by the frame count (``seed + 10000 + frames``), so a frame count gets the same
+    episodes however the run got there. With ``eval.video`` (and a ``run_dir``), the first
+    evaluation past each multiple of ``eval.video_interval`` after ``frames`` also renders one
+    episode to ``run_dir/videos/eval_<frames>.mp4`` and hands it to ``logger``; when videos
+    cannot be made here, one warning line says why and training goes on without them.
+    """
+    evaluation = BatchedEvaluation(
+        cfg.env.name,
+        task=cfg.env.task,
+        episodes=cfg.eval.episodes if episodes is None else episodes,
+        max_steps=cfg.eval.max_episode_steps,
+        max_episode_steps=cfg.env.max_episode_steps,
+    )
+    video_interval = cfg.eval.video_interval if cfg.eval.video and run_dir is not None else 0
+    last_video = [frames // video_interval if video_interval else None]
 
+    def evaluate_at(frames: int, seed: int | None = None) -> EvalResult:
+        seed = cfg.seed + EVAL_SEED_OFFSET + frames if seed is None else seed
+        result = evaluation(actor, seed=seed)
+        if last_video[0] is not None and frames // video_interval != last_video[0]:
+            last_video[0] = frames // video_interval
+            try:
+                path = record_episode(
+                    actor,
+                    run_dir / "videos" / f"eval_{frames}.mp4",
+                    env_name=cfg.env.name,
+                    task=cfg.env.task,
+                    max_episode_steps=cfg.env.max_episode_steps,
+                    max_steps=cfg.eval.max_episode_steps,
+                    seed=seed,
+                )
+                log_video(logger, path, step=frames)
+            except VideoUnavailable as err:
+                print(f"warning: eval.video: {err}; training goes on without videos")
+                last_video[0] = None
+        return result
+
+    evaluate_at.close = evaluation.close
     return evaluate_at
