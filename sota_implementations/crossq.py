@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from torchrl_crossq import NonFiniteLossError
@@ -69,6 +70,9 @@ class Every:
 def main(cfg: DictConfig) -> None:
     # What was typed, not the composed config: on resume only those keys may change.
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    sweeping = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweeping and cfg.run_dir is None and not cfg.resume:  # a sweep's jobs, in its directory
+        cfg.run_dir = HydraConfig.get().runtime.output_dir
     try:
         train(cfg, overrides=overrides)
     except (

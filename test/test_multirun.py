@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from test_train_script import TINY, compose_config
 
-from torchrl_crossq.config import ConfigError, prepare_run
+from torchrl_crossq.config import prepare_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
@@ -43,12 +43,6 @@ def test_multirun_gives_one_run_dir_per_seed(sweep):
     assert all((c.parent / "eval.csv").exists() for c in configs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="hydra's sweep dir (multirun/<date>/<time>) is left empty beside runs/; fix: "
-    "hydra.sweep.dir under runs/ in configs/crossq.yaml, the jobs' run dirs inside it",
-)
 def test_multirun_writes_under_runs_only(sweep):
     assert sorted(p.name for p in sweep.iterdir()) == ["runs"]
 
@@ -68,12 +62,6 @@ class FrozenClock(datetime.datetime):
         return cls(2026, 1, 1, 12, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="config.prepare_run names a default run dir runs/<date-time>-<env> to the second, so "
-    "two runs (multirun jobs) started in the same second collide; fix: a unique default name",
-)
 def test_runs_started_in_the_same_second_get_their_own_run_dirs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datetime, "datetime", FrozenClock)

@@ -396,6 +396,22 @@ RESUMABLE_KEYS = (
 )
 
 
+def _new_dir(name: str) -> Path:
+    """Creates ``name`` (or ``name-2``, ``name-3``... if taken) and returns it.
+
+    Claimed with an exclusive ``mkdir``: runs started in the same second (multirun jobs,
+    several shells) each get their own directory.
+    """
+    for attempt in range(1, 1000):
+        path = Path(name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"run_dir: {name} and its 998 numbered variants exist; set run_dir")
+
+
 def prepare_run(cfg: DictConfig, *, overrides: Sequence[str] = ()) -> tuple[DictConfig, Path, bool]:
     """Validates the config and sets up the run directory.
 
@@ -422,7 +438,7 @@ def prepare_run(cfg: DictConfig, *, overrides: Sequence[str] = ()) -> tuple[Dict
     validate(cfg)
     if cfg.run_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.run_dir = f"runs/{stamp}-{env_label(cfg)}"
+        cfg.run_dir = str(_new_dir(f"runs/{stamp}-{env_label(cfg)}-seed{cfg.seed}"))
     run_dir = Path(cfg.run_dir)
     if (run_dir / "config.yaml").exists():
         raise ConfigError(
