@@ -41,6 +41,7 @@ from torchrl_crossq.logging import (
     log_evaluation,
     log_metrics,
     plot_learning_curve,
+    remaining_time,
 )
 
 register_configs()
@@ -121,6 +122,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     log_due = Every(cfg.logger.log_interval, frames)
     eval_due = Every(cfg.eval.interval, frames)
     checkpoint_due = Every(cfg.checkpoint.interval, frames)
+    learning_from, estimate_due = max(frames, cfg.collector.init_random_frames), True
     with StopOnSignal() as stop:
         try:
             for data in collector:
@@ -137,6 +139,13 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
                     scalars = window.scalars()
                     log_metrics(logger, scalars, frames)
                     progress.show(history, scalars)
+                    if estimate_due and frames - cfg.logger.log_interval >= learning_from:
+                        estimate_due = False  # once, from the first window spent learning
+                        progress.write(
+                            remaining_time(
+                                frames, cfg.collector.total_frames, scalars["perf/frames_per_s"]
+                            )
+                        )
                 if eval_due.due(frames):
                     log_evaluation(logger, history, frames, evaluate_at(frames))
                     progress.show(history)

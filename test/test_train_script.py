@@ -269,3 +269,10 @@ def test_same_seed_gives_bit_identical_training_losses(tmp_path):
     logs = [next(r.rglob("scalars/train/loss_qvalue.csv")).read_text() for r in runs]
     assert len(logs[0].splitlines()) >= 2
     assert logs[0] == logs[1]
+
+
+def test_the_first_window_spent_learning_prints_the_remaining_time(tmp_path, capsys):
+    run(["logger.log_interval=32", "logger.backend=none"], tmp_path)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "estimate:" in line]
+    # Learning starts after 32 random frames: the window 32-64 is the first spent learning.
+    assert len(lines) == 1 and "left for 32 frames at" in lines[0]

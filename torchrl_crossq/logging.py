@@ -255,6 +255,34 @@ class TrainingWindow:
         return scalars
 
 
+def remaining_time(frames: int, total_frames: int, frames_per_s: float) -> str:
+    """One line: how long the rest of the run takes at the measured training speed.
+
+    Examples:
+        >>> remaining_time(10_000, 1_000_000, 5.5)
+        'estimate: 2d 02h left for 990,000 frames at 5.5 frames/s (evaluations not counted); for a run of minutes: experiment=quick'
+        >>> remaining_time(1_000, 5_000, 40.0)
+        'estimate: 1m 40s left for 4,000 frames at 40.0 frames/s (evaluations not counted)'
+    """
+    seconds = (total_frames - frames) / max(frames_per_s, 1e-9)
+    days, rest = divmod(int(seconds), 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        left = f"{days}d {hours:02d}h"
+    elif hours:
+        left = f"{hours}h {minutes:02d}m"
+    else:
+        left = f"{minutes}m {secs:02d}s"
+    line = (
+        f"estimate: {left} left for {total_frames - frames:,} frames at {frames_per_s:.1f} "
+        "frames/s (evaluations not counted)"
+    )
+    if seconds > 3 * 3_600:
+        line += "; for a run of minutes: experiment=quick"
+    return line
+
+
 def log_evaluation(
     logger: Logger | None, history: EvalHistory, frames: int, result
 ) -> dict[str, float]:
@@ -287,6 +315,10 @@ class ProgressBar:
         if history.has_success:
             values["eval_success"] = f"{history.last_success_rate:.2f}"
         self._bar.set_postfix(**values)
+
+    def write(self, line: str) -> None:
+        """Prints ``line`` above the bar (plainly when the bar is off)."""
+        tqdm.tqdm.write(line)
 
     def close(self) -> None:
         self._bar.close()
