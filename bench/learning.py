@@ -4,7 +4,10 @@ Both implementations train with the same hyperparameters (``HYPERPARAMETERS`` be
 paper's, except the critic width, 256 by default for the short runs, and the number of random
 steps before learning) from the same seeds, and are evaluated at the same frame points with
 the same number of deterministic episodes (actor in eval mode, the TanhNormal's mode / sb3's
-``predict(deterministic=True)``), each on its own eval env seeded ``seed + 10000``.
+``predict(deterministic=True)``), each on its own eval env seeded ``seed + 10000``. The target
+entropy -action_dim is matched in effect, not only in value: both score the log-probability of
+the squashed action in [-1, 1] whatever the env's bounds (sb3 rescales outside the density),
+and both clip the actor's log-std to [-20, 2].
 
 - ours: ``sota_implementations/crossq.py`` as a user runs it (hydra overrides, one subprocess
   per run); the run directory's ``eval.csv`` holds ``frames, return_mean, return_std``.
@@ -21,8 +24,10 @@ worker threads stall whenever other processes hold the cores) and this process's
 settings. ``--jobs 2`` runs two at a time.
 
 Default tasks: Pendulum-v1 and InvertedPendulum-v5, 5k frames each (1000 random), critic
-256 x 2, actor 256 x 2, 3 seeds; about 20-30 minutes on 2 cores. ``--tasks halfcheetah``
-(also hopper, walker2d) adds MuJoCo locomotion; bench/README.md has the long version.
+256 x 2, actor 256 x 2, 3 seeds; about 20-30 minutes on 2 cores. ``--tasks hopper walker2d
+--seeds 0 1 2 3 4``: Hopper-v5 and Walker2d-v5, 30k frames (5000 random), eval every 2500
+frames x 5 episodes; about an hour with ``--jobs 2`` on 2 cores (``--tasks halfcheetah``: 20k
+frames of HalfCheetah-v5); bench/README.md has the long version.
 ``--tasks reach push``: Meta-World reach-v3 and push-v3 (extra ``embodied``), 12k frames (4096
 random), 3 seeds, success rate compared: ours is ``experiment=embodied`` on the gymnasium
 backend, sb3 gets the preset's widths (critic 512, actor 256), gamma 0.8, initial temperature
@@ -30,8 +35,12 @@ backend, sb3 gets the preset's widths (critic 512, actor 256), gamma 0.8, initia
 
 Run: ``.venv/bin/python bench/learning.py`` (``--quick`` for a smoke run). Curves go to
 ``bench/out/learning.png``, runs to ``bench/out/learning/<task>/<impl>-seed<S>/``. The last
-lines are ``final_<task>_<impl>: mean +- std`` (final eval return, or success rate, across seeds) and
-``ours_vs_sb3_<task>: within one std|above ...|below ... (difference; std)``.
+lines are ``final_<task>_<impl>: mean +- std`` (final eval return, or success rate, across seeds),
+``stats_<task>_<impl>: final mean, IQM, 95% CI; AUC mean, IQM, 95% CI`` (AUC: a run's mean
+eval return over its eval points; IQM: :func:`interquartile_mean`; CI: :func:`bootstrap_ci`),
+``ours_vs_sb3_<task>: within one std|above ...|below ... (difference; std)`` and
+``ours_vs_sb3_ci_<task>: final not below|below sb3's 95% CI (...); AUC ...``: ours must not fall
+below sb3-contrib's interval, i.e. ours' mean >= the lower end of sb3's 95% CI of the mean.
 ``--impls ours sb3 ours_bf16`` adds our script at ``precision=bf16`` (bfloat16 autocast of the
 losses), with its own ``ours_bf16_vs_sb3_<task>`` line.
 """
@@ -59,11 +68,20 @@ from update import _loadavg, machine_info
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-# Locomotion/control and Meta-World results live in separate sections, so neither run erases the other.
+# Each group of tasks (Task.section) has its own section, so no group's run erases another's.
 SECTIONS = {
-    False: section_markers("bench/learning.py"),
-    True: section_markers("bench/learning.py --tasks reach push"),
+    "control": section_markers("bench/learning.py"),
+    "locomotion": section_markers("bench/learning.py --tasks hopper walker2d"),
+    "metaworld": section_markers("bench/learning.py --tasks reach push"),
 }
+SECTION_TITLES = {
+    "control": "Sample efficiency",
+    "locomotion": "MuJoCo locomotion sample efficiency",
+    "metaworld": "Meta-World success",
+}
+LOCOMOTION = ("halfcheetah", "hopper", "walker2d")  # env groups of the locomotion section
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # fixed, so a rerun of --results-from reproduces the intervals
 IMPLS = ("ours", "sb3", "ours_bf16")
 DEFAULT_IMPLS = ("ours", "sb3")
 # ours_bf16: the same command with precision=bf16 (bfloat16 autocast of the losses)
@@ -117,13 +135,21 @@ class Task:
     def label(self) -> str:
         return self.env_task or self.env_id
 
+    @property
+    def section(self) -> str:
+        """The key of this task's RESULTS.md section in ``SECTIONS``."""
+        if self.env_task:
+            return "metaworld"
+        return "locomotion" if self.env_group in LOCOMOTION else "control"
+
 
 TASKS = {
     "pendulum": Task("pendulum", "Pendulum-v1", 5_000, 1_000, 500, 5),
     "inverted_pendulum": Task("inverted_pendulum", "InvertedPendulum-v5", 5_000, 1_000, 500, 5),
     "halfcheetah": Task("halfcheetah", "HalfCheetah-v5", 20_000, 5_000, 5_000, 5),
-    "hopper": Task("hopper", "Hopper-v5", 20_000, 5_000, 5_000, 5),
-    "walker2d": Task("walker2d", "Walker2d-v5", 20_000, 5_000, 5_000, 5),
+    # eval every 2500 frames: 12 points, enough for the area under the curve
+    "hopper": Task("hopper", "Hopper-v5", 30_000, 5_000, 2_500, 5),
+    "walker2d": Task("walker2d", "Walker2d-v5", 30_000, 5_000, 2_500, 5),
     # Meta-World: ours is experiment=embodied (on the gymnasium backend, the simulator code sb3
     # steps); sb3 gets the preset's widths, gamma, temperature and learning start.
     "reach": Task("metaworld", METAWORLD, 12_000, 4_096, 4_000, 10, 512, "reach-v3"),
@@ -360,8 +386,65 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def interquartile_mean(values: list[float]) -> float:
+    """The mean of the middle 50% of ``values``, with fractional weights at the quartiles.
+
+    Each of the n sorted values holds 1/n of the empirical distribution; a value's weight is the
+    part of its share that lies between the 25% and 75% quantiles, so the weights sum to n/2.
+    For 5 seeds: 0, 3/4, 1, 3/4, 0. (rliable's ``scipy.stats.trim_mean(x, 0.25)`` drops whole
+    values, floor(n/4) at each end: for 5 seeds the mean of the middle three; the two agree when
+    n is a multiple of 4.)
+
+    Examples:
+        >>> interquartile_mean([100.0, 0.0, 4.0, 1.0, 2.0])  # (3/4 * 1 + 2 + 3/4 * 4) / 2.5
+        2.3
+        >>> interquartile_mean([1.0, 2.0, 3.0, 4.0])  # (2 + 3) / 2
+        2.5
+        >>> interquartile_mean([7.0])
+        7.0
+    """
+    ordered, n = sorted(values), len(values)
+    low, high = n / 4, 3 * n / 4
+    weights = [max(0.0, min(i + 1, high) - max(i, low)) for i in range(n)]
+    return sum(w * v for w, v in zip(weights, ordered, strict=True)) / sum(weights)
+
+
+def bootstrap_ci(
+    values: list[float],
+    confidence: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean across seeds.
+
+    Draws ``resamples`` sets of ``len(values)`` seeds with replacement (numpy's
+    ``default_rng(seed)``), takes each set's mean, and returns the (1 - confidence) / 2 and
+    (1 + confidence) / 2 quantiles of those means (numpy's linear interpolation). With few seeds
+    the interval is narrow for what it claims (5 seeds: at most 126 distinct resamples).
+
+    Examples:
+        >>> bootstrap_ci([0.0, 10.0])  # resampled means 0, 5, 10 with probability 1/4, 1/2, 1/4
+        (0.0, 10.0)
+        >>> bootstrap_ci([3.0, 3.0, 3.0])
+        (3.0, 3.0)
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    array = np.asarray(values, dtype=float)
+    means = array[rng.integers(0, len(array), size=(resamples, len(array)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def aggregate(runs: list[dict], tasks: list[str]) -> dict:
-    """Per task and implementation: final return and mean over eval points, across seeds."""
+    """Per task and implementation, across seeds: final return and AUC (mean over eval points).
+
+    Each of the two comes as ``(mean, std)`` (``final``, ``average``), its IQM (``final_iqm``,
+    ``average_iqm``) and the 95% bootstrap CI of its mean (``final_ci``, ``average_ci``); the
+    per-seed values are ``finals`` and ``averages``.
+    """
     summary: dict = {}
     for name in tasks:
         summary[name] = {}
@@ -384,7 +467,13 @@ def aggregate(runs: list[dict], tasks: list[str]) -> dict:
                 "seeds": [r["seed"] for r in mine],
                 "finals": finals,
                 "final": _mean_std(finals),
+                "final_iqm": interquartile_mean(finals),
+                "final_ci": bootstrap_ci(finals),
+                "averages": average,
                 "average": _mean_std(average),
+                "average_iqm": interquartile_mean(average),
+                "average_ci": bootstrap_ci(average),
+                "eval_frames": frames,
                 "curve": curve,
                 "wall_s": statistics.median(r["wall_s"] for r in mine),
             }
@@ -407,6 +496,30 @@ def verdict(summary: dict, name: str, impl: str = "ours") -> str | None:
         result = f"{'above' if difference > 0 else 'below'} by more than one std"
     digits = _digits(name)
     return f"{result} ({impl} - sb3 = {difference:+.{digits}f}; larger std {std:.{digits}f})"
+
+
+def ci_verdict(summary: dict, name: str, impl: str = "ours") -> str | None:
+    """Ours must not fall below sb3-contrib's interval: ours' mean >= the low end of sb3's CI.
+
+    Checked for the final return and the AUC (mean over eval points), each against sb3's 95%
+    bootstrap CI of the mean across seeds. The AUCs are compared only when both implementations
+    were evaluated at the same frame points.
+    """
+    if impl not in summary[name] or "sb3" not in summary[name]:
+        return None
+    mine, sb3, digits = summary[name][impl], summary[name]["sb3"], _digits(name)
+    parts = []
+    for key, what in (("final", "final"), ("average", "AUC")):
+        mean, (low, high) = mine[key][0], sb3[f"{key}_ci"]
+        if key == "average" and mine["eval_frames"] != sb3["eval_frames"]:
+            parts.append(f"{what} not compared (the two were evaluated at different frames)")
+            continue
+        result = "not below" if mean >= low else "below"
+        parts.append(
+            f"{what} {result} sb3's 95% CI ({impl} mean {mean:.{digits}f}; "
+            f"sb3 CI [{low:.{digits}f}, {high:.{digits}f}])"
+        )
+    return "; ".join(parts)
 
 
 def plot(summary: dict, runs: list[dict], path: Path) -> Path:
@@ -463,16 +576,31 @@ def _pm(pair: tuple[float, float], digits: int = 1) -> str:
     return f"{pair[0]:.{digits}f} +- {pair[1]:.{digits}f}"
 
 
+def _ci(pair: tuple[float, float], digits: int = 1) -> str:
+    return f"[{pair[0]:.{digits}f}, {pair[1]:.{digits}f}]"
+
+
+def _stats(s: dict, key: str, digits: int) -> str:
+    """``mean M, IQM I, 95% CI [L, H]`` of ``final`` or ``average`` across seeds."""
+    return (
+        f"mean {s[key][0]:.{digits}f}, IQM {s[f'{key}_iqm']:.{digits}f}, "
+        f"95% CI {_ci(s[f'{key}_ci'], digits)}"
+    )
+
+
 def report(summary: dict) -> list[str]:
     lines = [
-        f"{'task':<18} {'impl':<9} {'seeds':>5} {'final':>18} "
-        f"{'mean over evals':>18} {'median wall s':>13}"
+        f"{'task':<18} {'impl':<9} {'seeds':>5} {'final':>18} {'IQM':>9} {'95% CI':>20} "
+        f"{'AUC':>18} {'IQM':>9} {'95% CI':>20} {'median wall s':>13}"
     ]
     for name, by_impl in summary.items():
+        d = _digits(name)
         for impl, s in by_impl.items():
             lines.append(
-                f"{name:<18} {impl:<9} {len(s['seeds']):>5} {_pm(s['final'], _digits(name)):>18} "
-                f"{_pm(s['average'], _digits(name)):>18} {s['wall_s']:>13.0f}"
+                f"{name:<18} {impl:<9} {len(s['seeds']):>5} {_pm(s['final'], d):>18} "
+                f"{s['final_iqm']:>9.{d}f} {_ci(s['final_ci'], d):>20} "
+                f"{_pm(s['average'], d):>18} {s['average_iqm']:>9.{d}f} "
+                f"{_ci(s['average_ci'], d):>20} {s['wall_s']:>13.0f}"
             )
     return lines
 
@@ -480,12 +608,20 @@ def report(summary: dict) -> list[str]:
 def summary_lines(summary: dict) -> list[str]:
     lines = []
     for name, by_impl in summary.items():
+        d = _digits(name)
         for impl, s in by_impl.items():
-            lines.append(f"final_{name}_{impl}: {_pm(s['final'], _digits(name))}")
+            lines.append(f"final_{name}_{impl}: {_pm(s['final'], d)}")
+        for impl, s in by_impl.items():
+            lines.append(
+                f"stats_{name}_{impl}: final {_stats(s, 'final', d)}; AUC {_stats(s, 'average', d)}"
+            )
         for impl in OURS:
             result = verdict(summary, name, impl)
             if result is not None:
                 lines.append(f"{impl}_vs_sb3_{name}: {result}")
+            result = ci_verdict(summary, name, impl)
+            if result is not None:
+                lines.append(f"{impl}_vs_sb3_ci_{name}: {result}")
     return lines
 
 
@@ -494,11 +630,10 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
     hp = HYPERPARAMETERS
-    meta_world = any(t.env_task for t in tasks.values())
-    if meta_world and not all(t.env_task for t in tasks.values()):
-        raise SystemExit("error: --write-results: run the Meta-World tasks apart from the others")
-    start, end = SECTIONS[meta_world]
-    title = "Meta-World success" if meta_world else "Sample efficiency"
+    section = one_section(tasks)
+    meta_world = section == "metaworld"
+    start, end = SECTIONS[section]
+    title = SECTION_TITLES[section]
     lines = [
         start,
         f"## {title}, ours vs sb3-contrib CrossQ (`bench/learning.py`)",
@@ -528,31 +663,42 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         lines.append(
             f"- matched: Adam lr {hp['lr']}, betas {hp['betas']} (actor, critic, temperature), "
             f"batch {hp['batch_size']}, gamma {hp['gamma']}, policy delay {hp['policy_delay']}, "
-            f"{hp['num_qvalue_nets']} critics, actor {hp['actor_width']} x 2, BRN momentum "
-            f"{hp['batch_norm_momentum']}, eps {hp['batch_norm_eps']}, warmup "
-            f"{hp['warmup_steps']:,} (never left on these budgets), initial temperature "
-            f"{hp['initial_alpha']}, target entropy -action_dim, UTD 1, one env"
+            f"{hp['num_qvalue_nets']} critics (loss 0.5 x squared error summed over them), "
+            f"actor {hp['actor_width']} x 2 with log-std clipped to [-20, 2], BRN momentum "
+            f"{hp['batch_norm_momentum']}, eps {hp['batch_norm_eps']}, unbiased batch variance, "
+            f"warmup {hp['warmup_steps']:,} (never left on these budgets), temperature exp(log "
+            f"alpha) from {hp['initial_alpha']}, target entropy -action_dim on the "
+            "log-probability of the squashed action in [-1, 1] for both (sb3 rescales outside "
+            "the density, ours drops the rescaling's log-Jacobian), so matched in effect "
+            "whatever the env's bounds; UTD 1, one env"
         )
     lines += [
         "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000 "
-        "(ours reseeds it at each evaluation: seed + 10000 + frames); final = the last evaluation's mean over its episodes (return, or success rate for "
-        "Meta-World); mean +- std across seeds (sample std); within one std: the means differ "
-        "by at most the larger of the two stds",
+        "(ours reseeds it at each evaluation: seed + 10000 + frames); final = the last "
+        "evaluation's mean over its episodes (return, or success rate for Meta-World); AUC = a "
+        "run's mean of those over its eval points; mean +- std across seeds (sample std); within "
+        "one std: the means differ by at most the larger of the two stds",
+        f"- IQM: mean of the middle 50% of the seeds, fractional weights at the quartiles (5 "
+        f"seeds: 0, 3/4, 1, 3/4, 0); 95% CI: percentile bootstrap of the mean over seeds "
+        f"({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); `_vs_sb3_ci_`: ours must "
+        "not fall below sb3's interval (ours' mean >= the low end of sb3's CI)",
         "",
         "| task | frames | random frames | critic width | eval every / episodes | impl | seeds "
-        "| final return / success rate | per seed | mean over evals | median wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| final return / success rate | final IQM | final 95% CI | per seed | AUC (mean over "
+        "evals) | AUC IQM | AUC 95% CI | median wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, by_impl in summary.items():
         t = tasks[name]
         for impl, s in by_impl.items():
-            digits = _digits(name)
-            per_seed = ", ".join(f"{v:.{digits}f}" for v in s["finals"])
+            d = _digits(name)
+            per_seed = ", ".join(f"{v:.{d}f}" for v in s["finals"])
             lines.append(
                 f"| {t.label} | {t.frames:,} | {t.init_random_frames:,} | {t.critic_width} "
                 f"| {t.eval_interval:,} / {t.eval_episodes} | {impl} | {len(s['seeds'])} "
-                f"| {_pm(s['final'], digits)} | {per_seed} | {_pm(s['average'], digits)} "
-                f"| {s['wall_s']:.0f} |"
+                f"| {_pm(s['final'], d)} | {s['final_iqm']:.{d}f} | {_ci(s['final_ci'], d)} "
+                f"| {per_seed} | {_pm(s['average'], d)} | {s['average_iqm']:.{d}f} "
+                f"| {_ci(s['average_ci'], d)} | {s['wall_s']:.0f} |"
             )
     for name, by_impl in summary.items():
         impls = list(by_impl)
@@ -573,15 +719,28 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
             lines.append(f"| {frames:,.0f} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Curves: `bench/out/learning.png` (not committed; rerun to draw it).",
+        # dumps from before info["plot"] drew to the default path
+        f"Curves: `{info.get('plot', 'bench/out/learning.png')}` (not committed; rerun to draw "
+        "it).",
         "",
         "```",
         *summary_text,
         "```",
         end,
     ]
-    section = "\n".join(lines)
-    write_section(section, start, end)
+    write_section("\n".join(lines), start, end)
+
+
+def one_section(tasks: dict[str, Task]) -> str:
+    """The RESULTS.md section the tasks share; tasks of different sections are run apart."""
+    sections = {t.section for t in tasks.values()}
+    if len(sections) > 1:
+        groups = {s: [n for n, t in tasks.items() if t.section == s] for s in sorted(sections)}
+        raise SystemExit(
+            f"error: --write-results: the tasks belong to different RESULTS.md sections "
+            f"({groups}); run each group apart"
+        )
+    return sections.pop()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -655,13 +814,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.results_from:
         saved = json.loads(args.results_from.read_text())
         tasks = {name: Task(**fields) for name, fields in saved["tasks"].items()}
-        write_results(saved["info"], tasks, saved["summary"], summary_lines(saved["summary"]))
+        summary = aggregate(saved["runs"], list(tasks))  # a dump from before IQM and CI has runs
+        write_results(saved["info"], tasks, summary, summary_lines(summary))
         return
     tasks = task_settings(args)
-    if args.write_results and len({bool(t.env_task) for t in tasks.values()}) > 1:
-        raise SystemExit("error: --write-results: run the Meta-World tasks apart from the others")
+    if args.write_results:
+        one_section(tasks)  # fail before training, not after
     info = machine_info()
     info.update(threads=args.threads, jobs=args.jobs, device=args.device, seeds=args.seeds)
+    plot_path = args.plot.resolve()
+    info["plot"] = str(plot_path.relative_to(ROOT) if plot_path.is_relative_to(ROOT) else plot_path)
     info["loadavg_start"] = _loadavg()
     allocator = ", ".join(f"{k}={v if v else 'unset'}" for k, v in info["allocator"].items())
     print(f"# {info['cpu']}, {info['cores']} cores; {args.threads} torch thread(s) per run, "
