@@ -149,7 +149,7 @@ def ours_command(
         f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
         f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
         f"network.batch_norm_eps={hp['batch_norm_eps']}",
-        f"network.warmup_steps={hp['warmup_steps']}",
+        f"network.brn_warmup_steps={hp['warmup_steps']}",
         # 0: no evaluation during training; the one at the end (1 episode) comes after the
         # last timed window, as does the final checkpoint.
         "eval.interval=0",

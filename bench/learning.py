@@ -229,7 +229,7 @@ def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]
         f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
         f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
         f"network.batch_norm_eps={hp['batch_norm_eps']}",
-        f"network.warmup_steps={hp['warmup_steps']}",
+        f"network.brn_warmup_steps={hp['warmup_steps']}",
         f"eval.interval={task.eval_interval}",
         f"eval.episodes={task.eval_episodes}",
         f"eval.max_episode_steps={MAX_EVAL_STEPS}",
