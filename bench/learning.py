@@ -37,7 +37,8 @@ Run: ``.venv/bin/python bench/learning.py`` (``--quick`` for a smoke run). Curve
 ``bench/out/learning.png``, runs to ``bench/out/learning/<task>/<impl>-seed<S>/``. The last
 lines are ``final_<task>_<impl>: mean +- std`` (final eval return, or success rate, across seeds),
 ``stats_<task>_<impl>: final mean, IQM, 95% CI; AUC mean, IQM, 95% CI`` (AUC: a run's mean
-eval return over its eval points; IQM: :func:`interquartile_mean`; CI: :func:`bootstrap_ci`),
+eval return over its eval points; IQM and the percentile-bootstrap CI of the mean:
+``torchrl_crossq.analysis``, rliable's definitions),
 ``ours_vs_sb3_<task>: within one std|above ...|below ... (difference; std)`` and
 ``ours_vs_sb3_ci_<task>: final not below|below sb3's 95% CI (...); AUC ...``: ours must not fall
 below sb3-contrib's interval, i.e. ours' mean >= the lower end of sb3's 95% CI of the mean.
@@ -64,6 +65,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
 from results_file import section_markers, write_section  # bench/ is on sys.path
 from update import _loadavg, machine_info
+
+from torchrl_crossq.analysis import bootstrap_ci, iqm
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
@@ -386,58 +389,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def interquartile_mean(values: list[float]) -> float:
-    """The mean of the middle 50% of ``values``, with fractional weights at the quartiles.
-
-    Each of the n sorted values holds 1/n of the empirical distribution; a value's weight is the
-    part of its share that lies between the 25% and 75% quantiles, so the weights sum to n/2.
-    For 5 seeds: 0, 3/4, 1, 3/4, 0. (rliable's ``scipy.stats.trim_mean(x, 0.25)`` drops whole
-    values, floor(n/4) at each end: for 5 seeds the mean of the middle three; the two agree when
-    n is a multiple of 4.)
-
-    Examples:
-        >>> interquartile_mean([100.0, 0.0, 4.0, 1.0, 2.0])  # (3/4 * 1 + 2 + 3/4 * 4) / 2.5
-        2.3
-        >>> interquartile_mean([1.0, 2.0, 3.0, 4.0])  # (2 + 3) / 2
-        2.5
-        >>> interquartile_mean([7.0])
-        7.0
-    """
-    ordered, n = sorted(values), len(values)
-    low, high = n / 4, 3 * n / 4
-    weights = [max(0.0, min(i + 1, high) - max(i, low)) for i in range(n)]
-    return sum(w * v for w, v in zip(weights, ordered, strict=True)) / sum(weights)
-
-
-def bootstrap_ci(
-    values: list[float],
-    confidence: float = 0.95,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean across seeds.
-
-    Draws ``resamples`` sets of ``len(values)`` seeds with replacement (numpy's
-    ``default_rng(seed)``), takes each set's mean, and returns the (1 - confidence) / 2 and
-    (1 + confidence) / 2 quantiles of those means (numpy's linear interpolation). With few seeds
-    the interval is narrow for what it claims (5 seeds: at most 126 distinct resamples).
-
-    Examples:
-        >>> bootstrap_ci([0.0, 10.0])  # resampled means 0, 5, 10 with probability 1/4, 1/2, 1/4
-        (0.0, 10.0)
-        >>> bootstrap_ci([3.0, 3.0, 3.0])
-        (3.0, 3.0)
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    array = np.asarray(values, dtype=float)
-    means = array[rng.integers(0, len(array), size=(resamples, len(array)))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def aggregate(runs: list[dict], tasks: list[str]) -> dict:
     """Per task and implementation, across seeds: final return and AUC (mean over eval points).
 
@@ -467,12 +418,12 @@ def aggregate(runs: list[dict], tasks: list[str]) -> dict:
                 "seeds": [r["seed"] for r in mine],
                 "finals": finals,
                 "final": _mean_std(finals),
-                "final_iqm": interquartile_mean(finals),
-                "final_ci": bootstrap_ci(finals),
+                "final_iqm": iqm(finals),
+                "final_ci": bootstrap_ci(finals, reps=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED),
                 "averages": average,
                 "average": _mean_std(average),
-                "average_iqm": interquartile_mean(average),
-                "average_ci": bootstrap_ci(average),
+                "average_iqm": iqm(average),
+                "average_ci": bootstrap_ci(average, reps=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED),
                 "eval_frames": frames,
                 "curve": curve,
                 "wall_s": statistics.median(r["wall_s"] for r in mine),
@@ -678,8 +629,8 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         "evaluation's mean over its episodes (return, or success rate for Meta-World); AUC = a "
         "run's mean of those over its eval points; mean +- std across seeds (sample std); within "
         "one std: the means differ by at most the larger of the two stds",
-        f"- IQM: mean of the middle 50% of the seeds, fractional weights at the quartiles (5 "
-        f"seeds: 0, 3/4, 1, 3/4, 0); 95% CI: percentile bootstrap of the mean over seeds "
+        f"- IQM: rliable's interquartile mean across seeds (floor(n/4) dropped at each end: for 5 "
+        f"seeds the middle three); 95% CI: percentile bootstrap of the mean over seeds "
         f"({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); `_vs_sb3_ci_`: ours must "
         "not fall below sb3's interval (ours' mean >= the low end of sb3's CI)",
         "",
