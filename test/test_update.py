@@ -173,10 +173,15 @@ def test_cudagraphs_on_cpu_warn_and_run_compiled(action_spec):
         )
     assert not update.cudagraphs
     critic = snapshot(loss.qvalue_network_params)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     for _ in range(2):
         metrics = update(make_batch(16))
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert changed(critic, loss.qvalue_network_params)
+    # Each loss compiles whole: no graph break (one on the parameter check cost recompiles).
+    assert not counters["graph_break"], list(counters["graph_break"])
 
 
 def train_pendulum(frames: int = 96, slow: bool = False, monkeypatch=None) -> list[dict]:

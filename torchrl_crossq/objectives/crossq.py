@@ -369,6 +369,17 @@ class CrossQLoss(LossModule):
             "target_entropy", torch.tensor(self._resolve_target_entropy(target_entropy, spec))
         )
         self.make_value_estimator()
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Finds out, eagerly, which parameter sets the networks hold (see ``_holds_own``).
+
+        Done at construction; call it again after moving the loss (``.to()`` forgets it) and
+        before ``torch.compile``-ing its methods, so that compiled code finds the answer
+        cached instead of tracing the check (``CrossQUpdater`` does).
+        """
+        for network in ("actor", "qvalue"):
+            self._holds_own(network)
 
     def _action_spec(self, action_spec):
         """The spec of one action: the given one, or the actor's (its action key, or its only leaf)."""

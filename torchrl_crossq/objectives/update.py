@@ -238,6 +238,8 @@ class CrossQUpdater:
                 "compiled without CUDA graphs",
                 stacklevel=2,
             )
+        if compile:
+            loss.prepare()  # cached before tracing: no graph breaks on the parameter check
         mode = "reduce-overhead" if self.cudagraphs else None
         self._qvalue_loss = (
             torch.compile(loss.qvalue_loss, mode=mode) if compile else loss.qvalue_loss
