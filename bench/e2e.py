@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
 sys.path.insert(0, str(ROOT))  # this checkout's torchrl_crossq, not an installed one
-from learning import HYPERPARAMETERS  # noqa: E402  (bench/ is on sys.path)
+from learning import HYPERPARAMETERS, matched_overrides  # noqa: E402  (bench/ is on sys.path)
 from results_file import section_markers, write_section  # noqa: E402
 from update import _loadavg, machine_info  # noqa: E402
 
@@ -120,9 +120,7 @@ def ours_command(
     width: int, budget: Budget, args: argparse.Namespace, run_dir: Path, overrides: list[str]
 ) -> list[str]:
     """The training script's command line: matched settings, evaluation and checkpoints off."""
-    hp = HYPERPARAMETERS
     frames = total_frames(budget, args.init_random_frames)
-    actor = hp["actor_width"]
     return [
         sys.executable,
         str(SCRIPT),
@@ -131,25 +129,7 @@ def ours_command(
         f"device={args.device}",
         f"run_dir={run_dir}",
         f"threads={args.threads}",
-        "env.num_envs=1",
-        f"collector.total_frames={frames}",
-        f"collector.init_random_frames={args.init_random_frames}",
-        "collector.frames_per_batch=1",
-        f"optim.lr={hp['lr']}",
-        f"optim.beta1={hp['betas'][0]}",
-        f"optim.beta2={hp['betas'][1]}",
-        f"optim.batch_size={hp['batch_size']}",
-        f"optim.policy_update_delay={hp['policy_delay']}",
-        f"algorithm.gamma={hp['gamma']}",
-        "algorithm.q_head_type=crossq",
-        f"algorithm.entropy_tuning.initial_alpha={hp['initial_alpha']}",
-        f"algorithm.replay_buffer.size={min(hp['replay_size'], frames)}",
-        f"network.critic_hidden_sizes=[{width},{width}]",
-        f"network.actor_hidden_sizes=[{actor},{actor}]",
-        f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
-        f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
-        f"network.batch_norm_eps={hp['batch_norm_eps']}",
-        f"network.brn_warmup_steps={hp['warmup_steps']}",
+        *matched_overrides(width, frames, args.init_random_frames),
         # 0: no evaluation during training; the one at the end (1 episode) comes after the
         # last timed window, as does the final checkpoint.
         "eval.interval=0",

@@ -201,22 +201,14 @@ def meta_world_command(task: Task, seed: int, run_dir: Path, device: str) -> lis
     ]
 
 
-def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
-    """The training script's command line for one run, every matched value spelled out."""
-    if task.env_task:
-        return meta_world_command(task, seed, run_dir, device)
+def matched_overrides(critic_width: int, frames: int, init_random_frames: int) -> list[str]:
+    """``HYPERPARAMETERS`` as the training script's overrides: one env, UTD 1, CrossQ head."""
     hp = HYPERPARAMETERS
-    width, actor = task.critic_width, hp["actor_width"]
+    width, actor = critic_width, hp["actor_width"]
     return [
-        sys.executable,
-        str(SCRIPT),
-        f"env={task.env_group}",
-        f"seed={seed}",
-        f"device={device}",
-        f"run_dir={run_dir}",
         "env.num_envs=1",
-        f"collector.total_frames={task.frames}",
-        f"collector.init_random_frames={task.init_random_frames}",
+        f"collector.total_frames={frames}",
+        f"collector.init_random_frames={init_random_frames}",
         "collector.frames_per_batch=1",
         f"optim.lr={hp['lr']}",
         f"optim.beta1={hp['betas'][0]}",
@@ -226,13 +218,28 @@ def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]
         f"algorithm.gamma={hp['gamma']}",
         "algorithm.q_head_type=crossq",
         f"algorithm.entropy_tuning.initial_alpha={hp['initial_alpha']}",
-        f"algorithm.replay_buffer.size={min(hp['replay_size'], task.frames)}",
+        f"algorithm.replay_buffer.size={min(hp['replay_size'], frames)}",
         f"network.critic_hidden_sizes=[{width},{width}]",
         f"network.actor_hidden_sizes=[{actor},{actor}]",
         f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
         f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
         f"network.batch_norm_eps={hp['batch_norm_eps']}",
         f"network.brn_warmup_steps={hp['warmup_steps']}",
+    ]
+
+
+def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
+    """The training script's command line for one run, every matched value spelled out."""
+    if task.env_task:
+        return meta_world_command(task, seed, run_dir, device)
+    return [
+        sys.executable,
+        str(SCRIPT),
+        f"env={task.env_group}",
+        f"seed={seed}",
+        f"device={device}",
+        f"run_dir={run_dir}",
+        *matched_overrides(task.critic_width, task.frames, task.init_random_frames),
         f"eval.interval={task.eval_interval}",
         f"eval.episodes={task.eval_episodes}",
         f"eval.max_episode_steps={MAX_EVAL_STEPS}",
