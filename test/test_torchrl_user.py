@@ -176,9 +176,7 @@ def test_torchrl_keyword_arguments_mean_the_same(kwargs, meaning):
 )
 def test_unsupported_torchrl_keyword_arguments_are_a_one_line_error(kwargs):
     (name,) = kwargs
-    with pytest.raises(
-        ValueError, match=f"^{name} \\(an argument of torchrl.objectives.CrossQLoss\\)"
-    ):
+    with pytest.raises(ValueError, match=f"^{name} \\(an argument of TorchRL's CrossQLoss\\)"):
         CrossQLoss(torchrl_actor(), torchrl_critic(), **kwargs)
 
 

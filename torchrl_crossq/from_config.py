@@ -325,7 +325,9 @@ def make_evaluator_from_config(
         max_steps=cfg.eval.max_episode_steps,
         max_episode_steps=cfg.env.max_episode_steps,
     )
-    video_interval = cfg.eval.video_interval if cfg.eval.video and run_dir is not None else 0
+    video_interval = cfg.eval.video_interval  # read with videos off too: every key is read
+    if not (cfg.eval.video and run_dir is not None):
+        video_interval = 0
     last_video = [frames // video_interval if video_interval else None]
 
     def evaluate_at(frames: int, seed: int | None = None) -> EvalResult:

@@ -327,7 +327,7 @@ class CrossQLoss(LossModule):
         for name, given in unsupported.items():
             if given:
                 raise ValueError(
-                    f"{name} (an argument of torchrl.objectives.CrossQLoss) is not supported by "
+                    f"{name} (an argument of TorchRL's CrossQLoss) is not supported by "
                     f"{type(self).__name__}; leave it at its default"
                 )
         if alpha_init is not None:
