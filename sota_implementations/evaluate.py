@@ -29,8 +29,9 @@ from torchrl_crossq.from_config import (
     EVAL_SEED_OFFSET,
     make_actor_from_config,
     make_evaluator_from_config,
+    record_video_from_config,
 )
-from torchrl_crossq.video import VideoUnavailable, record_episode
+from torchrl_crossq.video import VideoUnavailable
 
 ACTOR_PREFIX = "actor_network_params."  # CrossQLoss's state dict keys of the actor's weights
 
@@ -125,14 +126,8 @@ def evaluate_run(
     }
     if video:
         try:
-            info["video"] = record_episode(
-                actor,
-                run_dir / "videos" / f"evaluate_{frames}.mp4",
-                env_name=cfg.env.name,
-                task=cfg.env.task,
-                max_episode_steps=cfg.env.max_episode_steps,
-                max_steps=cfg.eval.max_episode_steps,
-                seed=seed,
+            info["video"] = record_video_from_config(
+                cfg, actor, run_dir / "videos" / f"evaluate_{frames}.mp4", seed=seed
             )
         except VideoUnavailable as err:
             info["video"] = str(err)

@@ -110,7 +110,9 @@ def test_video_that_cannot_be_made_is_one_warning_line(run_dir, capsys, monkeypa
     def unavailable(*args, **kwargs):
         raise evaluate.VideoUnavailable("no GL here")
 
-    monkeypatch.setattr(evaluate, "record_episode", unavailable)
+    from torchrl_crossq import from_config
+
+    monkeypatch.setattr(from_config, "record_episode", unavailable)
     evaluate.main([str(run_dir), "--video"])
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "warning: no video: no GL here" and "return" in out[-2]

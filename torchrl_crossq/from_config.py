@@ -336,14 +336,8 @@ def make_evaluator_from_config(
         if last_video[0] is not None and frames // video_interval != last_video[0]:
             last_video[0] = frames // video_interval
             try:
-                path = record_episode(
-                    actor,
-                    run_dir / "videos" / f"eval_{frames}.mp4",
-                    env_name=cfg.env.name,
-                    task=cfg.env.task,
-                    max_episode_steps=cfg.env.max_episode_steps,
-                    max_steps=cfg.eval.max_episode_steps,
-                    seed=seed,
+                path = record_video_from_config(
+                    cfg, actor, run_dir / "videos" / f"eval_{frames}.mp4", seed=seed
                 )
                 log_video(logger, path, step=frames)
             except VideoUnavailable as err:
@@ -353,3 +347,21 @@ def make_evaluator_from_config(
 
     evaluate_at.close = evaluation.close
     return evaluate_at
+
+
+def record_video_from_config(
+    cfg: DictConfig, actor: torch.nn.Module, path: Path, *, seed: int
+) -> Path:
+    """One deterministic episode of the run's task to ``path`` (MP4), as evaluation plays it.
+
+    Raises :class:`~torchrl_crossq.video.VideoUnavailable` when no video can be made here.
+    """
+    return record_episode(
+        actor,
+        path,
+        env_name=cfg.env.name,
+        task=cfg.env.task,
+        max_episode_steps=cfg.env.max_episode_steps,
+        max_steps=cfg.eval.max_episode_steps,
+        seed=seed,
+    )
