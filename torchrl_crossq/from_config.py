@@ -300,6 +300,61 @@ def make_logger_from_config(
     )
 
 
+class RunEvaluator:
+    """``evaluator(frames, seed=None)``: the ``eval`` block's deterministic evaluation.
+
+    The ``eval.episodes`` episodes are stepped together (:class:`BatchedEvaluation`) and
+    seeded by the frame count (``seed + 10000 + frames``), so a frame count gets the same
+    episodes however the run got there. With ``eval.video`` (and a ``run_dir``), the first
+    evaluation past each multiple of ``eval.video_interval`` after ``frames`` also renders one
+    episode to ``run_dir/videos/eval_<frames>.mp4`` and hands it to ``logger``; when videos
+    cannot be made here, one warning line says why and training goes on without them.
+    Built by :func:`make_evaluator_from_config`.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        actor: torch.nn.Module,
+        *,
+        run_dir: Path | None,
+        logger: Logger | None,
+        frames: int,
+        episodes: int | None,
+    ) -> None:
+        self.cfg, self.actor, self.run_dir, self.logger = cfg, actor, run_dir, logger
+        self.evaluation = BatchedEvaluation(
+            cfg.env.name,
+            task=cfg.env.task,
+            episodes=cfg.eval.episodes if episodes is None else episodes,
+            max_steps=cfg.eval.max_episode_steps,
+            max_episode_steps=cfg.env.max_episode_steps,
+        )
+        self.video_interval = cfg.eval.video_interval  # read with videos off too: every key is read
+        if not (cfg.eval.video and run_dir is not None):
+            self.video_interval = 0
+        # The video_interval period of the last video; None: no (more) videos.
+        self.last_video = frames // self.video_interval if self.video_interval else None
+
+    def __call__(self, frames: int, seed: int | None = None) -> EvalResult:
+        seed = self.cfg.seed + EVAL_SEED_OFFSET + frames if seed is None else seed
+        result = self.evaluation(self.actor, seed=seed)
+        if self.last_video is not None and frames // self.video_interval != self.last_video:
+            self.last_video = frames // self.video_interval
+            try:
+                path = record_video_from_config(
+                    self.cfg, self.actor, self.run_dir / "videos" / f"eval_{frames}.mp4", seed=seed
+                )
+                log_video(self.logger, path, step=frames)
+            except VideoUnavailable as err:
+                print(f"warning: eval.video: {err}; training goes on without videos")
+                self.last_video = None
+        return result
+
+    def close(self) -> None:
+        self.evaluation.close()
+
+
 def make_evaluator_from_config(
     cfg: DictConfig,
     actor: torch.nn.Module,
@@ -308,45 +363,11 @@ def make_evaluator_from_config(
     logger: Logger | None = None,
     frames: int = 0,
     episodes: int | None = None,
-) -> Callable[..., EvalResult]:
-    """``evaluate_at(frames, seed=None)``: the ``eval`` block's deterministic evaluation.
-
-    The ``eval.episodes`` episodes are stepped together (:class:`BatchedEvaluation`) and
-    seeded by the frame count (``seed + 10000 + frames``), so a frame count gets the same
-    episodes however the run got there. With ``eval.video`` (and a ``run_dir``), the first
-    evaluation past each multiple of ``eval.video_interval`` after ``frames`` also renders one
-    episode to ``run_dir/videos/eval_<frames>.mp4`` and hands it to ``logger``; when videos
-    cannot be made here, one warning line says why and training goes on without them.
-    """
-    evaluation = BatchedEvaluation(
-        cfg.env.name,
-        task=cfg.env.task,
-        episodes=cfg.eval.episodes if episodes is None else episodes,
-        max_steps=cfg.eval.max_episode_steps,
-        max_episode_steps=cfg.env.max_episode_steps,
+) -> RunEvaluator:
+    """The run's :class:`RunEvaluator`; ``frames`` is where the run starts (videos count from it)."""
+    return RunEvaluator(
+        cfg, actor, run_dir=run_dir, logger=logger, frames=frames, episodes=episodes
     )
-    video_interval = cfg.eval.video_interval  # read with videos off too: every key is read
-    if not (cfg.eval.video and run_dir is not None):
-        video_interval = 0
-    last_video = [frames // video_interval if video_interval else None]
-
-    def evaluate_at(frames: int, seed: int | None = None) -> EvalResult:
-        seed = cfg.seed + EVAL_SEED_OFFSET + frames if seed is None else seed
-        result = evaluation(actor, seed=seed)
-        if last_video[0] is not None and frames // video_interval != last_video[0]:
-            last_video[0] = frames // video_interval
-            try:
-                path = record_video_from_config(
-                    cfg, actor, run_dir / "videos" / f"eval_{frames}.mp4", seed=seed
-                )
-                log_video(logger, path, step=frames)
-            except VideoUnavailable as err:
-                print(f"warning: eval.video: {err}; training goes on without videos")
-                last_video[0] = None
-        return result
-
-    evaluate_at.close = evaluation.close
-    return evaluate_at
 
 
 def record_video_from_config(
