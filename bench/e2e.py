@@ -1,34 +1,15 @@
-"""End to end: our training script against sb3-contrib's ``CrossQ.learn``, frames/s and costs.
+"""End to end: our training script against sb3-contrib's ``CrossQ.learn`` on HalfCheetah-v5.
 
-Three measurements on HalfCheetah-v5, one contestant at a time, on the same machine:
+Three measurements, one contestant at a time: training frames/s with evaluation off at critic
+widths 256 and 2048 (``sota_implementations/crossq.py`` at fp32 eager, ``compile=true`` and
+``precision=bf16 compile=true``, against ``CrossQ.learn``, both with the matched settings of
+``bench/learning.py``); evaluation cost per env step (``BatchedEvaluation``, the old
+``evaluate`` path, sb3's ``evaluate_policy``); collection cost per frame (TorchRL's
+``Collector`` as the script builds it, and plain gymnasium loops). bench/README.md has the details.
 
-- **training frames/s** with evaluation off, at critic widths 256 and 2048: ours is
-  ``sota_implementations/crossq.py`` as a user runs it (one subprocess per contestant; fp32
-  eager, ``compile=true`` and ``precision=bf16 compile=true``), sb3 is ``sb3_contrib.CrossQ``
-  and its ``learn`` (one subprocess, written by this file, ``--sb3-run``). Both get the matched
-  hyperparameters of ``bench/learning.py`` (``HYPERPARAMETERS``, imported from there), one env,
-  UTD 1, ``init_random_frames`` = ``learning_starts``, the same seed and ``OMP_NUM_THREADS`` /
-  torch threads (``--threads``). Frames/s are read in windows of ``log_interval`` frames: ours
-  from the script's ``perf/frames_per_s`` (CSV logger, ``<run_dir>/logs/``), sb3 from a
-  callback's ``time.perf_counter()`` at every env step. Windows that start before
-  ``init_random_frames + warmup_frames`` (random steps, the first updates, torch.compile) are
-  dropped; the figure is the median of the rest.
-- **evaluation cost per env step**: ours is ``torchrl_crossq.envs.BatchedEvaluation`` (10
-  deterministic episodes stepped together, one actor call per step), with the old path
-  ``torchrl_crossq.envs.evaluate`` (TorchRL rollouts, one episode at a time) for reference; sb3
-  is ``stable_baselines3.common.evaluation.evaluate_policy(model, env, n_eval_episodes=10,
-  deterministic=True)`` on a CrossQ model of the same actor. Wall time over env steps, median
-  of ``--eval-reps`` interleaved reps after a warm-up call each.
-- **collection cost per frame** (ours, actor included, one env): TorchRL's ``Collector`` as
-  ``make_collector`` builds it for the script (``sync`` backend) with our actor, at one frame per
-  batch (the script's ``collector.frames_per_batch=1``: the headline) and at 1000; with TorchRL's
-  random policy; and a plain gymnasium loop with the actor and with random actions, for
-  reference. Median ms per frame over chunks after a warm-up.
-
-Run: ``make bench`` or ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
-.venv/bin/python bench/e2e.py`` (``--quick`` for a smoke run). The last lines are
-``e2e_speedup_vs_sb3_w256``, ``e2e_speedup_vs_sb3_w2048`` (ours fp32 eager frames/s over
-sb3's), ``e2e_speedup_best_vs_sb3_w256``, ``e2e_speedup_best_vs_sb3_w2048`` (our fastest
+Run: ``make bench`` or ``.venv/bin/python bench/e2e.py`` (``--quick``: smoke run). The last
+lines are ``e2e_speedup_vs_sb3_w256``, ``e2e_speedup_vs_sb3_w2048`` (ours fp32 eager frames/s
+over sb3's), ``e2e_speedup_best_vs_sb3_w256``, ``e2e_speedup_best_vs_sb3_w2048`` (our fastest
 setting), ``eval_ms_per_step``, ``sb3_eval_ms_per_step`` and ``collect_ms_per_frame``.
 """
 
@@ -51,19 +32,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
 sys.path.insert(0, str(ROOT))  # this checkout's torchrl_crossq, not an installed one
-from learning import HYPERPARAMETERS, matched_overrides  # noqa: E402  (bench/ is on sys.path)
-from results_file import section_markers, write_section  # noqa: E402
-from update import _loadavg, machine_info  # noqa: E402
+from harness import (  # noqa: E402  (bench/ is on sys.path)
+    add_output_args,
+    busy_warning,
+    console_header,
+    console_table,
+    end_of_run,
+    finish,
+    header_lines,
+    load_dump,
+    machine_info,
+    markdown_table,
+    span,
+    varies,
+    write_section,
+)
+from learning import HYPERPARAMETERS, matched_overrides  # noqa: E402
 
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-
-
-def sections(device: str) -> tuple[str, str]:
-    """The RESULTS.md markers: a CUDA run has its own section beside the CPU one."""
-    return section_markers("bench/e2e.py" if device == "cpu" else f"bench/e2e.py --device {device}")
-
-
 ENV_ID = "HalfCheetah-v5"
 ENV_GROUP = "halfcheetah"  # configs/env/halfcheetah.yaml
 SEED = 0
@@ -76,14 +63,260 @@ OURS = {
     "ours_bf16_compiled": ["precision=bf16", "compile=true"],
 }
 CONTESTANTS = ("sb3", *OURS)
-LABELS = {
-    "sb3": "sb3-contrib CrossQ.learn",
-    "ours": "ours, fp32 eager",
-    "ours_compiled": "ours, compile=true",
-    "ours_bf16_compiled": "ours, precision=bf16 compile=true",
-}
 
 
+# -- training frames/s -------------------------------------------------------------------------
+def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namespace) -> dict:
+    """One training run in a subprocess; its measured windows and their median frames/s."""
+    run_dir = args.out / f"w{width}" / contestant
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
+    run_dir.mkdir(parents=True)
+    frames = total_frames(budget, args.init_random_frames)
+    if contestant in OURS:
+        command = ours_command(width, budget, args, run_dir, OURS[contestant])
+    else:
+        spec = {
+            "width": width,
+            "frames": frames,
+            "init_random_frames": args.init_random_frames,
+            "threads": args.threads,
+            "device": args.device,
+            "run_dir": str(run_dir),
+        }
+        command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
+    start = time.perf_counter()
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=subprocess_env(args.threads),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall_s = time.perf_counter() - start
+    (run_dir / "output.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"{contestant} width {width} exited {done.returncode}:\n{tail}")
+    if contestant in OURS:
+        windows = ours_windows(run_dir)
+    else:
+        times = json.loads((run_dir / "times.json").read_text())
+        windows = sb3_windows(times, budget.log_interval)
+    first = args.init_random_frames + budget.warmup_frames
+    measured = [w for w in windows if w[0] >= first]
+    if not measured:
+        raise RuntimeError(
+            f"{contestant} width {width}: no logged window starts at or after frame {first} "
+            f"(windows {windows}); raise --measured-frames or lower --log-interval"
+        )
+    rates = [rate for _, _, rate in measured]
+    seconds = sum((end - start) / rate for start, end, rate in measured)
+    result = {
+        "contestant": contestant,
+        "width": width,
+        "frames": frames,
+        "timed_frames": measured[-1][1] - measured[0][0],
+        "windows": windows,
+        "measured_rates": rates,
+        "frames_per_s": statistics.median(rates),
+        "frames_per_s_overall": (measured[-1][1] - measured[0][0]) / seconds,
+        "wall_s": wall_s,
+    }
+    print(
+        f"  width {width:<5} {contestant:<19} {result['frames_per_s']:8.2f} frames/s (median of "
+        f"{len(rates)} windows, {span(rates)}; run {wall_s:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+# -- evaluation cost per env step --------------------------------------------------------------
+def bench_eval(args: argparse.Namespace) -> dict:
+    """Ms per env step of our batched evaluation, our old rollout path and sb3's evaluate_policy."""
+    import warnings
+
+    import gymnasium as gym
+    import torch
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    from torchrl_crossq import make_actor
+    from torchrl_crossq.envs import BatchedEvaluation, env_dims, evaluate, make_env
+
+    warnings.filterwarnings("ignore")
+    episodes, steps = args.eval_episodes, args.eval_max_steps
+    actor_cells = [HYPERPARAMETERS["actor_width"]] * 2
+    torchrl_env = make_env(ENV_ID, seed=EVAL_SEED, max_episode_steps=steps)
+    obs_dim, _ = env_dims(torchrl_env)
+    torch.manual_seed(SEED)
+    actor = make_actor(obs_dim, torchrl_env.action_spec_unbatched, num_cells=actor_cells)
+    calls = [0]  # the old path calls the actor once per env step
+    actor.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    batched = BatchedEvaluation(ENV_ID, episodes=episodes, max_steps=steps, max_episode_steps=steps)
+    sb3_env = Monitor(gym.make(ENV_ID, max_episode_steps=steps))
+    model = sb3_model(
+        gym.make(ENV_ID), critic_width=256, learning_starts=0, buffer_size=1_000, device="cpu"
+    )
+    torch.set_num_threads(
+        args.infer_threads or args.threads
+    )  # again after sb3's build, as learning.py
+
+    def ours() -> int:
+        batched(actor, seed=EVAL_SEED)
+        return batched.steps
+
+    def ours_rollout() -> int:
+        calls[0] = 0
+        evaluate(torchrl_env, actor, episodes=episodes, max_steps=steps)
+        return calls[0]
+
+    def sb3() -> int:
+        _, lengths = evaluate_policy(
+            model,
+            sb3_env,
+            n_eval_episodes=episodes,
+            deterministic=True,
+            return_episode_rewards=True,
+        )
+        return int(sum(lengths))
+
+    evaluators = {"ours": ours, "ours_rollout": ours_rollout, "sb3": sb3}
+    ms: dict[str, list[float]] = {name: [] for name in evaluators}
+    env_steps: dict[str, int] = {}
+    for run in evaluators.values():  # warm-up
+        run()
+    for _ in range(args.eval_reps):  # interleaved: each meets the same load
+        for name, run in evaluators.items():
+            start = time.perf_counter()
+            env_steps[name] = run()
+            ms[name].append(1e3 * (time.perf_counter() - start) / env_steps[name])
+    batched.close()
+    torchrl_env.close()
+    sb3_env.close()
+    result = {
+        "episodes": episodes,
+        "max_steps": steps,
+        "reps": args.eval_reps,
+        "env_steps": env_steps,
+        "ms_per_step_per_rep": ms,
+        "ms_per_step": {name: statistics.median(v) for name, v in ms.items()},
+    }
+    for name, value in result["ms_per_step"].items():
+        print(f"  eval {name:<14} {value:7.3f} ms per env step ({env_steps[name]} steps)")
+    return result
+
+
+# -- collection cost per frame -----------------------------------------------------------------
+def bench_collect(args: argparse.Namespace) -> dict:
+    """Ms per frame of our collection (TorchRL Collector, one env) and of plain loops."""
+    import torch
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from torchrl_crossq import make_actor
+    from torchrl_crossq.collectors import make_collector
+    from torchrl_crossq.envs import env_dims, make_env, make_gym_env
+
+    probe = make_env(ENV_ID, seed=SEED)
+    obs_dim, _ = env_dims(probe)
+    torch.manual_seed(SEED)
+    actor = make_actor(
+        obs_dim, probe.action_spec_unbatched, num_cells=[HYPERPARAMETERS["actor_width"]] * 2
+    )  # eval mode, as the script's actor when it acts
+    probe.close()
+    warmup, chunk, chunks = args.collect_warmup, args.collect_chunk, args.collect_chunks
+
+    def collector(policy, frames_per_batch: int) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            # The collector closes its env before yielding its last batch: one batch to spare.
+            needed = warmup + chunks * chunk + 2 * frames_per_batch
+            c = make_collector(
+                functools.partial(make_env, ENV_ID),
+                policy,
+                seed=SEED,
+                frames_per_batch=frames_per_batch,
+                total_frames=needed,
+                policy_device="cpu",
+            )
+            batches = iter(c)
+            try:
+                return time_chunks(lambda: next(batches).numel(), warmup, chunk, chunks)
+            finally:
+                c.shutdown()
+
+        return run
+
+    def plain(with_actor: bool) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            env = make_gym_env(ENV_ID)
+            obs = [env.reset(seed=SEED)[0]]
+
+            def step() -> int:
+                if with_actor:
+                    observation = torch.as_tensor(obs[0], dtype=torch.float32)
+                    action = actor(TensorDict({"observation": observation}, [])).get("action")
+                    action = action.numpy()
+                else:
+                    action = env.action_space.sample()
+                obs[0], _, terminated, truncated, _ = env.step(action)
+                if terminated or truncated:
+                    obs[0] = env.reset()[0]
+                return 1
+
+            try:
+                with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+                    return time_chunks(step, warmup, chunk, chunks)
+            finally:
+                env.close()
+
+        return run
+
+    batch = args.collect_batch
+    setups = {
+        "collector_actor_b1": (
+            "TorchRL Collector, our actor, 1 frame per batch",
+            collector(actor, 1),
+        ),
+        f"collector_actor_b{batch}": (
+            f"TorchRL Collector, our actor, {batch} frames per batch",
+            collector(actor, batch),
+        ),
+        "collector_random_b1": (
+            "TorchRL Collector, random policy, 1 frame per batch",
+            collector(None, 1),
+        ),
+        "gym_loop_actor": ("plain gymnasium loop, our actor", plain(True)),
+        "gym_loop_random": ("plain gymnasium loop, action_space.sample()", plain(False)),
+    }
+    result = {"warmup": warmup, "chunk": chunk, "chunks": chunks, "setups": {}}
+    for name, (label, run) in setups.items():
+        per_chunk = run()
+        result["setups"][name] = {
+            "label": label,
+            "ms_per_frame_per_chunk": per_chunk,
+            "ms_per_frame": statistics.median(per_chunk),
+        }
+        print(f"  collect {name:<22} {statistics.median(per_chunk):7.3f} ms per frame ({label})")
+    return result
+
+
+def time_chunks(step: Callable[[], int], warmup: int, chunk: int, chunks: int) -> list[float]:
+    """Ms per frame of each of ``chunks`` chunks of ``chunk`` frames, after ``warmup`` frames."""
+    done = 0
+    while done < warmup:
+        done += step()
+    result = []
+    for _ in range(chunks):
+        frames, start = 0, time.perf_counter()
+        while frames < chunk:
+            frames += step()
+        result.append(1e3 * (time.perf_counter() - start) / frames)
+    return result
+
+
+# -- a training run: budget, command lines, sb3's run, frames/s windows ------------------------
 @dataclass(frozen=True)
 class Budget:
     """Learning frames of one training run (after ``init_random_frames`` random ones)."""
@@ -98,20 +331,17 @@ BUDGETS = {"small": Budget(500, 3_000, 500), "large": Budget(100, 400, 50)}
 QUICK_BUDGETS = {"small": Budget(20, 60, 20), "large": Budget(10, 20, 10)}
 LARGE_WIDTH = 1024  # widths above this get the "large" budget
 
-# Issue #16's targets: (summary line, comparison, bound); a str bound names another line.
-TARGETS = (
-    ("e2e_speedup_vs_sb3_w256", ">=", 1.3),
-    ("e2e_speedup_vs_sb3_w2048", ">=", 1.2),
-    ("e2e_speedup_best_vs_sb3_w256", ">=", 2.0),
-    ("e2e_speedup_best_vs_sb3_w2048", ">=", 2.3),
-    ("eval_ms_per_step", "<=", 0.3),
-    ("eval_ms_per_step", "<=", "sb3_eval_ms_per_step"),
-    ("collect_ms_per_frame", "<=", 1.0),
-)
-COLLECT_HEADLINE = "collector_actor_b1"  # the script's collection: one frame per batch
+
+def budget_for(width: int, args: argparse.Namespace) -> Budget:
+    size = "large" if width > LARGE_WIDTH else "small"
+    base = (QUICK_BUDGETS if args.quick else BUDGETS)[size]
+    return Budget(
+        args.warmup_frames if args.warmup_frames is not None else base.warmup_frames,
+        args.measured_frames or base.measured_frames,
+        args.log_interval or base.log_interval,
+    )
 
 
-# -- training frames/s -------------------------------------------------------------------------
 def total_frames(budget: Budget, init_random_frames: int) -> int:
     return init_random_frames + budget.warmup_frames + budget.measured_frames
 
@@ -248,267 +478,20 @@ def library_used(threads: int) -> str:
     return str(Path(done.stdout.strip()).parent)
 
 
-def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namespace) -> dict:
-    """One training run in a subprocess; its measured windows and their median frames/s."""
-    run_dir = args.out / f"w{width}" / contestant
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
-    run_dir.mkdir(parents=True)
-    frames = total_frames(budget, args.init_random_frames)
-    if contestant in OURS:
-        command = ours_command(width, budget, args, run_dir, OURS[contestant])
-    else:
-        spec = {
-            "width": width,
-            "frames": frames,
-            "init_random_frames": args.init_random_frames,
-            "threads": args.threads,
-            "device": args.device,
-            "run_dir": str(run_dir),
-        }
-        command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
-    start = time.perf_counter()
-    done = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=subprocess_env(args.threads),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall_s = time.perf_counter() - start
-    (run_dir / "output.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{contestant} width {width} exited {done.returncode}:\n{tail}")
-    if contestant in OURS:
-        windows = ours_windows(run_dir)
-    else:
-        times = json.loads((run_dir / "times.json").read_text())
-        windows = sb3_windows(times, budget.log_interval)
-    first = args.init_random_frames + budget.warmup_frames
-    measured = [w for w in windows if w[0] >= first]
-    if not measured:
-        raise RuntimeError(
-            f"{contestant} width {width}: no logged window starts at or after frame {first} "
-            f"(windows {windows}); raise --measured-frames or lower --log-interval"
-        )
-    rates = [rate for _, _, rate in measured]
-    seconds = sum((end - start) / rate for start, end, rate in measured)
-    result = {
-        "contestant": contestant,
-        "width": width,
-        "frames": frames,
-        "timed_frames": measured[-1][1] - measured[0][0],
-        "windows": windows,
-        "measured_rates": rates,
-        "frames_per_s": statistics.median(rates),
-        "frames_per_s_overall": (measured[-1][1] - measured[0][0]) / seconds,
-        "wall_s": wall_s,
-    }
-    print(
-        f"  width {width:<5} {contestant:<19} {result['frames_per_s']:8.2f} frames/s (median of "
-        f"{len(rates)} windows, {min(rates):.2f}..{max(rates):.2f}; run {wall_s:.0f} s)",
-        flush=True,
-    )
-    return result
+# -- summary, targets, RESULTS.md --------------------------------------------------------------
+# Issue #16's targets: (summary line, comparison, bound); a str bound names another line.
+TARGETS = (
+    ("e2e_speedup_vs_sb3_w256", ">=", 1.3),
+    ("e2e_speedup_vs_sb3_w2048", ">=", 1.2),
+    ("e2e_speedup_best_vs_sb3_w256", ">=", 2.0),
+    ("e2e_speedup_best_vs_sb3_w2048", ">=", 2.3),
+    ("eval_ms_per_step", "<=", 0.3),
+    ("eval_ms_per_step", "<=", "sb3_eval_ms_per_step"),
+    ("collect_ms_per_frame", "<=", 1.0),
+)
+COLLECT_HEADLINE = "collector_actor_b1"  # the script's collection: one frame per batch
 
 
-def budget_for(width: int, args: argparse.Namespace) -> Budget:
-    size = "large" if width > LARGE_WIDTH else "small"
-    base = (QUICK_BUDGETS if args.quick else BUDGETS)[size]
-    return Budget(
-        args.warmup_frames if args.warmup_frames is not None else base.warmup_frames,
-        args.measured_frames or base.measured_frames,
-        args.log_interval or base.log_interval,
-    )
-
-
-# -- evaluation cost per env step --------------------------------------------------------------
-def bench_eval(args: argparse.Namespace) -> dict:
-    """Ms per env step of our batched evaluation, our old rollout path and sb3's evaluate_policy."""
-    import warnings
-
-    import gymnasium as gym
-    import torch
-    from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.monitor import Monitor
-
-    from torchrl_crossq import make_actor
-    from torchrl_crossq.envs import BatchedEvaluation, env_dims, evaluate, make_env
-
-    warnings.filterwarnings("ignore")
-    episodes, steps = args.eval_episodes, args.eval_max_steps
-    actor_cells = [HYPERPARAMETERS["actor_width"]] * 2
-    torchrl_env = make_env(ENV_ID, seed=EVAL_SEED, max_episode_steps=steps)
-    obs_dim, _ = env_dims(torchrl_env)
-    torch.manual_seed(SEED)
-    actor = make_actor(obs_dim, torchrl_env.action_spec_unbatched, num_cells=actor_cells)
-    calls = [0]  # the old path calls the actor once per env step
-    actor.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    batched = BatchedEvaluation(ENV_ID, episodes=episodes, max_steps=steps, max_episode_steps=steps)
-    sb3_env = Monitor(gym.make(ENV_ID, max_episode_steps=steps))
-    model = sb3_model(
-        gym.make(ENV_ID), critic_width=256, learning_starts=0, buffer_size=1_000, device="cpu"
-    )
-    torch.set_num_threads(
-        args.infer_threads or args.threads
-    )  # again after sb3's build, as learning.py
-
-    def ours() -> int:
-        batched(actor, seed=EVAL_SEED)
-        return batched.steps
-
-    def ours_rollout() -> int:
-        calls[0] = 0
-        evaluate(torchrl_env, actor, episodes=episodes, max_steps=steps)
-        return calls[0]
-
-    def sb3() -> int:
-        _, lengths = evaluate_policy(
-            model,
-            sb3_env,
-            n_eval_episodes=episodes,
-            deterministic=True,
-            return_episode_rewards=True,
-        )
-        return int(sum(lengths))
-
-    evaluators = {"ours": ours, "ours_rollout": ours_rollout, "sb3": sb3}
-    ms: dict[str, list[float]] = {name: [] for name in evaluators}
-    env_steps: dict[str, int] = {}
-    for run in evaluators.values():  # warm-up
-        run()
-    for _ in range(args.eval_reps):  # interleaved: each meets the same load
-        for name, run in evaluators.items():
-            start = time.perf_counter()
-            env_steps[name] = run()
-            ms[name].append(1e3 * (time.perf_counter() - start) / env_steps[name])
-    batched.close()
-    torchrl_env.close()
-    sb3_env.close()
-    result = {
-        "episodes": episodes,
-        "max_steps": steps,
-        "reps": args.eval_reps,
-        "env_steps": env_steps,
-        "ms_per_step_per_rep": ms,
-        "ms_per_step": {name: statistics.median(v) for name, v in ms.items()},
-    }
-    for name, value in result["ms_per_step"].items():
-        print(f"  eval {name:<14} {value:7.3f} ms per env step ({env_steps[name]} steps)")
-    return result
-
-
-# -- collection cost per frame -----------------------------------------------------------------
-def time_chunks(step: Callable[[], int], warmup: int, chunk: int, chunks: int) -> list[float]:
-    """Ms per frame of each of ``chunks`` chunks of ``chunk`` frames, after ``warmup`` frames."""
-    done = 0
-    while done < warmup:
-        done += step()
-    result = []
-    for _ in range(chunks):
-        frames, start = 0, time.perf_counter()
-        while frames < chunk:
-            frames += step()
-        result.append(1e3 * (time.perf_counter() - start) / frames)
-    return result
-
-
-def bench_collect(args: argparse.Namespace) -> dict:
-    """Ms per frame of our collection (TorchRL Collector, one env) and of plain loops."""
-    import torch
-    from tensordict import TensorDict
-    from torchrl.envs.utils import ExplorationType, set_exploration_type
-
-    from torchrl_crossq import make_actor
-    from torchrl_crossq.collectors import make_collector
-    from torchrl_crossq.envs import env_dims, make_env, make_gym_env
-
-    probe = make_env(ENV_ID, seed=SEED)
-    obs_dim, _ = env_dims(probe)
-    torch.manual_seed(SEED)
-    actor = make_actor(
-        obs_dim, probe.action_spec_unbatched, num_cells=[HYPERPARAMETERS["actor_width"]] * 2
-    )  # eval mode, as the script's actor when it acts
-    probe.close()
-    warmup, chunk, chunks = args.collect_warmup, args.collect_chunk, args.collect_chunks
-
-    def collector(policy, frames_per_batch: int) -> Callable[[], list[float]]:
-        def run() -> list[float]:
-            # The collector closes its env before yielding its last batch: one batch to spare.
-            needed = warmup + chunks * chunk + 2 * frames_per_batch
-            c = make_collector(
-                functools.partial(make_env, ENV_ID),
-                policy,
-                seed=SEED,
-                frames_per_batch=frames_per_batch,
-                total_frames=needed,
-                policy_device="cpu",
-            )
-            batches = iter(c)
-            try:
-                return time_chunks(lambda: next(batches).numel(), warmup, chunk, chunks)
-            finally:
-                c.shutdown()
-
-        return run
-
-    def plain(with_actor: bool) -> Callable[[], list[float]]:
-        def run() -> list[float]:
-            env = make_gym_env(ENV_ID)
-            obs = [env.reset(seed=SEED)[0]]
-
-            def step() -> int:
-                if with_actor:
-                    observation = torch.as_tensor(obs[0], dtype=torch.float32)
-                    action = actor(TensorDict({"observation": observation}, [])).get("action")
-                    action = action.numpy()
-                else:
-                    action = env.action_space.sample()
-                obs[0], _, terminated, truncated, _ = env.step(action)
-                if terminated or truncated:
-                    obs[0] = env.reset()[0]
-                return 1
-
-            try:
-                with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-                    return time_chunks(step, warmup, chunk, chunks)
-            finally:
-                env.close()
-
-        return run
-
-    batch = args.collect_batch
-    setups = {
-        "collector_actor_b1": (
-            "TorchRL Collector, our actor, 1 frame per batch",
-            collector(actor, 1),
-        ),
-        f"collector_actor_b{batch}": (
-            f"TorchRL Collector, our actor, {batch} frames per batch",
-            collector(actor, batch),
-        ),
-        "collector_random_b1": (
-            "TorchRL Collector, random policy, 1 frame per batch",
-            collector(None, 1),
-        ),
-        "gym_loop_actor": ("plain gymnasium loop, our actor", plain(True)),
-        "gym_loop_random": ("plain gymnasium loop, action_space.sample()", plain(False)),
-    }
-    result = {"warmup": warmup, "chunk": chunk, "chunks": chunks, "setups": {}}
-    for name, (label, run) in setups.items():
-        per_chunk = run()
-        result["setups"][name] = {
-            "label": label,
-            "ms_per_frame_per_chunk": per_chunk,
-            "ms_per_frame": statistics.median(per_chunk),
-        }
-        print(f"  collect {name:<22} {statistics.median(per_chunk):7.3f} ms per frame ({label})")
-    return result
-
-
-# -- summary, report, RESULTS.md ---------------------------------------------------------------
 def summarise(training: list[dict], evaluation: dict | None, collect: dict | None) -> dict:
     """The summary lines' values (a line is left out when its contestants were not run)."""
     summary: dict[str, float] = {}
@@ -556,22 +539,23 @@ def check_targets(summary: dict) -> list[dict]:
     return rows
 
 
-def busy_warning(info: dict, training: list[dict]) -> str | None:
-    """Signs of a shared machine: load at start, unsteady windows of one run."""
-    signs = []
-    load = info["loadavg_start"].split()[0]
-    if load[0].isdigit() and float(load) > 0.5 * (info["cores"] or 1):
-        signs.append(f"load average {load} at start on {info['cores']} cores")
-    for r in training:
-        rates = r["measured_rates"]
-        if max(rates) > 1.5 * min(rates):
-            signs.append(
-                f"{r['contestant']} at width {r['width']}: frames/s varied "
-                f"{min(rates):.1f}..{max(rates):.1f} across windows"
-            )
-    if not signs:
-        return None
-    return "WARNING: the machine looks busy (" + "; ".join(signs) + "): rates are unreliable"
+def warning(info: dict, training: list[dict]) -> str | None:
+    """The load warning; this script's own sign is a run whose windows' frames/s varied."""
+    unsteady = [
+        f"{r['contestant']} at width {r['width']}: frames/s varied "
+        f"{span(r['measured_rates'], '.1f')} across windows"
+        for r in training
+        if varies(r["measured_rates"], by=1.5)
+    ]
+    return busy_warning(info, unsteady)
+
+
+LABELS = {
+    "sb3": "sb3-contrib CrossQ.learn",
+    "ours": "ours, fp32 eager",
+    "ours_compiled": "ours, compile=true",
+    "ours_bf16_compiled": "ours, precision=bf16 compile=true",
+}
 
 
 def training_rows(training: list[dict]) -> list[tuple[str, ...]]:
@@ -586,7 +570,7 @@ def training_rows(training: list[dict]) -> list[tuple[str, ...]]:
                 f"{r['timed_frames']:,}",
                 str(len(r["measured_rates"])),
                 f"{r['frames_per_s']:.2f}",
-                f"{min(r['measured_rates']):.2f}..{max(r['measured_rates']):.2f}",
+                span(r["measured_rates"]),
                 f"{r['frames_per_s_overall']:.2f}",
                 f"{1e3 / r['frames_per_s']:.1f}",
                 speedup,
@@ -624,19 +608,10 @@ def collect_rows(collect: dict) -> list[tuple[str, ...]]:
     return [(s["label"], f"{s['ms_per_frame']:.3f}") for s in collect["setups"].values()]
 
 
-def console_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows, strict=True)]
+def target_rows(targets: list[dict]) -> list[tuple[str, ...]]:
     return [
-        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
-        for row in (columns, *rows)
-    ]
-
-
-def markdown_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
-    return [
-        "| " + " | ".join(columns) + " |",
-        "|---" * len(columns) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        (t["metric"], f"{t['value']:.3f}", t["target"], "yes" if t["met"] else "no")
+        for t in targets
     ]
 
 
@@ -659,33 +634,18 @@ def settings_line(settings: dict) -> str:
 
 
 def write_results(saved: dict) -> None:
-    """Replaces (or appends) this script's section of bench/RESULTS.md."""
-    info, settings, summary = saved["info"], saved["settings"], saved["summary"]
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
-    section_start, section_end = sections(settings["device"])
-    lines = [
-        section_start,
-        "## End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`"
-        + ("" if settings["device"] == "cpu" else f", {settings['device']}")
-        + ")",
-        "",
-        f"- date: {info['date']}; commit {info['commit']}",
-        f"- command: `{info['command']}`",
-        f"- machine: {info['cpu']}, {info['cores']} cores, {settings['threads']} torch "
-        f"thread(s) (`OMP_NUM_THREADS` too) per contestant, one contestant at a time, device "
-        f"{settings['device']}; load average {info['loadavg_start']} at start, "
-        f"{info['loadavg_end']} at end",
-        f"- versions: Python {info['python']}, {versions}",
-        f"- allocator: {allocator}",
-        settings_line(settings),
-        *([f"- **{info['warning']}**"] if info.get("warning") else []),
-        *(
-            ["- **--quick: a smoke run with tiny budgets, not a measurement**"]
-            if settings["quick"]
-            else []
-        ),
-    ]
+    """Replaces (or appends) this script's section of bench/RESULTS.md (one per device)."""
+    info, settings, device = saved["info"], saved["settings"], saved["settings"]["device"]
+    threads = settings.get("infer_threads", settings["threads"])
+    lines = header_lines(
+        info,
+        f"{settings['threads']} torch thread(s) (`OMP_NUM_THREADS` too) per contestant, one "
+        f"contestant at a time, device {device}",
+        notes=[settings_line(settings)],
+        warning=info.get("warning"),
+    )
+    if settings["quick"]:
+        lines.append("- **--quick: a smoke run with tiny budgets, not a measurement**")
     if saved["training"]:
         lines += [
             "",
@@ -702,7 +662,7 @@ def write_results(saved: dict) -> None:
             f"Evaluation cost: {e['episodes']} deterministic episodes of at most "
             f"{e['max_steps']:,} steps, actor {HYPERPARAMETERS['actor_width']} x 2; wall time "
             f"over env steps, median of {e['reps']} interleaved rep(s) after a warm-up, "
-            f"{settings.get('infer_threads', settings['threads'])} torch thread(s):",
+            f"{threads} torch thread(s):",
             "",
             *markdown_table(("evaluator", "env steps", "ms per env step"), eval_rows(e)),
         ]
@@ -712,27 +672,25 @@ def write_results(saved: dict) -> None:
             "",
             f"Collection cost, {ENV_ID}, one env (the headline `collect_ms_per_frame` is the "
             f"first row, the script's one frame per batch); median of {c['chunks']} chunks of "
-            f"{c['chunk']:,} frames after {c['warmup']:,}, "
-            f"{settings.get('infer_threads', settings['threads'])} torch thread(s):",
+            f"{c['chunk']:,} frames after {c['warmup']:,}, {threads} torch thread(s):",
             "",
             *markdown_table(("setup", "ms per frame"), collect_rows(c)),
         ]
-    targets = saved["targets"]
-    if targets:
+    if saved["targets"]:
         lines += [
             "",
             "Targets of issue #16:",
             "",
-            *markdown_table(
-                ("metric", "measured", "target", "met"),
-                [
-                    (t["metric"], f"{t['value']:.3f}", t["target"], "yes" if t["met"] else "no")
-                    for t in targets
-                ],
-            ),
+            *markdown_table(("metric", "measured", "target", "met"), target_rows(saved["targets"])),
         ]
-    lines += ["", "```", *summary_lines(summary), "```", section_end]
-    write_section("\n".join(lines), section_start, section_end)
+    write_section(
+        "bench/e2e.py" if device == "cpu" else f"bench/e2e.py --device {device}",
+        "End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`"
+        + ("" if device == "cpu" else f", {device}")
+        + ")",
+        lines,
+        summary_lines(saved["summary"]),
+    )
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -766,12 +724,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collect-batch", type=int, default=1_000, help="the large batch")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "e2e", help="run directories")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
-    parser.add_argument("--json", type=Path, help="dump all results to this file")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
-    parser.add_argument(
-        "--results-from", type=Path,
-        help="rewrite the RESULTS.md section from a --json dump of an earlier run (no runs)",
-    )  # fmt: skip
+    add_output_args(parser)
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
@@ -800,15 +753,13 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     if args.results_from:
-        write_results(json.loads(args.results_from.read_text()))
+        write_results(load_dump(args.results_from))
         return
     import torch
 
     # This process runs the eval and collect parts; the script evaluates on its own threads.
     torch.set_num_threads(args.infer_threads or args.threads)
-    info = machine_info()
-    info["loadavg_start"] = _loadavg()
-    info["library"] = library_used(args.threads)
+    info = machine_info(library=library_used(args.threads))
     if Path(info["library"]) != ROOT / "torchrl_crossq":
         raise SystemExit(f"error: the script would import torchrl_crossq from {info['library']}")
     budgets = {w: budget_for(w, args) for w in args.widths}
@@ -822,11 +773,8 @@ def main(argv: list[str] | None = None) -> None:
         "hyperparameters": HYPERPARAMETERS,
         "quick": args.quick,
     }
-    allocator = ", ".join(f"{k}={v if v else 'unset'}" for k, v in info["allocator"].items())
-    print(f"# {info['cpu']}, {info['cores']} cores; {args.threads} torch thread(s) per "
-          f"contestant, one at a time; allocator: {allocator}")  # fmt: skip
-    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"# torchrl_crossq: {info['library']}; load average {info['loadavg_start']}")
+    console_header(info, f"{args.threads} torch thread(s) per contestant, one at a time")
+    print(f"# torchrl_crossq: {info['library']}")
     print("# " + settings_line(settings)[2:])
 
     training: list[dict] = []
@@ -842,10 +790,17 @@ def main(argv: list[str] | None = None) -> None:
     if "collect" in args.parts:
         print(f"# collection cost, one env, {args.collect_chunks} chunks of {args.collect_chunk}")
         collect = bench_collect(args)
-    info["loadavg_end"] = _loadavg()
-    info["warning"] = busy_warning(info, training)
+    end_of_run(info)
+    info["warning"] = warning(info, training)
+    if info["warning"]:
+        print(f"# {info['warning']}")
     summary = summarise(training, evaluation, collect)
     targets = check_targets(summary)
+    if training:
+        print("\n".join(console_table(TRAINING_COLUMNS, training_rows(training))))
+    for t in targets:
+        print(f"# target {t['metric']} {t['target']}: {t['value']:.3f}, "
+              f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
     saved = {
         "info": info,
         "settings": settings,
@@ -855,21 +810,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "targets": targets,
     }
-    if training:
-        print(*console_table(TRAINING_COLUMNS, training_rows(training)), sep="\n")
-    for t in targets:
-        print(f"# target {t['metric']} {t['target']}: {t['value']:.3f}, "
-              f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
-    print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
-    if info["warning"]:
-        print(f"# {info['warning']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(saved, indent=2))
-    if args.write_results:
-        write_results(saved)
-    for line in summary_lines(summary):
-        print(line)
+    finish(args, saved, write_results, summary_lines(summary))
 
 
 if __name__ == "__main__":
