@@ -21,32 +21,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import logging
 import math
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
-from harness import (  # bench/ is on sys.path
-    add_output_args,
-    busy_warning,
-    console_header,
-    console_table,
-    end_of_run,
-    finish,
-    header_lines,
-    load_dump,
-    machine_info,
-    markdown_table,
-    span,
-    varies,
-    write_section,
-)
+import harness  # bench/ is on sys.path
 
 ENV_TASKS = ("HalfCheetah-v5", "reach-v3")
 ENV_SETUPS = ("serial", "parallel", "envpool")
@@ -440,12 +424,12 @@ def envs_report(envs: dict) -> list[str]:
     lines = [
         "plain gymnasium loop (median over the run): "
         + ", ".join(f"{label} {rate:,.0f} frames/s" for label, rate in envs["plain"].items()),
-        *console_table(SETUP_CONSOLE, setup_rows(envs)),
+        *harness.console_table(SETUP_CONSOLE, setup_rows(envs)),
     ]
     if envs["envpool"]:
         lines += [
             "envpool frames/s over gymnasium's (> 1: envpool is faster; 1 env: over single)",
-            *console_table(ENVPOOL_CONSOLE, envpool_rows(envs)),
+            *harness.console_table(ENVPOOL_CONSOLE, envpool_rows(envs)),
         ]
     return lines
 
@@ -489,11 +473,11 @@ def collectors_summary(collectors: dict) -> list[str]:
 def warning(info: dict, plain_rates: dict[str, list[float]]) -> str | None:
     """The load warning; this script's own sign is a plain loop unsteady across the run."""
     unsteady = [
-        f"the {label} plain loop's rate varied {span(rates, ',.0f')} frames/s across the run"
+        f"the {label} plain loop's rate varied {harness.span(rates, ',.0f')} frames/s across the run"
         for label, rates in plain_rates.items()
-        if varies(rates, by=BUSY_SPREAD)
+        if harness.varies(rates, by=BUSY_SPREAD)
     ]
-    return busy_warning(info, unsteady)
+    return harness.busy_warning(info, unsteady)
 
 
 def write_results(saved: dict) -> None:
@@ -504,14 +488,19 @@ def write_results(saved: dict) -> None:
         write_collectors_results(saved["info"], saved["settings"], saved["collectors"])
 
 
+def header_lines(info: dict, settings: dict, part: dict) -> list[str]:
+    """The header of a part's section; its warning reads that part's plain-loop chunks."""
+    return harness.header_lines(
+        info,
+        f"torch threads {settings['threads'] or 'default'}",
+        warning=warning(info, part["plain_rates"]),
+    )
+
+
 def write_envs_results(info: dict, settings: dict, envs: dict) -> None:
     plain = envs["plain"]
     lines = [
-        *header_lines(
-            info,
-            f"torch threads {settings['threads'] or 'default'}",
-            warning=warning(info, envs["plain_rates"]),
-        ),
+        *header_lines(info, settings, envs),
         f"- {', '.join(plain)}; frames/s are medians of {settings['chunks']} chunks of about "
         f"{settings['frames'] // settings['chunks']} frames after {settings['warmup_frames']} "
         "warm-up frames; ratio = ours / the plain gymnasium loop (random actions, one process)",
@@ -521,16 +510,16 @@ def write_envs_results(info: dict, settings: dict, envs: dict) -> None:
         + ", ".join(f"{label} **{rate:,.0f} frames/s**" for label, rate in plain.items())
         + ".",
         "",
-        *markdown_table(SETUP_COLUMNS, setup_rows(envs)),
+        *harness.markdown_table(SETUP_COLUMNS, setup_rows(envs)),
     ]
     if envs["envpool"]:
         lines += [
             "",
             "EnvPool's frames/s over gymnasium's (> 1: EnvPool is faster; one env: over `single`):",
             "",
-            *markdown_table(ENVPOOL_COLUMNS, envpool_rows(envs)),
+            *harness.markdown_table(ENVPOOL_COLUMNS, envpool_rows(envs)),
         ]
-    write_section(
+    harness.write_section(
         "bench/collect.py",
         "Collection throughput: env backends (`bench/collect.py`)",
         lines,
@@ -540,20 +529,16 @@ def write_envs_results(info: dict, settings: dict, envs: dict) -> None:
 
 def write_collectors_results(info: dict, settings: dict, collectors: dict) -> None:
     lines = [
-        *header_lines(
-            info,
-            f"torch threads {settings['threads'] or 'default'}",
-            warning=warning(info, collectors["plain_rates"]),
-        ),
+        *header_lines(info, settings, collectors),
         f"- {settings['collector_task']}, one env per worker, {settings['collector_policy']} "
         f"policy; frames/s over {settings['collector_batches']} timed batches after the "
         f"start-up batch and {settings['collector_warmup_batches']} warm-up batch(es); "
         "`vs sync` = frames/s over the one-process `sync` collector's",
         *[f"- {line}" for line in collectors["skipped"]],
         "",
-        *markdown_table(COLLECTOR_COLUMNS, collector_rows(collectors)),
+        *harness.markdown_table(COLLECTOR_COLUMNS, collector_rows(collectors)),
     ]
-    write_section(
+    harness.write_section(
         "bench/collect.py (collectors)",
         "Collection throughput: collector backends (`bench/collect.py --part collectors`)",
         lines,
@@ -594,7 +579,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: 1 and 2 envs/workers, few frames"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    add_output_args(parser)
+    harness.add_output_args(parser)
     envs = parser.add_argument_group("part envs")
     envs.add_argument(
         "--tasks",
@@ -631,33 +616,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    counts = [*args.envs, *args.steps_per_batch, *args.workers, args.chunks, args.collector_batches]
-    if min(counts) < 1 or args.collector_frames_per_batch < 1 or args.plain_steps < 1:
-        parser.error(
-            "--envs, --steps-per-batch, --workers, --chunks, --collector-batches, "
-            "--collector-frames-per-batch and --plain-steps must be >= 1"
-        )
+    harness.require_at_least(
+        parser, args, 1, "envs", "steps_per_batch", "workers", "chunks", "collector_batches",
+        "collector_frames_per_batch", "plain_steps",
+    )  # fmt: skip
+    harness.require_at_least(parser, args, 0, "collector_warmup_batches")
     if args.frames < args.chunks:
         parser.error(f"--frames={args.frames} must be >= --chunks={args.chunks}")
-    if args.collector_warmup_batches < 0:
-        parser.error(f"--collector-warmup-batches={args.collector_warmup_batches} must be >= 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.results_from:
-        write_results(load_dump(args.results_from))
+        write_results(harness.load_dump(args.results_from))
         return
-    warnings.filterwarnings("ignore")
-    import torchrl  # noqa: F401  (its logger exists once imported)
-
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    harness.quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    info = machine_info(EXTRA_PACKAGES)
-    console_header(info, f"torch threads {threads}")
+    info = harness.machine_info(EXTRA_PACKAGES)
+    harness.console_header(info, f"torch threads {threads}")
     envs = collectors = None
     if args.part in ("envs", "all"):
         print(
@@ -675,11 +654,11 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         collectors = run_collectors(args, threads)
-    end_of_run(info)
+    harness.end_of_run(info)
 
     summary = []
     if collectors is not None:
-        print("\n".join(console_table(COLLECTOR_COLUMNS, collector_rows(collectors))))
+        print("\n".join(harness.console_table(COLLECTOR_COLUMNS, collector_rows(collectors))))
         summary += collectors_summary(collectors)
     if envs is not None:
         print("\n".join(envs_report(envs)))
@@ -692,7 +671,7 @@ def main(argv: list[str] | None = None) -> None:
     output = ("json", "write_results", "results_from")
     settings = {k: v for k, v in vars(args).items() if k not in output}
     saved = {"info": info, "settings": settings, "envs": envs, "collectors": collectors}
-    finish(args, saved, write_results, summary)
+    harness.finish(args, saved, write_results, summary)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import csv
 import functools
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,22 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
 sys.path.insert(0, str(ROOT))  # this checkout's torchrl_crossq, not an installed one
-from harness import (  # noqa: E402  (bench/ is on sys.path)
-    add_output_args,
-    busy_warning,
-    console_header,
-    console_table,
-    end_of_run,
-    finish,
-    header_lines,
-    load_dump,
-    machine_info,
-    markdown_table,
-    span,
-    varies,
-    write_section,
-)
-from learning import HYPERPARAMETERS, matched_overrides  # noqa: E402
+import harness  # noqa: E402  (bench/ is on sys.path)
+from learning import HYPERPARAMETERS, matched_overrides, sb3_model  # noqa: E402
 
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
@@ -68,10 +53,7 @@ CONTESTANTS = ("sb3", *OURS)
 # -- training frames/s -------------------------------------------------------------------------
 def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namespace) -> dict:
     """One training run in a subprocess; its measured windows and their median frames/s."""
-    run_dir = args.out / f"w{width}" / contestant
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
-    run_dir.mkdir(parents=True)
+    run_dir = harness.fresh_dir(args.out / f"w{width}" / contestant)
     frames = total_frames(budget, args.init_random_frames)
     if contestant in OURS:
         command = ours_command(width, budget, args, run_dir, OURS[contestant])
@@ -85,20 +67,9 @@ def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namesp
             "run_dir": str(run_dir),
         }
         command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
-    start = time.perf_counter()
-    done = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=subprocess_env(args.threads),
-        capture_output=True,
-        text=True,
-        check=False,
+    wall_s = harness.run_logged(
+        command, run_dir, subprocess_env(args.threads), f"{contestant} width {width}"
     )
-    wall_s = time.perf_counter() - start
-    (run_dir / "output.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{contestant} width {width} exited {done.returncode}:\n{tail}")
     if contestant in OURS:
         windows = ours_windows(run_dir)
     else:
@@ -126,7 +97,7 @@ def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namesp
     }
     print(
         f"  width {width:<5} {contestant:<19} {result['frames_per_s']:8.2f} frames/s (median of "
-        f"{len(rates)} windows, {span(rates)}; run {wall_s:.0f} s)",
+        f"{len(rates)} windows, {harness.span(rates)}; run {wall_s:.0f} s)",
         flush=True,
     )
     return result
@@ -157,11 +128,9 @@ def bench_eval(args: argparse.Namespace) -> dict:
     batched = BatchedEvaluation(ENV_ID, episodes=episodes, max_steps=steps, max_episode_steps=steps)
     sb3_env = Monitor(gym.make(ENV_ID, max_episode_steps=steps))
     model = sb3_model(
-        gym.make(ENV_ID), critic_width=256, learning_starts=0, buffer_size=1_000, device="cpu"
-    )
-    torch.set_num_threads(
-        args.infer_threads or args.threads
-    )  # again after sb3's build, as learning.py
+        gym.make(ENV_ID), HYPERPARAMETERS, critic_width=256, learning_starts=0,
+        buffer_size=1_000, seed=SEED, device="cpu", threads=args.infer_threads or args.threads,
+    )  # fmt: skip
 
     def ours() -> int:
         batched(actor, seed=EVAL_SEED)
@@ -372,42 +341,6 @@ def ours_command(
     ]
 
 
-def sb3_model(env, *, critic_width: int, learning_starts: int, buffer_size: int, device: str):
-    """sb3-contrib's CrossQ with the matched settings (as bench/learning.py's sb3 runs)."""
-    import torch
-    from sb3_contrib import CrossQ
-
-    hp = HYPERPARAMETERS
-    model = CrossQ(
-        "MlpPolicy",
-        env,
-        learning_rate=hp["lr"],
-        buffer_size=buffer_size,
-        learning_starts=learning_starts,
-        batch_size=hp["batch_size"],
-        gamma=hp["gamma"],
-        train_freq=1,
-        gradient_steps=1,
-        policy_delay=hp["policy_delay"],
-        ent_coef=f"auto_{hp['initial_alpha']}",
-        policy_kwargs={
-            "net_arch": {"pi": [hp["actor_width"]] * 2, "qf": [critic_width] * 2},
-            "n_critics": hp["num_qvalue_nets"],
-            "batch_norm_momentum": hp["batch_norm_momentum"],
-            "batch_norm_eps": hp["batch_norm_eps"],
-            "renorm_warmup_steps": hp["warmup_steps"],
-            "optimizer_kwargs": {"betas": hp["betas"]},
-        },
-        seed=SEED,
-        device=device,
-    )
-    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
-    model.ent_coef_optimizer = torch.optim.Adam(
-        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
-    )
-    return model
-
-
 def sb3_run(spec: dict) -> None:
     """``--sb3-run``: ``CrossQ.learn`` with a clock at every env step; writes ``times.json``."""
     import warnings
@@ -420,12 +353,14 @@ def sb3_run(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     model = sb3_model(
         gym.make(ENV_ID),
+        HYPERPARAMETERS,
         critic_width=spec["width"],
         learning_starts=spec["init_random_frames"],
         buffer_size=min(HYPERPARAMETERS["replay_size"], spec["frames"]),
+        seed=SEED,
         device=spec["device"],
+        threads=spec["threads"],
     )
-    torch.set_num_threads(spec["threads"])
     times: list[float] = []
 
     class Clock(BaseCallback):
@@ -543,11 +478,11 @@ def warning(info: dict, training: list[dict]) -> str | None:
     """The load warning; this script's own sign is a run whose windows' frames/s varied."""
     unsteady = [
         f"{r['contestant']} at width {r['width']}: frames/s varied "
-        f"{span(r['measured_rates'], '.1f')} across windows"
+        f"{harness.span(r['measured_rates'], '.1f')} across windows"
         for r in training
-        if varies(r["measured_rates"], by=1.5)
+        if harness.varies(r["measured_rates"], by=1.5)
     ]
-    return busy_warning(info, unsteady)
+    return harness.busy_warning(info, unsteady)
 
 
 LABELS = {
@@ -570,7 +505,7 @@ def training_rows(training: list[dict]) -> list[tuple[str, ...]]:
                 f"{r['timed_frames']:,}",
                 str(len(r["measured_rates"])),
                 f"{r['frames_per_s']:.2f}",
-                span(r["measured_rates"]),
+                harness.span(r["measured_rates"]),
                 f"{r['frames_per_s_overall']:.2f}",
                 f"{1e3 / r['frames_per_s']:.1f}",
                 speedup,
@@ -637,7 +572,7 @@ def write_results(saved: dict) -> None:
     """Replaces (or appends) this script's section of bench/RESULTS.md (one per device)."""
     info, settings, device = saved["info"], saved["settings"], saved["settings"]["device"]
     threads = settings.get("infer_threads", settings["threads"])
-    lines = header_lines(
+    lines = harness.header_lines(
         info,
         f"{settings['threads']} torch thread(s) (`OMP_NUM_THREADS` too) per contestant, one "
         f"contestant at a time, device {device}",
@@ -653,7 +588,7 @@ def write_results(saved: dict) -> None:
             "(`perf/frames_per_s` of its CSV log), sb3 is `CrossQ.learn` (a clock at every env "
             "step); median over the timed windows:",
             "",
-            *markdown_table(TRAINING_COLUMNS, training_rows(saved["training"])),
+            *harness.markdown_table(TRAINING_COLUMNS, training_rows(saved["training"])),
         ]
     if saved["eval"]:
         e = saved["eval"]
@@ -664,7 +599,7 @@ def write_results(saved: dict) -> None:
             f"over env steps, median of {e['reps']} interleaved rep(s) after a warm-up, "
             f"{threads} torch thread(s):",
             "",
-            *markdown_table(("evaluator", "env steps", "ms per env step"), eval_rows(e)),
+            *harness.markdown_table(("evaluator", "env steps", "ms per env step"), eval_rows(e)),
         ]
     if saved["collect"]:
         c = saved["collect"]
@@ -674,16 +609,18 @@ def write_results(saved: dict) -> None:
             f"first row, the script's one frame per batch); median of {c['chunks']} chunks of "
             f"{c['chunk']:,} frames after {c['warmup']:,}, {threads} torch thread(s):",
             "",
-            *markdown_table(("setup", "ms per frame"), collect_rows(c)),
+            *harness.markdown_table(("setup", "ms per frame"), collect_rows(c)),
         ]
     if saved["targets"]:
         lines += [
             "",
             "Targets of issue #16:",
             "",
-            *markdown_table(("metric", "measured", "target", "met"), target_rows(saved["targets"])),
+            *harness.markdown_table(
+                ("metric", "measured", "target", "met"), target_rows(saved["targets"])
+            ),
         ]
-    write_section(
+    harness.write_section(
         "bench/e2e.py" if device == "cpu" else f"bench/e2e.py --device {device}",
         "End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`"
         + ("" if device == "cpu" else f", {device}")
@@ -724,7 +661,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collect-batch", type=int, default=1_000, help="the large batch")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "e2e", help="run directories")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
-    add_output_args(parser)
+    harness.add_output_args(parser)
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
@@ -732,18 +669,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_max_steps, args.eval_reps = min(args.eval_max_steps, 100), 1
         args.collect_warmup, args.collect_chunk, args.collect_chunks = 100, 100, 2
         args.collect_batch = min(args.collect_batch, 100)
-    positive = ("widths", "threads", "infer_threads", "measured_frames", "log_interval",
-                "eval_episodes", "eval_max_steps", "eval_reps", "collect_chunk", "collect_chunks",
-                "collect_batch")  # fmt: skip
-    for key in positive:
-        values = getattr(args, key)
-        for value in values if isinstance(values, list) else [values]:
-            if value is not None and value < 1:
-                parser.error(f"--{key.replace('_', '-')}={value} must be >= 1")
-    for key in ("init_random_frames", "warmup_frames", "collect_warmup"):
-        value = getattr(args, key)
-        if value is not None and value < 0:
-            parser.error(f"--{key.replace('_', '-')}={value} must be >= 0")
+    harness.require_at_least(
+        parser, args, 1, "widths", "threads", "infer_threads", "measured_frames",
+        "log_interval", "eval_episodes", "eval_max_steps", "eval_reps", "collect_chunk",
+        "collect_chunks", "collect_batch",
+    )  # fmt: skip
+    harness.require_at_least(
+        parser, args, 0, "init_random_frames", "warmup_frames", "collect_warmup"
+    )
     return args
 
 
@@ -753,13 +686,13 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     if args.results_from:
-        write_results(load_dump(args.results_from))
+        write_results(harness.load_dump(args.results_from))
         return
     import torch
 
     # This process runs the eval and collect parts; the script evaluates on its own threads.
     torch.set_num_threads(args.infer_threads or args.threads)
-    info = machine_info(library=library_used(args.threads))
+    info = harness.machine_info(library=library_used(args.threads))
     if Path(info["library"]) != ROOT / "torchrl_crossq":
         raise SystemExit(f"error: the script would import torchrl_crossq from {info['library']}")
     budgets = {w: budget_for(w, args) for w in args.widths}
@@ -773,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
         "hyperparameters": HYPERPARAMETERS,
         "quick": args.quick,
     }
-    console_header(info, f"{args.threads} torch thread(s) per contestant, one at a time")
+    harness.console_header(info, f"{args.threads} torch thread(s) per contestant, one at a time")
     print(f"# torchrl_crossq: {info['library']}")
     print("# " + settings_line(settings)[2:])
 
@@ -790,14 +723,14 @@ def main(argv: list[str] | None = None) -> None:
     if "collect" in args.parts:
         print(f"# collection cost, one env, {args.collect_chunks} chunks of {args.collect_chunk}")
         collect = bench_collect(args)
-    end_of_run(info)
+    harness.end_of_run(info)
     info["warning"] = warning(info, training)
     if info["warning"]:
         print(f"# {info['warning']}")
     summary = summarise(training, evaluation, collect)
     targets = check_targets(summary)
     if training:
-        print("\n".join(console_table(TRAINING_COLUMNS, training_rows(training))))
+        print("\n".join(harness.console_table(TRAINING_COLUMNS, training_rows(training))))
     for t in targets:
         print(f"# target {t['metric']} {t['target']}: {t['value']:.3f}, "
               f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
@@ -810,7 +743,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "targets": targets,
     }
-    finish(args, saved, write_results, summary_lines(summary))
+    harness.finish(args, saved, write_results, summary_lines(summary))
 
 
 if __name__ == "__main__":

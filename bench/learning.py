@@ -22,28 +22,14 @@ import csv
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
-from harness import (  # bench/ is on sys.path
-    add_output_args,
-    console_header,
-    console_table,
-    end_of_run,
-    finish,
-    header_lines,
-    load_dump,
-    machine_info,
-    markdown_table,
-    write_section,
-)
+import harness  # bench/ is on sys.path
 
 from torchrl_crossq.analysis import bootstrap_ci, iqm
 
@@ -59,10 +45,7 @@ OURS = {"ours": [], "ours_bf16": ["precision=bf16"]}
 # -- one run ---------------------------------------------------------------------------------
 def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespace) -> dict:
     """Runs one training run in a subprocess; returns its eval rows and wall time."""
-    run_dir = args.out / name / f"{impl}-seed{seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
-    run_dir.mkdir(parents=True)
+    run_dir = harness.fresh_dir(args.out / name / f"{impl}-seed{seed}")
     if impl in OURS:
         command = ours_command(task, seed, run_dir, args.device) + OURS[impl]
     else:
@@ -75,13 +58,7 @@ def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespac
         }
         command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    wall_s = time.perf_counter() - start
-    (run_dir / "output.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{impl} {name} seed {seed} exited {done.returncode}:\n{tail}")
+    wall_s = harness.run_logged(command, run_dir, env, f"{impl} {name} seed {seed}")
     rows = read_eval_csv(run_dir / "eval.csv")
     print(
         f"  {name:<17} {impl:<9} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
@@ -170,7 +147,6 @@ def sb3_run(spec: dict) -> None:
     import gymnasium as gym
     import numpy as np
     import torch
-    from sb3_contrib import CrossQ
     from stable_baselines3.common.callbacks import BaseCallback
 
     warnings.filterwarnings("ignore")
@@ -185,38 +161,16 @@ def sb3_run(spec: dict) -> None:
 
         return gym.make(task.env_id, env_name=task.env_task, disable_env_checker=True)
 
-    model = CrossQ(
-        "MlpPolicy",
+    model = sb3_model(
         make(),
-        learning_rate=hp["lr"],
-        buffer_size=min(hp["replay_size"], task.frames),
+        hp,
+        critic_width=task.critic_width,
         learning_starts=task.init_random_frames,
-        batch_size=hp["batch_size"],
-        gamma=hp["gamma"],
-        train_freq=1,
-        gradient_steps=1,
-        policy_delay=hp["policy_delay"],
-        ent_coef=f"auto_{hp['initial_alpha']}",
-        target_entropy=hp.get("target_entropy", "auto"),
-        policy_kwargs={
-            "net_arch": {
-                "pi": [hp["actor_width"]] * 2,
-                "qf": [task.critic_width] * 2,
-            },
-            "n_critics": hp["num_qvalue_nets"],
-            "batch_norm_momentum": hp["batch_norm_momentum"],
-            "batch_norm_eps": hp["batch_norm_eps"],
-            "renorm_warmup_steps": hp["warmup_steps"],
-            "optimizer_kwargs": {"betas": hp["betas"]},
-        },
+        buffer_size=min(hp["replay_size"], task.frames),
         seed=seed,
         device=spec["device"],
+        threads=spec["threads"],
     )
-    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
-    model.ent_coef_optimizer = torch.optim.Adam(
-        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
-    )
-    torch.set_num_threads(spec["threads"])
 
     eval_env = make()
     eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
@@ -254,6 +208,49 @@ def sb3_run(spec: dict) -> None:
     model.learn(total_timesteps=task.frames, callback=EvalEvery())
     if not rows or rows[-1]["frames"] != model.num_timesteps:
         evaluate(model.num_timesteps)
+
+
+def sb3_model(
+    env, hp: dict, *, critic_width: int, learning_starts: int, buffer_size: int, seed: int,
+    device: str, threads: int,
+):  # fmt: skip
+    """sb3-contrib's CrossQ with the matched hyperparameters ``hp`` (also bench/e2e.py's).
+
+    Torch runs on ``threads`` threads afterwards, whatever sb3 set while building.
+    """
+    import torch
+    from sb3_contrib import CrossQ
+
+    model = CrossQ(
+        "MlpPolicy",
+        env,
+        learning_rate=hp["lr"],
+        buffer_size=buffer_size,
+        learning_starts=learning_starts,
+        batch_size=hp["batch_size"],
+        gamma=hp["gamma"],
+        train_freq=1,
+        gradient_steps=1,
+        policy_delay=hp["policy_delay"],
+        ent_coef=f"auto_{hp['initial_alpha']}",
+        target_entropy=hp.get("target_entropy", "auto"),
+        policy_kwargs={
+            "net_arch": {"pi": [hp["actor_width"]] * 2, "qf": [critic_width] * 2},
+            "n_critics": hp["num_qvalue_nets"],
+            "batch_norm_momentum": hp["batch_norm_momentum"],
+            "batch_norm_eps": hp["batch_norm_eps"],
+            "renorm_warmup_steps": hp["warmup_steps"],
+            "optimizer_kwargs": {"betas": hp["betas"]},
+        },
+        seed=seed,
+        device=device,
+    )
+    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
+    model.ent_coef_optimizer = torch.optim.Adam(
+        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
+    )
+    torch.set_num_threads(threads)
+    return model
 
 
 def write_eval_csv(path: Path, rows: list[dict]) -> None:
@@ -540,7 +537,7 @@ def report(summary: dict) -> list[str]:
                     f"{s['average_iqm']:.{d}f}", _ci(s["average_ci"], d), f"{s['wall_s']:.0f}",
                 )
             )  # fmt: skip
-    return console_table(REPORT_COLUMNS, rows)
+    return harness.console_table(REPORT_COLUMNS, rows)
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -628,7 +625,7 @@ def write_results(saved: dict) -> None:
                 )
             )  # fmt: skip
     lines = [
-        *header_lines(
+        *harness.header_lines(
             info,
             f"{info['threads']} torch thread(s) per run, {info['jobs']} run(s) at a time, "
             f"device {info['device']}",
@@ -644,7 +641,7 @@ def write_results(saved: dict) -> None:
         f"({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); `_vs_sb3_ci_`: ours must "
         "not fall below sb3's interval (ours' mean >= the low end of sb3's CI)",
         "",
-        *markdown_table(TABLE_COLUMNS, rows),
+        *harness.markdown_table(TABLE_COLUMNS, rows),
     ]
     for name, by_impl in summary.items():
         impls = list(by_impl)
@@ -654,7 +651,7 @@ def write_results(saved: dict) -> None:
             f"Eval {'success rate' if tasks[name].env_task else 'return'} over frames, "
             f"{tasks[name].label} (mean +- std across seeds):",
             "",
-            *markdown_table(
+            *harness.markdown_table(
                 ("frames", *impls),
                 [
                     (
@@ -676,7 +673,7 @@ def write_results(saved: dict) -> None:
         f"Curves: `{info.get('plot', 'bench/out/learning.png')}` (not committed; rerun to draw "
         "it).",
     ]
-    write_section(
+    harness.write_section(
         SECTIONS[section],
         f"{SECTION_TITLES[section]}, ours vs sb3-contrib CrossQ (`bench/learning.py`)",
         lines,
@@ -715,7 +712,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "learning", help="run directories")
     parser.add_argument("--plot", type=Path, default=OUT_DIR / "learning.png")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1.5k frames")
-    add_output_args(parser)
+    harness.add_output_args(parser)
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
@@ -724,12 +721,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.init_random_frames = args.init_random_frames or 500
         args.eval_interval = args.eval_interval or 500
         args.eval_episodes = args.eval_episodes or 2
-    for key in ("frames", "width", "eval_interval", "eval_episodes", "threads", "jobs"):
-        value = getattr(args, key)
-        if value is not None and value < 1:
-            parser.error(f"--{key.replace('_', '-')}={value} must be >= 1")
-    if args.init_random_frames is not None and args.init_random_frames < 0:
-        parser.error(f"--init-random-frames={args.init_random_frames} must be >= 0")
+    harness.require_at_least(
+        parser, args, 1, "frames", "width", "eval_interval", "eval_episodes", "threads", "jobs"
+    )
+    harness.require_at_least(parser, args, 0, "init_random_frames")
     return args
 
 
@@ -759,20 +754,22 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     if args.results_from:
-        write_results(load_dump(args.results_from))
+        write_results(harness.load_dump(args.results_from))
         return
     tasks = task_settings(args)
     if args.write_results:
         one_section(tasks)  # fail before training, not after
     plot_path = args.plot.resolve()
-    info = machine_info(
+    info = harness.machine_info(
         threads=args.threads,
         jobs=args.jobs,
         device=args.device,
         seeds=args.seeds,
         plot=str(plot_path.relative_to(ROOT) if plot_path.is_relative_to(ROOT) else plot_path),
     )
-    console_header(info, f"{args.threads} torch thread(s) per run, {args.jobs} run(s) at a time")
+    harness.console_header(
+        info, f"{args.threads} torch thread(s) per run, {args.jobs} run(s) at a time"
+    )
     for name, t in tasks.items():
         print(
             f"# {name}: {t.env_id}, {t.frames} frames ({t.init_random_frames} random), critic "
@@ -789,7 +786,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [f.result() for f in futures]
     finally:
         pool.shutdown(cancel_futures=True)  # a failed run stops the benchmark
-    end_of_run(info)
+    harness.end_of_run(info)
     summary = aggregate(runs, list(tasks))
     print("\n".join(report(summary)))
     print(f"# curves: {plot(summary, runs, args.plot)}; runs: {args.out}")
@@ -800,7 +797,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "runs": runs,
     }
-    finish(args, saved, write_results, summary_lines(summary))
+    harness.finish(args, saved, write_results, summary_lines(summary))
 
 
 if __name__ == "__main__":

@@ -16,26 +16,14 @@ worse of the two window units), then ``within_1.5x: yes|NO``: the requirement is
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
+import harness  # bench/ is on sys.path
 import torch
-from harness import (  # bench/ is on sys.path
-    add_output_args,
-    console_header,
-    console_table,
-    end_of_run,
-    finish,
-    header_lines,
-    load_dump,
-    machine_info,
-    write_section,
-)
 from tensordict import TensorDict
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
@@ -184,7 +172,7 @@ def report(result: dict) -> list[str]:
     ]  # fmt: skip
     return [
         f"# {result['storage']} storage, {result['size']} transitions, batch {BATCH_SIZE}",
-        *("  " + line for line in console_table(COLUMNS, rows)),
+        *("  " + line for line in harness.console_table(COLUMNS, rows)),
     ]
 
 
@@ -213,10 +201,10 @@ def summary_lines(results: list[dict]) -> list[str]:
 def write_results(saved: dict) -> None:
     """Replaces (or appends) this script's section of bench/RESULTS.md."""
     info, results = saved["info"], saved["results"]
-    write_section(
+    harness.write_section(
         "bench/replay.py",
         "Replay sample throughput (`bench/replay.py`)",
-        header_lines(info, f"torch threads {info['torch_threads']}"),
+        harness.header_lines(info, f"torch threads {info['torch_threads']}"),
         [*(line for r in results for line in report(r)), *summary_lines(results)],
     )
 
@@ -232,29 +220,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scratch-dir", type=Path, help="memmap directory (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1e4 only, 2 short reps")
     parser.add_argument("--check", action="store_true", help="exit 1 if a slowdown exceeds 1.5")
-    add_output_args(parser)
+    harness.add_output_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.reps, args.samples = [10_000], 3, 20
-    if args.reps < 1 or args.samples < 1 or args.threads < 0 or min(args.sizes) < NUM_ENVS * STEPS:
-        parser.error(
-            f"--reps={args.reps} and --samples={args.samples} must be >= 1 and --sizes >= "
-            f"{NUM_ENVS * STEPS}"
-        )
+    harness.require_at_least(parser, args, 1, "reps", "samples")
+    harness.require_at_least(parser, args, 0, "threads")
+    harness.require_at_least(parser, args, NUM_ENVS * STEPS, "sizes")  # one collector batch
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.results_from:
-        write_results(load_dump(args.results_from))
+        write_results(harness.load_dump(args.results_from))
         return 0
-    warnings.filterwarnings("ignore")
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    harness.quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = machine_info()
-    console_header(info, f"torch threads {info['torch_threads']}")
+    info = harness.machine_info()
+    harness.console_header(info, f"torch threads {info['torch_threads']}")
     print(
         f"# obs {OBS_DIM}, action {ACTION_DIM}, batches of {NUM_ENVS} envs x {STEPS} steps, "
         f"storage filled to 110% (wrapped); {args.reps} reps x {args.samples} samples, medians"
@@ -268,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"size": size, "storage": kind, "contestants": bench(buffers, args)})
                 del buffers
                 print("\n".join(report(results[-1])), flush=True)
-    end_of_run(info)
-    finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
+    harness.end_of_run(info)
+    harness.finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
     return 1 if args.check and not within_limit(results) else 0
 
 

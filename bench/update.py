@@ -17,29 +17,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import math
 import statistics
 import time
 import warnings
 from collections.abc import Callable
 
+import harness  # bench/ is on sys.path
 import numpy as np
 import torch
-from harness import (  # bench/ is on sys.path
-    add_output_args,
-    busy_warning,
-    console_header,
-    end_of_run,
-    finish,
-    header_lines,
-    load_dump,
-    machine_info,
-    markdown_table,
-    span,
-    varies,
-    write_section,
-)
 
 OBS_DIM = 17  # HalfCheetah-v5
 ACTION_DIM = 6
@@ -484,7 +470,7 @@ def report_width(r: dict) -> list[str]:
         f"of {r['updates_per_sample']} updates (min..max)"
     ]
     for name, t in r["times_s"].items():
-        lines.append(f"  {name:<10} {ms[name]:8.2f}  ({span([1e3 * v for v in t])})")
+        lines.append(f"  {name:<10} {ms[name]:8.2f}  ({harness.span([1e3 * v for v in t])})")
     lines.append(
         f"  ours/torchrl {ms['ours'] / ms['torchrl']:.3f}   ours/sb3 {ms['ours'] / ms['sb3']:.3f}"
         f"   (speedups {r['speedup_vs_torchrl']:.3f}x, {r['speedup_vs_sb3']:.3f}x)"
@@ -554,11 +540,11 @@ def warning(info: dict, results: list[dict]) -> str | None:
     unsteady = []
     for r in results:
         peaks = [p / 1e9 for p in r["matmul_peak_per_rep"]["fp32"]]
-        if varies(peaks, by=1.3):
+        if harness.varies(peaks, by=1.3):
             unsteady.append(
-                f"matmul peak varied {span(peaks, '.0f')} GFLOP/s across reps at width {r['width']}"
+                f"matmul peak varied {harness.span(peaks, '.0f')} GFLOP/s across reps at width {r['width']}"
             )
-    return busy_warning(info, unsteady, what="times")
+    return harness.busy_warning(info, unsteady, what="times")
 
 
 COLUMNS = (
@@ -596,14 +582,14 @@ def write_results(saved: dict) -> None:
                 )
             )  # fmt: skip
     body = [
-        *header_lines(
+        *harness.header_lines(
             info,
             f"torch threads {info['torch_threads']}",
             allocator_note="sampling from the replay buffer included",
             warning=info.get("warning"),
         ),
         "",
-        *markdown_table(COLUMNS, rows),
+        *harness.markdown_table(COLUMNS, rows),
     ]
     if variant_rows:
         body += [
@@ -611,9 +597,9 @@ def write_results(saved: dict) -> None:
             "Our other settings, same run (`precision=bf16`: bfloat16 autocast of the losses; "
             "`compile=true`: torch.compile of the losses); peak and floor in that precision:",
             "",
-            *markdown_table(VARIANT_COLUMNS, variant_rows),
+            *harness.markdown_table(VARIANT_COLUMNS, variant_rows),
         ]
-    write_section(
+    harness.write_section(
         "bench/update.py", "Per-update time (`bench/update.py`)", body, summary_lines(results)
     )
 
@@ -640,26 +626,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="print torch.profiler's top ops of ours"
     )
-    add_output_args(parser)
+    harness.add_output_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.warmup, args.sample_seconds = 2, 1, 0.0
-    if args.reps < 1 or args.warmup < 1:
-        parser.error(f"--reps={args.reps} and --warmup={args.warmup} must be >= 1")
+    harness.require_at_least(parser, args, 1, "reps", "warmup")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.results_from:
-        write_results(load_dump(args.results_from))
+        write_results(harness.load_dump(args.results_from))
         return
-    warnings.filterwarnings("ignore")
-    import torchrl  # noqa: F401  (its logger exists once imported)
-
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
-    info = machine_info()
-    console_header(info, f"torch threads {info['torch_threads']}")
+    harness.quiet()
+    info = harness.machine_info()
+    harness.console_header(info, f"torch threads {info['torch_threads']}")
     print(
         f"# batch {BATCH_SIZE}, obs {OBS_DIM}, action {ACTION_DIM}, policy delay {POLICY_DELAY}, "
         f"buffer {BUFFER_SIZE}; sampling from the replay buffer INCLUDED in every time"
@@ -669,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
     for width in args.widths:
         results.append(bench_width(width, args, data))
         print("\n".join(report_width(results[-1])), flush=True)
-    end_of_run(info)
+    harness.end_of_run(info)
     info["warning"] = warning(info, results)
     if info["warning"]:
         print(f"# {info['warning']}")
@@ -677,7 +659,7 @@ def main(argv: list[str] | None = None) -> None:
         profile_ours(max(args.widths), data)
     if 2048 not in args.widths:
         print(f"# width 2048 not run: the last lines are width {headline(results)['width']}'s")
-    finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
+    harness.finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
 
 
 if __name__ == "__main__":
