@@ -1,53 +1,19 @@
 """Collection frames/s: env backends against a plain gymnasium loop, then collector backends.
 
-Part ``envs`` (issue "embodied"). The baseline is the loop everyone writes first:
-``gymnasium.make(task)`` stepped with ``action_space.sample()`` in one process, reset when an
-episode ends. Ours is what the training script runs: ``torchrl_crossq.envs.make_env(name,
-task=..., backend=..., num_envs=N, vectorization=...)`` (``DoubleToFloat``, ``StepCounter``,
-``RewardSum``, plus ``EpisodeSuccess`` on Meta-World) driven by a TorchRL ``Collector`` with
-``frames_per_batch = N x steps per batch`` (the script's UTD-1 setting is one step per env; the
-embodied preset's is 4: 32 frames over 8 envs). The setups, for HalfCheetah-v5 and Meta-World
-``reach-v3`` at N = 1, 2, 4, 8 envs:
+Part ``envs``: ``torchrl_crossq.envs.make_env`` as ``serial``, ``parallel`` and ``envpool`` (one
+env: ``single``) at 1, 2, 4, 8 envs on HalfCheetah-v5 and Meta-World ``reach-v3``, driven by a
+TorchRL ``Collector`` under random actions, then under our actor, against a plain gymnasium loop
+(``gymnasium.make`` + ``action_space.sample()``). Part ``collectors``:
+``torchrl_crossq.collectors.make_collector`` for each backend (``sync``, ``multi_sync``,
+``multi_async``, ``ray``) at 1, 2, 4 workers of one HalfCheetah-v5 env each.
+bench/README.md has the details.
 
-- ``serial``: gymnasium envs (``GymEnv``) in TorchRL's ``SerialEnv``, in this process;
-- ``parallel``: gymnasium envs in ``ParallelEnv``, one worker process per env;
-- ``envpool``: EnvPool's C++ envs stepped in its threads (``EnvPoolEnv``, a TorchRL
-  ``MultiThreadedEnv``); batch size ``[N]`` even for one env;
-- ``single``: one gymnasium env without vectorization (``serial`` and ``parallel`` at N = 1).
-
-Each setup is measured under two policies, in one collector, in this order:
-
-- ``random``: uniform random actions through the collector's ``init_random_frames`` path
-  (``env.rand_action``), as during the script's first random steps;
-- ``actor``: our actor (``torchrl_crossq.make_actor``, 256 x 2 with Batch Renormalization,
-  eval mode, sampling a TanhNormal action), as the script acts after the random steps.
-
-Every phase starts with a warm-up; then its frames are timed in chunks and the median chunk
-rate is reported. The setups of one size run back to back (serial, parallel, envpool), so the
-EnvPool ratios compare neighbours in time; a chunk of the plain loop runs before every setup, so
-the baseline is sampled through the whole run; ratios to it are ours / the median plain rate
-(1.0: as fast as raw stepping). Worker start-up (``ParallelEnv`` spawns its processes) is
-reported, not timed in the rates.
-
-Part ``collectors`` (issue "scale out"): frames/s of ``torchrl_crossq.collectors.make_collector``
-for each ``collector.backend`` (``sync``: one process, the 1-worker baseline; ``multi_sync``,
-``multi_async``: worker processes; ``ray``: Ray workers, when Ray is installed) at 1, 2, 4
-workers, each worker stepping one HalfCheetah-v5 env with our actor (``--collector-policy``),
-batches of about 1000 frames. The first batch (worker start-up) and a warm-up batch are not
-timed; the rate is the frames of the timed batches over their wall time. A plain-loop chunk
-runs before every backend to show how busy the machine was.
-
-Torch runs on one thread by default (``--threads``): on a shared 2-core machine ATen's worker
-threads stall for milliseconds whenever other processes hold the cores (``--threads 0`` keeps
-torch's default). ``ParallelEnv`` and the multi-process collectors lower the main process to
-``max(1, threads - workers)`` threads while their workers live; worker processes use one.
-
-Run: ``.venv/bin/python bench/collect.py`` (``--part envs|collectors``, ``--quick`` for a
-smoke run). The last lines are ``frames_per_s_<backend>_<W>workers: X`` (collectors), then
-``ratio_<policy>_<setup>_<N>envs_<task>: X`` (ours / plain loop) and
-``envpool_vs_<serial|parallel>_<N>envs[_<S>steps]_<task>: X`` (EnvPool's frames/s over
-gymnasium's, random policy; no ``_<S>steps`` at one step per env per batch), ending with
-``envpool_vs_parallel_8envs_HalfCheetah-v5`` and ``envpool_vs_parallel_8envs_reach-v3``.
+Run: ``.venv/bin/python bench/collect.py`` (``--part envs|collectors``; ``--quick``: smoke run).
+The last lines are ``frames_per_s_<backend>_<W>workers`` (collectors), then
+``ratio_<policy>_<setup>_<N>envs_<task>`` (ours / plain loop) and
+``envpool_vs_<serial|parallel>_<N>envs[_<S>steps]_<task>`` (EnvPool's frames/s over
+gymnasium's), ending with ``envpool_vs_parallel_8envs_HalfCheetah-v5`` and
+``envpool_vs_parallel_8envs_reach-v3``.
 """
 
 from __future__ import annotations
@@ -55,20 +21,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
-import logging
 import math
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
-from results_file import section_markers, write_section  # bench/ is on sys.path
-from update import _loadavg, _version, machine_info
+import harness  # bench/ is on sys.path
 
 ENV_TASKS = ("HalfCheetah-v5", "reach-v3")
 ENV_SETUPS = ("serial", "parallel", "envpool")
@@ -76,96 +38,10 @@ GYMNASIUM_SETUPS = ("serial", "parallel")
 POLICIES = ("random", "actor")
 COLLECTOR_BACKENDS = ("sync", "multi_sync", "multi_async", "ray")
 EXTRA_PACKAGES = ("gymnasium", "mujoco", "envpool", "metaworld", "ray")
-ENVS_SECTION = section_markers("bench/collect.py")
-COLLECTORS_SECTION = section_markers("bench/collect.py (collectors)")
 BUSY_SPREAD = 1.3  # plain-loop chunks varying more than this: the machine is busy
-
-# Full run and --quick smoke run; a flag given on the command line wins over both.
-FULL = {
-    "envs": [1, 2, 4, 8],
-    "steps_per_batch": [1, 4],
-    "frames": 2000,
-    "chunks": 4,
-    "warmup_frames": 200,
-    "plain_steps": 3000,
-    "workers": [1, 2, 4],
-    "collector_frames_per_batch": 1000,
-    "collector_batches": 8,
-}
-QUICK = {
-    "envs": [1, 2],
-    "steps_per_batch": [1],
-    "frames": 200,
-    "chunks": 2,
-    "warmup_frames": 40,
-    "plain_steps": 500,
-    "workers": [1, 2],
-    "collector_frames_per_batch": 100,
-    "collector_batches": 2,
-}
-
-
-def env_id(label: str) -> tuple[str, str | None]:
-    """``(name, task)`` for ``make_env``: a gymnasium id, or a Meta-World task (``reach-v3``)."""
-    import gymnasium as gym
-
-    from torchrl_crossq.envs import METAWORLD
-
-    return (label, None) if label in gym.envs.registry else (METAWORLD, label)
-
-
-class PlainLoop:
-    """The baseline: one gymnasium env stepped with random actions in this process."""
-
-    def __init__(self, label: str, seed: int = 0) -> None:
-        import gymnasium as gym
-
-        name, task = env_id(label)
-        if task is None:
-            self.env = gym.make(name)
-        else:  # Meta-World's MT1 id (registered by check_env's import), as make_env builds it
-            self.env = gym.make(name, env_name=task, disable_env_checker=True)
-        self.env.action_space.seed(seed)
-        self.env.reset(seed=seed)
-
-    def rate(self, steps: int) -> float:
-        """Frames/s over ``steps`` steps, resets included."""
-        env = self.env
-        start = time.perf_counter()
-        for _ in range(steps):
-            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                env.reset()
-        return steps / (time.perf_counter() - start)
-
-    def close(self) -> None:
-        self.env.close()
-
-
-def _round_up(frames: int, multiple: int) -> int:
-    return max(multiple, math.ceil(frames / multiple) * multiple)
-
-
-def setup_label(setup: str, num_envs: int) -> str:
-    """One gymnasium env is neither serial nor parallel: ``make_env`` builds it bare."""
-    return "single" if setup in GYMNASIUM_SETUPS and num_envs == 1 else setup
-
-
-def missing_backend(label: str, setup: str) -> str | None:
-    """Why ``setup`` cannot build task ``label`` here (an extra not installed), else ``None``."""
-    from torchrl_crossq.envs import MissingExtraError, check_env
-
-    name, task = env_id(label)
-    try:  # an unknown task is the user's typo: check_env's UnknownEnvError stops the run
-        check_env(name, task, "envpool" if setup == "envpool" else "gymnasium")
-    except MissingExtraError as err:
-        return str(err)
-    return None
 
 
 # -- part envs -------------------------------------------------------------------------------------
-
-
 def bench_env_setup(
     label: str, setup: str, num_envs: int, steps_per_batch: int, args: argparse.Namespace
 ) -> dict:
@@ -233,204 +109,7 @@ def bench_env_setup(
     }
 
 
-def env_setups(setups: list[str], args: argparse.Namespace) -> list[tuple[int, int, str]]:
-    """``(steps per batch, envs, setup)``, the setups of one size back to back."""
-    result = []
-    for steps in args.steps_per_batch:
-        for num_envs in args.envs:
-            labels = set()
-            for setup in setups:
-                if setup_label(setup, num_envs) not in labels:  # one bare env, measured once
-                    labels.add(setup_label(setup, num_envs))
-                    result.append((steps, num_envs, setup))
-    return result
-
-
-def run_envs(args: argparse.Namespace, threads: int) -> dict:
-    """All env setups of all tasks; returns the rows, the plain-loop rates and the skips."""
-    results, plain_rates, skipped = [], {}, []
-    for label in args.tasks:
-        reason = missing_backend(label, "gymnasium")
-        if reason is not None:  # no plain loop without gymnasium's env either
-            skipped.append(f"{label}: skipped ({reason})")
-            print(f"# {skipped[-1]}", flush=True)
-            continue
-        setups = []
-        for setup in args.setups:
-            reason = missing_backend(label, setup)
-            if reason is None:
-                setups.append(setup)
-            else:
-                skipped.append(f"{label} {setup}: skipped ({reason})")
-                print(f"# {skipped[-1]}", flush=True)
-        plain_loop = PlainLoop(label)
-        plain_loop.rate(args.plain_steps)  # warm-up
-        rates = plain_rates[label] = []
-        for steps, num_envs, setup in env_setups(setups, args):
-            rates.append(plain_loop.rate(args.plain_steps))
-            result = bench_env_setup(label, setup, num_envs, steps, args)
-            torch.set_num_threads(threads)  # ParallelEnv's shutdown may change it
-            results.append(result)
-            m = result["median"]
-            print(
-                f"  {label} {result['setup']:<8} envs {num_envs} steps/batch {steps}: "
-                f"random {m['random']:,.0f} f/s, actor {m['actor']:,.0f} f/s "
-                f"(start {result['setup_s']:.1f} s; plain chunk {rates[-1]:,.0f} f/s)",
-                flush=True,
-            )
-        rates.append(plain_loop.rate(args.plain_steps))
-        plain_loop.close()
-    plain = {label: statistics.median(r) for label, r in plain_rates.items()}
-    return {
-        "results": results,
-        "plain_rates": plain_rates,
-        "plain": plain,
-        "envpool": envpool_ratios(results, args.setups),
-        "skipped": skipped,
-    }
-
-
-def envpool_ratios(results: list[dict], setups: list[str]) -> list[dict]:
-    """EnvPool's frames/s over each gymnasium setup's at the same task, envs and steps."""
-    rows = {(r["task"], r["steps_per_batch"], r["num_envs"], r["setup"]): r for r in results}
-    ratios = []
-    for r in results:
-        if r["setup"] != "envpool":
-            continue
-        for versus in (s for s in GYMNASIUM_SETUPS if s in setups):
-            key = (
-                r["task"],
-                r["steps_per_batch"],
-                r["num_envs"],
-                setup_label(versus, r["num_envs"]),
-            )
-            if key not in rows:
-                continue
-            other = rows[key]["median"]
-            ratios.append(
-                {
-                    "task": r["task"],
-                    "steps_per_batch": r["steps_per_batch"],
-                    "num_envs": r["num_envs"],
-                    "versus": versus,
-                    "ratio": {policy: r["median"][policy] / other[policy] for policy in POLICIES},
-                }
-            )
-    return ratios
-
-
-# The env tables' cells, shared by the console report and RESULTS.md: (console header, console
-# alignment, RESULTS.md header) per column.
-SETUP_COLUMNS = (
-    ("task", "<15", "task"),
-    ("setup", "<8", "setup"),
-    ("envs", ">4", "envs"),
-    ("steps/batch", ">11", "steps per env per batch"),
-    ("random f/s", ">10", "random policy frames/s"),
-    ("ratio", ">6", "ratio"),
-    ("actor f/s", ">10", "our actor frames/s"),
-    ("ratio", ">6", "ratio"),
-    ("start s", ">7", "worker start s"),
-)
-ENVPOOL_COLUMNS = (
-    ("task", "<15", "task"),
-    ("steps/batch", ">11", "steps per env per batch"),
-    ("envs", ">4", "envs"),
-    ("versus", "<8", "versus"),
-    ("random", ">6", "random policy"),
-    ("actor", ">6", "our actor"),
-)
-
-
-def setup_rows(envs: dict) -> list[tuple[str, ...]]:
-    """One row per measured setup: rates and their ratio to the plain loop, worker start-up."""
-    rows = []
-    for r in envs["results"]:
-        m, base = r["median"], envs["plain"][r["task"]]
-        rows.append(
-            (
-                r["task"], r["setup"], str(r["num_envs"]), str(r["steps_per_batch"]),
-                f"{m['random']:,.0f}", f"{m['random'] / base:.3f}",
-                f"{m['actor']:,.0f}", f"{m['actor'] / base:.3f}", f"{r['setup_s']:.1f}",
-            )
-        )  # fmt: skip
-    return rows
-
-
-def envpool_rows(envs: dict) -> list[tuple[str, ...]]:
-    """One row per EnvPool-versus-gymnasium comparison."""
-    return [
-        (
-            c["task"], str(c["steps_per_batch"]), str(c["num_envs"]), c["versus"],
-            f"{c['ratio']['random']:.2f}", f"{c['ratio']['actor']:.2f}",
-        )
-        for c in envs["envpool"]
-    ]  # fmt: skip
-
-
-def console_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
-    def line(cells) -> str:
-        return " ".join(
-            f"{cell:{align}}" for cell, (_, align, _) in zip(cells, columns, strict=True)
-        )
-
-    return [line(header for header, _, _ in columns), *(line(row) for row in rows)]
-
-
-def markdown_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
-    return [
-        "| " + " | ".join(header for _, _, header in columns) + " |",
-        "|---" * len(columns) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
-def envs_report(envs: dict) -> list[str]:
-    lines = [
-        "plain gymnasium loop (median over the run): "
-        + ", ".join(f"{label} {rate:,.0f} frames/s" for label, rate in envs["plain"].items()),
-        *console_table(SETUP_COLUMNS, setup_rows(envs)),
-    ]
-    if envs["envpool"]:
-        lines += [
-            "envpool frames/s over gymnasium's (> 1: envpool is faster; 1 env: over single)",
-            *console_table(ENVPOOL_COLUMNS, envpool_rows(envs)),
-        ]
-    return lines
-
-
-def envs_summary(envs: dict) -> list[str]:
-    """Ratios to the plain loop at one step per env, then EnvPool's, parallel 8 envs last."""
-    lines = []
-    for r in envs["results"]:
-        if r["steps_per_batch"] == 1:
-            base = envs["plain"][r["task"]]
-            for policy in POLICIES:
-                lines.append(
-                    f"ratio_{policy}_{r['setup']}_{r['num_envs']}envs_{r['task']}: "
-                    f"{r['median'][policy] / base:.3f}"
-                )
-
-    def order(c: dict) -> tuple:
-        return (
-            c["steps_per_batch"] == 1,
-            c["steps_per_batch"],
-            c["versus"] == "parallel",
-            c["num_envs"],
-        )
-
-    for c in sorted(envs["envpool"], key=order):  # stable: tasks keep their order
-        steps = "" if c["steps_per_batch"] == 1 else f"_{c['steps_per_batch']}steps"
-        lines.append(
-            f"envpool_vs_{c['versus']}_{c['num_envs']}envs{steps}_{c['task']}: "
-            f"{c['ratio']['random']:.3f}"
-        )
-    return lines
-
-
 # -- part collectors -------------------------------------------------------------------------------
-
-
 def bench_collector(backend: str, num_workers: int, args: argparse.Namespace) -> dict:
     """Frames/s of ``make_collector(backend=...)`` with ``num_workers`` workers of one env each."""
     from torchrl_crossq import make_actor
@@ -491,12 +170,49 @@ def bench_collector(backend: str, num_workers: int, args: argparse.Namespace) ->
     }
 
 
-def collector_setups(backends: list[str], workers: list[int]) -> list[tuple[str, int]]:
-    """``(backend, workers)``: ``sync`` once (one process), the others at each worker count."""
-    result = [("sync", 1)] if "sync" in backends else []
-    for num_workers in workers:
-        result += [(backend, num_workers) for backend in backends if backend != "sync"]
-    return result
+# -- the runs: every setup of a part, a plain-loop chunk before each -------------------------------
+def run_envs(args: argparse.Namespace, threads: int) -> dict:
+    """All env setups of all tasks; returns the rows, the plain-loop rates and the skips."""
+    results, plain_rates, skipped = [], {}, []
+    for label in args.tasks:
+        reason = missing_backend(label, "gymnasium")
+        if reason is not None:  # no plain loop without gymnasium's env either
+            skipped.append(f"{label}: skipped ({reason})")
+            print(f"# {skipped[-1]}", flush=True)
+            continue
+        setups = []
+        for setup in args.setups:
+            reason = missing_backend(label, setup)
+            if reason is None:
+                setups.append(setup)
+            else:
+                skipped.append(f"{label} {setup}: skipped ({reason})")
+                print(f"# {skipped[-1]}", flush=True)
+        plain_loop = PlainLoop(label)
+        plain_loop.rate(args.plain_steps)  # warm-up
+        rates = plain_rates[label] = []
+        for steps, num_envs, setup in env_setups(setups, args):
+            rates.append(plain_loop.rate(args.plain_steps))
+            result = bench_env_setup(label, setup, num_envs, steps, args)
+            torch.set_num_threads(threads)  # ParallelEnv's shutdown may change it
+            results.append(result)
+            m = result["median"]
+            print(
+                f"  {label} {result['setup']:<8} envs {num_envs} steps/batch {steps}: "
+                f"random {m['random']:,.0f} f/s, actor {m['actor']:,.0f} f/s "
+                f"(start {result['setup_s']:.1f} s; plain chunk {rates[-1]:,.0f} f/s)",
+                flush=True,
+            )
+        rates.append(plain_loop.rate(args.plain_steps))
+        plain_loop.close()
+    plain = {label: statistics.median(r) for label, r in plain_rates.items()}
+    return {
+        "results": results,
+        "plain_rates": plain_rates,
+        "plain": plain,
+        "envpool": envpool_ratios(results, args.setups),
+        "skipped": skipped,
+    }
 
 
 def run_collectors(args: argparse.Namespace, threads: int) -> dict:
@@ -532,17 +248,217 @@ def run_collectors(args: argparse.Namespace, threads: int) -> dict:
     return {"results": results, "plain_rates": plain_rates, "skipped": skipped}
 
 
-def collectors_report(collectors: dict) -> list[str]:
+def env_setups(setups: list[str], args: argparse.Namespace) -> list[tuple[int, int, str]]:
+    """``(steps per batch, envs, setup)``, the setups of one size back to back."""
+    result = []
+    for steps in args.steps_per_batch:
+        for num_envs in args.envs:
+            labels = set()
+            for setup in setups:
+                if setup_label(setup, num_envs) not in labels:  # one bare env, measured once
+                    labels.add(setup_label(setup, num_envs))
+                    result.append((steps, num_envs, setup))
+    return result
+
+
+def collector_setups(backends: list[str], workers: list[int]) -> list[tuple[str, int]]:
+    """``(backend, workers)``: ``sync`` once (one process), the others at each worker count."""
+    result = [("sync", 1)] if "sync" in backends else []
+    for num_workers in workers:
+        result += [(backend, num_workers) for backend in backends if backend != "sync"]
+    return result
+
+
+def env_id(label: str) -> tuple[str, str | None]:
+    """``(name, task)`` for ``make_env``: a gymnasium id, or a Meta-World task (``reach-v3``)."""
+    import gymnasium as gym
+
+    from torchrl_crossq.envs import METAWORLD
+
+    return (label, None) if label in gym.envs.registry else (METAWORLD, label)
+
+
+class PlainLoop:
+    """The baseline: one gymnasium env stepped with random actions in this process."""
+
+    def __init__(self, label: str, seed: int = 0) -> None:
+        import gymnasium as gym
+
+        name, task = env_id(label)
+        if task is None:
+            self.env = gym.make(name)
+        else:  # Meta-World's MT1 id (registered by check_env's import), as make_env builds it
+            self.env = gym.make(name, env_name=task, disable_env_checker=True)
+        self.env.action_space.seed(seed)
+        self.env.reset(seed=seed)
+
+    def rate(self, steps: int) -> float:
+        """Frames/s over ``steps`` steps, resets included."""
+        env = self.env
+        start = time.perf_counter()
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+        return steps / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _round_up(frames: int, multiple: int) -> int:
+    return max(multiple, math.ceil(frames / multiple) * multiple)
+
+
+def setup_label(setup: str, num_envs: int) -> str:
+    """One gymnasium env is neither serial nor parallel: ``make_env`` builds it bare."""
+    return "single" if setup in GYMNASIUM_SETUPS and num_envs == 1 else setup
+
+
+def missing_backend(label: str, setup: str) -> str | None:
+    """Why ``setup`` cannot build task ``label`` here (an extra not installed), else ``None``."""
+    from torchrl_crossq.envs import MissingExtraError, check_env
+
+    name, task = env_id(label)
+    try:  # an unknown task is the user's typo: check_env's UnknownEnvError stops the run
+        check_env(name, task, "envpool" if setup == "envpool" else "gymnasium")
+    except MissingExtraError as err:
+        return str(err)
+    return None
+
+
+def envpool_ratios(results: list[dict], setups: list[str]) -> list[dict]:
+    """EnvPool's frames/s over each gymnasium setup's at the same task, envs and steps."""
+    rows = {(r["task"], r["steps_per_batch"], r["num_envs"], r["setup"]): r for r in results}
+    ratios = []
+    for r in results:
+        if r["setup"] != "envpool":
+            continue
+        for versus in (s for s in GYMNASIUM_SETUPS if s in setups):
+            key = (
+                r["task"],
+                r["steps_per_batch"],
+                r["num_envs"],
+                setup_label(versus, r["num_envs"]),
+            )
+            if key not in rows:
+                continue
+            other = rows[key]["median"]
+            ratios.append(
+                {
+                    "task": r["task"],
+                    "steps_per_batch": r["steps_per_batch"],
+                    "num_envs": r["num_envs"],
+                    "versus": versus,
+                    "ratio": {policy: r["median"][policy] / other[policy] for policy in POLICIES},
+                }
+            )
+    return ratios
+
+
+# The env tables' cells, shared by the console report and RESULTS.md: (console header, console
+
+
+# -- reports, summary lines, RESULTS.md ------------------------------------------------------------
+# The tables' column headers in RESULTS.md and, shorter, on the console.
+SETUP_COLUMNS = (
+    "task", "setup", "envs", "steps per env per batch", "random policy frames/s", "ratio",
+    "our actor frames/s", "ratio", "worker start s",
+)  # fmt: skip
+SETUP_CONSOLE = (
+    "task", "setup", "envs", "steps/batch", "random f/s", "ratio", "actor f/s", "ratio", "start s"
+)  # fmt: skip
+ENVPOOL_COLUMNS = (
+    "task",
+    "steps per env per batch",
+    "envs",
+    "versus",
+    "random policy",
+    "our actor",
+)
+ENVPOOL_CONSOLE = ("task", "steps/batch", "envs", "versus", "random", "actor")
+COLLECTOR_COLUMNS = ("backend", "workers", "frames per batch", "frames/s", "vs sync", "start s")
+
+
+def setup_rows(envs: dict) -> list[tuple[str, ...]]:
+    """One row per measured setup: rates and their ratio to the plain loop, worker start-up."""
+    rows = []
+    for r in envs["results"]:
+        m, base = r["median"], envs["plain"][r["task"]]
+        rows.append(
+            (
+                r["task"], r["setup"], str(r["num_envs"]), str(r["steps_per_batch"]),
+                f"{m['random']:,.0f}", f"{m['random'] / base:.3f}",
+                f"{m['actor']:,.0f}", f"{m['actor'] / base:.3f}", f"{r['setup_s']:.1f}",
+            )
+        )  # fmt: skip
+    return rows
+
+
+def envpool_rows(envs: dict) -> list[tuple[str, ...]]:
+    """One row per EnvPool-versus-gymnasium comparison."""
+    return [
+        (
+            c["task"], str(c["steps_per_batch"]), str(c["num_envs"]), c["versus"],
+            f"{c['ratio']['random']:.2f}", f"{c['ratio']['actor']:.2f}",
+        )
+        for c in envs["envpool"]
+    ]  # fmt: skip
+
+
+def collector_rows(collectors: dict) -> list[tuple[str, ...]]:
+    """One row per backend and worker count; ``vs sync``: frames/s over the sync collector's."""
     sync = next((r for r in collectors["results"] if r["backend"] == "sync"), None)
+    return [
+        (
+            r["backend"], str(r["num_workers"]), str(r["frames_per_batch"]),
+            f"{r['frames_per_s']:,.0f}",
+            f"{r['frames_per_s'] / sync['frames_per_s']:.2f}" if sync else "n/a",
+            f"{r['setup_s']:.1f}",
+        )
+        for r in collectors["results"]
+    ]  # fmt: skip
+
+
+def envs_report(envs: dict) -> list[str]:
     lines = [
-        f"{'backend':<11} {'workers':>7} {'frames/batch':>12} {'frames/s':>9} {'vs sync':>7} "
-        f"{'start s':>7}"
+        "plain gymnasium loop (median over the run): "
+        + ", ".join(f"{label} {rate:,.0f} frames/s" for label, rate in envs["plain"].items()),
+        *harness.console_table(SETUP_CONSOLE, setup_rows(envs)),
     ]
-    for r in collectors["results"]:
-        versus = f"{r['frames_per_s'] / sync['frames_per_s']:>7.2f}" if sync else f"{'n/a':>7}"
+    if envs["envpool"]:
+        lines += [
+            "envpool frames/s over gymnasium's (> 1: envpool is faster; 1 env: over single)",
+            *harness.console_table(ENVPOOL_CONSOLE, envpool_rows(envs)),
+        ]
+    return lines
+
+
+def envs_summary(envs: dict) -> list[str]:
+    """Ratios to the plain loop at one step per env, then EnvPool's, parallel 8 envs last."""
+    lines = []
+    for r in envs["results"]:
+        if r["steps_per_batch"] == 1:
+            base = envs["plain"][r["task"]]
+            for policy in POLICIES:
+                lines.append(
+                    f"ratio_{policy}_{r['setup']}_{r['num_envs']}envs_{r['task']}: "
+                    f"{r['median'][policy] / base:.3f}"
+                )
+
+    def order(c: dict) -> tuple:
+        return (
+            c["steps_per_batch"] == 1,
+            c["steps_per_batch"],
+            c["versus"] == "parallel",
+            c["num_envs"],
+        )
+
+    for c in sorted(envs["envpool"], key=order):  # stable: tasks keep their order
+        steps = "" if c["steps_per_batch"] == 1 else f"_{c['steps_per_batch']}steps"
         lines.append(
-            f"{r['backend']:<11} {r['num_workers']:>7} {r['frames_per_batch']:>12} "
-            f"{r['frames_per_s']:>9,.0f} {versus} {r['setup_s']:>7.1f}"
+            f"envpool_vs_{c['versus']}_{c['num_envs']}envs{steps}_{c['task']}: "
+            f"{c['ratio']['random']:.3f}"
         )
     return lines
 
@@ -554,102 +470,106 @@ def collectors_summary(collectors: dict) -> list[str]:
     ]
 
 
-# -- machine load and RESULTS.md -------------------------------------------------------------------
-
-
-def busy_warning(info: dict, plain_rates: dict[str, list[float]]) -> str | None:
-    """Names the signs of a shared machine: load at start, an unsteady plain loop (per task)."""
-    signs = []
-    load = info["loadavg_start"].split()[0]
-    if load[0].isdigit() and float(load) > 0.5 * (info["cores"] or 1):
-        signs.append(f"load average {load} at start on {info['cores']} cores")
-    for label, rates in plain_rates.items():
-        if rates and max(rates) > BUSY_SPREAD * min(rates):
-            signs.append(
-                f"the {label} plain loop's rate varied {min(rates):,.0f}..{max(rates):,.0f} "
-                "frames/s across the run"
-            )
-    if not signs:
-        return None
-    return "WARNING: the machine looks busy (" + "; ".join(signs) + "): rates are unreliable"
-
-
-def header_lines(info: dict, args: argparse.Namespace, warning: str | None) -> list[str]:
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
-    return [
-        f"- date: {info['date']}; commit {info['commit']}",
-        f"- command: `{info['command']}`",
-        f"- machine: {info['cpu']}, {info['cores']} cores, torch threads {args.threads or 'default'}"
-        f"; load average {info['loadavg_start']} at start, {info['loadavg_end']} at end",
-        f"- versions: Python {info['python']}, {versions}",
-        f"- allocator: {allocator}",
-        *([f"- **{warning}**"] if warning else []),
+def warning(info: dict, plain_rates: dict[str, list[float]]) -> str | None:
+    """The load warning; this script's own sign is a plain loop unsteady across the run."""
+    unsteady = [
+        f"the {label} plain loop's rate varied {harness.span(rates, ',.0f')} frames/s across the run"
+        for label, rates in plain_rates.items()
+        if harness.varies(rates, by=BUSY_SPREAD)
     ]
+    return harness.busy_warning(info, unsteady)
 
 
-def write_envs_results(info: dict, args: argparse.Namespace, envs: dict, summary: list[str]):
-    """Replaces (or appends) the env-backend section of bench/RESULTS.md."""
-    start, end = ENVS_SECTION
+def write_results(saved: dict) -> None:
+    """Replaces (or appends) the section of each part that ran (a part's run leaves the other's)."""
+    if saved["envs"] is not None:
+        write_envs_results(saved["info"], saved["settings"], saved["envs"])
+    if saved["collectors"] is not None:
+        write_collectors_results(saved["info"], saved["settings"], saved["collectors"])
+
+
+def header_lines(info: dict, settings: dict, part: dict) -> list[str]:
+    """The header of a part's section; its warning reads that part's plain-loop chunks."""
+    return harness.header_lines(
+        info,
+        f"torch threads {settings['threads'] or 'default'}",
+        warning=warning(info, part["plain_rates"]),
+    )
+
+
+def write_envs_results(info: dict, settings: dict, envs: dict) -> None:
     plain = envs["plain"]
     lines = [
-        start,
-        "## Collection throughput: env backends (`bench/collect.py`)",
-        "",
-        *header_lines(info, args, busy_warning(info, envs["plain_rates"])),
-        f"- {', '.join(plain)}; frames/s are medians of {args.chunks} chunks of about "
-        f"{args.frames // args.chunks} frames after {args.warmup_frames} warm-up frames; "
-        "ratio = ours / the plain gymnasium loop (random actions, one process)",
+        *header_lines(info, settings, envs),
+        f"- {', '.join(plain)}; frames/s are medians of {settings['chunks']} chunks of about "
+        f"{settings['frames'] // settings['chunks']} frames after {settings['warmup_frames']} "
+        "warm-up frames; ratio = ours / the plain gymnasium loop (random actions, one process)",
         *[f"- {line}" for line in envs["skipped"]],
         "",
         "Plain gymnasium loop: "
         + ", ".join(f"{label} **{rate:,.0f} frames/s**" for label, rate in plain.items())
         + ".",
         "",
-        *markdown_table(SETUP_COLUMNS, setup_rows(envs)),
+        *harness.markdown_table(SETUP_COLUMNS, setup_rows(envs)),
     ]
     if envs["envpool"]:
         lines += [
             "",
             "EnvPool's frames/s over gymnasium's (> 1: EnvPool is faster; one env: over `single`):",
             "",
-            *markdown_table(ENVPOOL_COLUMNS, envpool_rows(envs)),
+            *harness.markdown_table(ENVPOOL_COLUMNS, envpool_rows(envs)),
         ]
-    lines += ["", "```", *summary, "```", end]
-    write_section("\n".join(lines), start, end)
+    harness.write_section(
+        "bench/collect.py",
+        "Collection throughput: env backends (`bench/collect.py`)",
+        lines,
+        envs_summary(envs),
+    )
 
 
-def write_collectors_results(
-    info: dict, args: argparse.Namespace, collectors: dict, summary: list[str]
-):
-    """Replaces (or appends) the collector-backend section of bench/RESULTS.md."""
-    start, end = COLLECTORS_SECTION
+def write_collectors_results(info: dict, settings: dict, collectors: dict) -> None:
     lines = [
-        start,
-        "## Collection throughput: collector backends (`bench/collect.py --part collectors`)",
-        "",
-        *header_lines(info, args, busy_warning(info, collectors["plain_rates"])),
-        f"- {args.collector_task}, one env per worker, {args.collector_policy} policy; frames/s "
-        f"over {args.collector_batches} timed batches after the start-up batch and "
-        f"{args.collector_warmup_batches} warm-up batch(es); `vs sync` = frames/s over the "
-        "one-process `sync` collector's",
+        *header_lines(info, settings, collectors),
+        f"- {settings['collector_task']}, one env per worker, {settings['collector_policy']} "
+        f"policy; frames/s over {settings['collector_batches']} timed batches after the "
+        f"start-up batch and {settings['collector_warmup_batches']} warm-up batch(es); "
+        "`vs sync` = frames/s over the one-process `sync` collector's",
         *[f"- {line}" for line in collectors["skipped"]],
         "",
-        "| backend | workers | frames per batch | frames/s | vs sync | start s |",
-        "|---|---|---|---|---|---|",
+        *harness.markdown_table(COLLECTOR_COLUMNS, collector_rows(collectors)),
     ]
-    sync = next((r for r in collectors["results"] if r["backend"] == "sync"), None)
-    for r in collectors["results"]:
-        versus = f"{r['frames_per_s'] / sync['frames_per_s']:.2f}" if sync else "n/a"
-        lines.append(
-            f"| {r['backend']} | {r['num_workers']} | {r['frames_per_batch']} "
-            f"| {r['frames_per_s']:,.0f} | {versus} | {r['setup_s']:.1f} |"
-        )
-    lines += ["", "```", *summary, "```", end]
-    write_section("\n".join(lines), start, end)
+    harness.write_section(
+        "bench/collect.py (collectors)",
+        "Collection throughput: collector backends (`bench/collect.py --part collectors`)",
+        lines,
+        collectors_summary(collectors),
+    )
 
 
 # -- command line ----------------------------------------------------------------------------------
+# Full run and --quick smoke run; a flag given on the command line wins over both.
+FULL = {
+    "envs": [1, 2, 4, 8],
+    "steps_per_batch": [1, 4],
+    "frames": 2000,
+    "chunks": 4,
+    "warmup_frames": 200,
+    "plain_steps": 3000,
+    "workers": [1, 2, 4],
+    "collector_frames_per_batch": 1000,
+    "collector_batches": 8,
+}
+QUICK = {
+    "envs": [1, 2],
+    "steps_per_batch": [1],
+    "frames": 200,
+    "chunks": 2,
+    "warmup_frames": 40,
+    "plain_steps": 500,
+    "workers": [1, 2],
+    "collector_frames_per_batch": 100,
+    "collector_batches": 2,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -659,8 +579,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: 1 and 2 envs/workers, few frames"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--json", type=Path, help="dump all results to this file")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    harness.add_output_args(parser)
     envs = parser.add_argument_group("part envs")
     envs.add_argument(
         "--tasks",
@@ -697,34 +616,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    counts = [*args.envs, *args.steps_per_batch, *args.workers, args.chunks, args.collector_batches]
-    if min(counts) < 1 or args.collector_frames_per_batch < 1 or args.plain_steps < 1:
-        parser.error(
-            "--envs, --steps-per-batch, --workers, --chunks, --collector-batches, "
-            "--collector-frames-per-batch and --plain-steps must be >= 1"
-        )
+    harness.require_at_least(
+        parser, args, 1, "envs", "steps_per_batch", "workers", "chunks", "collector_batches",
+        "collector_frames_per_batch", "plain_steps",
+    )  # fmt: skip
+    harness.require_at_least(parser, args, 0, "collector_warmup_batches")
     if args.frames < args.chunks:
         parser.error(f"--frames={args.frames} must be >= --chunks={args.chunks}")
-    if args.collector_warmup_batches < 0:
-        parser.error(f"--collector-warmup-batches={args.collector_warmup_batches} must be >= 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore")
-    import torchrl  # noqa: F401  (its logger exists once imported)
-
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    if args.results_from:
+        write_results(harness.load_dump(args.results_from))
+        return
+    harness.quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    info = machine_info()
-    info["versions"].update({package: _version(package) for package in EXTRA_PACKAGES})
-    info["loadavg_start"] = _loadavg()
-    print(f"# {info['cpu']}, {info['cores']} cores, torch threads {threads}")
-    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"# load average {info['loadavg_start']} at start", flush=True)
+    info = harness.machine_info(EXTRA_PACKAGES)
+    harness.console_header(info, f"torch threads {threads}")
     envs = collectors = None
     if args.part in ("envs", "all"):
         print(
@@ -742,33 +654,24 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         collectors = run_collectors(args, threads)
-    info["loadavg_end"] = _loadavg()
+    harness.end_of_run(info)
 
     summary = []
     if collectors is not None:
-        print("\n".join(collectors_report(collectors)))
-        collectors_warning = busy_warning(info, collectors["plain_rates"])
-        if collectors_warning:
-            print(f"# collectors: {collectors_warning}")
+        print("\n".join(harness.console_table(COLLECTOR_COLUMNS, collector_rows(collectors))))
         summary += collectors_summary(collectors)
     if envs is not None:
         print("\n".join(envs_report(envs)))
-        envs_warning = busy_warning(info, envs["plain_rates"])
-        if envs_warning:
-            print(f"# envs: {envs_warning}")
         summary += envs_summary(envs)
-    print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
-    if args.json:
-        args.json.write_text(
-            json.dumps({"info": info, "envs": envs, "collectors": collectors}, indent=2)
-        )
-    if args.write_results:
-        if envs is not None:
-            write_envs_results(info, args, envs, envs_summary(envs))
-        if collectors is not None:
-            write_collectors_results(info, args, collectors, collectors_summary(collectors))
-    for line in summary:
-        print(line)
+    for part, result in (("collectors", collectors), ("envs", envs)):
+        busy = warning(info, result["plain_rates"]) if result else None
+        if busy:
+            print(f"# {part}: {busy}")
+    # The command line after --quick's defaults: the sections describe the run with it.
+    output = ("json", "write_results", "results_from")
+    settings = {k: v for k, v in vars(args).items() if k not in output}
+    saved = {"info": info, "settings": settings, "envs": envs, "collectors": collectors}
+    harness.finish(args, saved, write_results, summary)
 
 
 if __name__ == "__main__":

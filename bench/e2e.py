@@ -1,34 +1,15 @@
-"""End to end: our training script against sb3-contrib's ``CrossQ.learn``, frames/s and costs.
+"""End to end: our training script against sb3-contrib's ``CrossQ.learn`` on HalfCheetah-v5.
 
-Three measurements on HalfCheetah-v5, one contestant at a time, on the same machine:
+Three measurements, one contestant at a time: training frames/s with evaluation off at critic
+widths 256 and 2048 (``sota_implementations/crossq.py`` at fp32 eager, ``compile=true`` and
+``precision=bf16 compile=true``, against ``CrossQ.learn``, both with the matched settings of
+``bench/learning.py``); evaluation cost per env step (``BatchedEvaluation``, the old
+``evaluate`` path, sb3's ``evaluate_policy``); collection cost per frame (TorchRL's
+``Collector`` as the script builds it, and plain gymnasium loops). bench/README.md has the details.
 
-- **training frames/s** with evaluation off, at critic widths 256 and 2048: ours is
-  ``sota_implementations/crossq.py`` as a user runs it (one subprocess per contestant; fp32
-  eager, ``compile=true`` and ``precision=bf16 compile=true``), sb3 is ``sb3_contrib.CrossQ``
-  and its ``learn`` (one subprocess, written by this file, ``--sb3-run``). Both get the matched
-  hyperparameters of ``bench/learning.py`` (``HYPERPARAMETERS``, imported from there), one env,
-  UTD 1, ``init_random_frames`` = ``learning_starts``, the same seed and ``OMP_NUM_THREADS`` /
-  torch threads (``--threads``). Frames/s are read in windows of ``log_interval`` frames: ours
-  from the script's ``perf/frames_per_s`` (CSV logger, ``<run_dir>/logs/``), sb3 from a
-  callback's ``time.perf_counter()`` at every env step. Windows that start before
-  ``init_random_frames + warmup_frames`` (random steps, the first updates, torch.compile) are
-  dropped; the figure is the median of the rest.
-- **evaluation cost per env step**: ours is ``torchrl_crossq.envs.BatchedEvaluation`` (10
-  deterministic episodes stepped together, one actor call per step), with the old path
-  ``torchrl_crossq.envs.evaluate`` (TorchRL rollouts, one episode at a time) for reference; sb3
-  is ``stable_baselines3.common.evaluation.evaluate_policy(model, env, n_eval_episodes=10,
-  deterministic=True)`` on a CrossQ model of the same actor. Wall time over env steps, median
-  of ``--eval-reps`` interleaved reps after a warm-up call each.
-- **collection cost per frame** (ours, actor included, one env): TorchRL's ``Collector`` as
-  ``make_collector`` builds it for the script (``sync`` backend) with our actor, at one frame per
-  batch (the script's ``collector.frames_per_batch=1``: the headline) and at 1000; with TorchRL's
-  random policy; and a plain gymnasium loop with the actor and with random actions, for
-  reference. Median ms per frame over chunks after a warm-up.
-
-Run: ``make bench`` or ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
-.venv/bin/python bench/e2e.py`` (``--quick`` for a smoke run). The last lines are
-``e2e_speedup_vs_sb3_w256``, ``e2e_speedup_vs_sb3_w2048`` (ours fp32 eager frames/s over
-sb3's), ``e2e_speedup_best_vs_sb3_w256``, ``e2e_speedup_best_vs_sb3_w2048`` (our fastest
+Run: ``make bench`` or ``.venv/bin/python bench/e2e.py`` (``--quick``: smoke run). The last
+lines are ``e2e_speedup_vs_sb3_w256``, ``e2e_speedup_vs_sb3_w2048`` (ours fp32 eager frames/s
+over sb3's), ``e2e_speedup_best_vs_sb3_w256``, ``e2e_speedup_best_vs_sb3_w2048`` (our fastest
 setting), ``eval_ms_per_step``, ``sb3_eval_ms_per_step`` and ``collect_ms_per_frame``.
 """
 
@@ -39,7 +20,6 @@ import csv
 import functools
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,19 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
 sys.path.insert(0, str(ROOT))  # this checkout's torchrl_crossq, not an installed one
-from learning import HYPERPARAMETERS, matched_overrides  # noqa: E402  (bench/ is on sys.path)
-from results_file import section_markers, write_section  # noqa: E402
-from update import _loadavg, machine_info  # noqa: E402
+import harness  # noqa: E402  (bench/ is on sys.path)
+from learning import HYPERPARAMETERS, matched_overrides, sb3_model  # noqa: E402
 
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-
-
-def sections(device: str) -> tuple[str, str]:
-    """The RESULTS.md markers: a CUDA run has its own section beside the CPU one."""
-    return section_markers("bench/e2e.py" if device == "cpu" else f"bench/e2e.py --device {device}")
-
-
 ENV_ID = "HalfCheetah-v5"
 ENV_GROUP = "halfcheetah"  # configs/env/halfcheetah.yaml
 SEED = 0
@@ -76,184 +48,12 @@ OURS = {
     "ours_bf16_compiled": ["precision=bf16", "compile=true"],
 }
 CONTESTANTS = ("sb3", *OURS)
-LABELS = {
-    "sb3": "sb3-contrib CrossQ.learn",
-    "ours": "ours, fp32 eager",
-    "ours_compiled": "ours, compile=true",
-    "ours_bf16_compiled": "ours, precision=bf16 compile=true",
-}
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Learning frames of one training run (after ``init_random_frames`` random ones)."""
-
-    warmup_frames: int  # not timed: the first updates, torch.compile
-    measured_frames: int  # timed, in windows of log_interval frames
-    log_interval: int
-
-
-# Width 256: ~15 ms per frame on 2 cores; 2048: ~200 ms (ours fp32) to ~250 ms (sb3).
-BUDGETS = {"small": Budget(500, 3_000, 500), "large": Budget(100, 400, 50)}
-QUICK_BUDGETS = {"small": Budget(20, 60, 20), "large": Budget(10, 20, 10)}
-LARGE_WIDTH = 1024  # widths above this get the "large" budget
-
-# Issue #16's targets: (summary line, comparison, bound); a str bound names another line.
-TARGETS = (
-    ("e2e_speedup_vs_sb3_w256", ">=", 1.3),
-    ("e2e_speedup_vs_sb3_w2048", ">=", 1.2),
-    ("e2e_speedup_best_vs_sb3_w256", ">=", 2.0),
-    ("e2e_speedup_best_vs_sb3_w2048", ">=", 2.3),
-    ("eval_ms_per_step", "<=", 0.3),
-    ("eval_ms_per_step", "<=", "sb3_eval_ms_per_step"),
-    ("collect_ms_per_frame", "<=", 1.0),
-)
-COLLECT_HEADLINE = "collector_actor_b1"  # the script's collection: one frame per batch
 
 
 # -- training frames/s -------------------------------------------------------------------------
-def total_frames(budget: Budget, init_random_frames: int) -> int:
-    return init_random_frames + budget.warmup_frames + budget.measured_frames
-
-
-def ours_command(
-    width: int, budget: Budget, args: argparse.Namespace, run_dir: Path, overrides: list[str]
-) -> list[str]:
-    """The training script's command line: matched settings, evaluation and checkpoints off."""
-    frames = total_frames(budget, args.init_random_frames)
-    return [
-        sys.executable,
-        str(SCRIPT),
-        f"env={ENV_GROUP}",
-        f"seed={SEED}",
-        f"device={args.device}",
-        f"run_dir={run_dir}",
-        f"threads={args.threads}",
-        *matched_overrides(width, frames, args.init_random_frames),
-        # 0: no evaluation during training; the one at the end (1 episode) comes after the
-        # last timed window, as does the final checkpoint.
-        "eval.interval=0",
-        "eval.episodes=1",
-        "checkpoint.interval=0",
-        "logger.backend=csv",
-        f"logger.log_interval={budget.log_interval}",
-        "progress_bar=false",
-        *overrides,
-    ]
-
-
-def sb3_model(env, *, critic_width: int, learning_starts: int, buffer_size: int, device: str):
-    """sb3-contrib's CrossQ with the matched settings (as bench/learning.py's sb3 runs)."""
-    import torch
-    from sb3_contrib import CrossQ
-
-    hp = HYPERPARAMETERS
-    model = CrossQ(
-        "MlpPolicy",
-        env,
-        learning_rate=hp["lr"],
-        buffer_size=buffer_size,
-        learning_starts=learning_starts,
-        batch_size=hp["batch_size"],
-        gamma=hp["gamma"],
-        train_freq=1,
-        gradient_steps=1,
-        policy_delay=hp["policy_delay"],
-        ent_coef=f"auto_{hp['initial_alpha']}",
-        policy_kwargs={
-            "net_arch": {"pi": [hp["actor_width"]] * 2, "qf": [critic_width] * 2},
-            "n_critics": hp["num_qvalue_nets"],
-            "batch_norm_momentum": hp["batch_norm_momentum"],
-            "batch_norm_eps": hp["batch_norm_eps"],
-            "renorm_warmup_steps": hp["warmup_steps"],
-            "optimizer_kwargs": {"betas": hp["betas"]},
-        },
-        seed=SEED,
-        device=device,
-    )
-    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
-    model.ent_coef_optimizer = torch.optim.Adam(
-        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
-    )
-    return model
-
-
-def sb3_run(spec: dict) -> None:
-    """``--sb3-run``: ``CrossQ.learn`` with a clock at every env step; writes ``times.json``."""
-    import warnings
-
-    import gymnasium as gym
-    import torch
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(spec["threads"])
-    model = sb3_model(
-        gym.make(ENV_ID),
-        critic_width=spec["width"],
-        learning_starts=spec["init_random_frames"],
-        buffer_size=min(HYPERPARAMETERS["replay_size"], spec["frames"]),
-        device=spec["device"],
-    )
-    torch.set_num_threads(spec["threads"])
-    times: list[float] = []
-
-    class Clock(BaseCallback):
-        # Called after each env step, before that step's update: the time at num_timesteps.
-        def _on_step(self) -> bool:
-            times.append(time.perf_counter())
-            return True
-
-    model.learn(total_timesteps=spec["frames"], callback=Clock())
-    Path(spec["run_dir"], "times.json").write_text(json.dumps(times))
-
-
-def ours_windows(run_dir: Path) -> list[tuple[int, int, float]]:
-    """``(first frame, last frame, frames/s)`` of each window the script logged."""
-    paths = list((run_dir / "logs").rglob("frames_per_s.csv"))
-    if len(paths) != 1:
-        raise RuntimeError(f"expected one perf/frames_per_s CSV log under {run_dir / 'logs'}")
-    with paths[0].open() as f:
-        rows = sorted((int(float(step)), float(rate)) for step, rate in csv.reader(f))
-    starts = [0] + [step for step, _ in rows[:-1]]
-    return [(start, step, rate) for start, (step, rate) in zip(starts, rows, strict=True)]
-
-
-def sb3_windows(times: list[float], log_interval: int) -> list[tuple[int, int, float]]:
-    """The same windows from sb3's clock (``times[i]``: after env step ``i + 1``)."""
-    return [
-        (end - log_interval, end, log_interval / (times[end - 1] - times[end - log_interval - 1]))
-        for end in range(2 * log_interval, len(times) + 1, log_interval)
-    ]
-
-
-def subprocess_env(threads: int) -> dict[str, str]:
-    """This process's environment (allocator settings too), the thread count, this checkout."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return dict(
-        os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=path
-    )
-
-
-def library_used(threads: int) -> str:
-    """Where the script's subprocesses import torchrl_crossq from (a check of PYTHONPATH)."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import torchrl_crossq; print(torchrl_crossq.__file__)"],
-        cwd=SCRIPT.parent,  # sys.path[0] as when the script runs
-        env=subprocess_env(threads),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return str(Path(done.stdout.strip()).parent)
-
-
 def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namespace) -> dict:
     """One training run in a subprocess; its measured windows and their median frames/s."""
-    run_dir = args.out / f"w{width}" / contestant
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
-    run_dir.mkdir(parents=True)
+    run_dir = harness.fresh_dir(args.out / f"w{width}" / contestant)
     frames = total_frames(budget, args.init_random_frames)
     if contestant in OURS:
         command = ours_command(width, budget, args, run_dir, OURS[contestant])
@@ -267,20 +67,9 @@ def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namesp
             "run_dir": str(run_dir),
         }
         command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
-    start = time.perf_counter()
-    done = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=subprocess_env(args.threads),
-        capture_output=True,
-        text=True,
-        check=False,
+    wall_s = harness.run_logged(
+        command, run_dir, subprocess_env(args.threads), f"{contestant} width {width}"
     )
-    wall_s = time.perf_counter() - start
-    (run_dir / "output.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{contestant} width {width} exited {done.returncode}:\n{tail}")
     if contestant in OURS:
         windows = ours_windows(run_dir)
     else:
@@ -308,20 +97,10 @@ def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namesp
     }
     print(
         f"  width {width:<5} {contestant:<19} {result['frames_per_s']:8.2f} frames/s (median of "
-        f"{len(rates)} windows, {min(rates):.2f}..{max(rates):.2f}; run {wall_s:.0f} s)",
+        f"{len(rates)} windows, {harness.span(rates)}; run {wall_s:.0f} s)",
         flush=True,
     )
     return result
-
-
-def budget_for(width: int, args: argparse.Namespace) -> Budget:
-    size = "large" if width > LARGE_WIDTH else "small"
-    base = (QUICK_BUDGETS if args.quick else BUDGETS)[size]
-    return Budget(
-        args.warmup_frames if args.warmup_frames is not None else base.warmup_frames,
-        args.measured_frames or base.measured_frames,
-        args.log_interval or base.log_interval,
-    )
 
 
 # -- evaluation cost per env step --------------------------------------------------------------
@@ -349,11 +128,9 @@ def bench_eval(args: argparse.Namespace) -> dict:
     batched = BatchedEvaluation(ENV_ID, episodes=episodes, max_steps=steps, max_episode_steps=steps)
     sb3_env = Monitor(gym.make(ENV_ID, max_episode_steps=steps))
     model = sb3_model(
-        gym.make(ENV_ID), critic_width=256, learning_starts=0, buffer_size=1_000, device="cpu"
-    )
-    torch.set_num_threads(
-        args.infer_threads or args.threads
-    )  # again after sb3's build, as learning.py
+        gym.make(ENV_ID), HYPERPARAMETERS, critic_width=256, learning_starts=0,
+        buffer_size=1_000, seed=SEED, device="cpu", threads=args.infer_threads or args.threads,
+    )  # fmt: skip
 
     def ours() -> int:
         batched(actor, seed=EVAL_SEED)
@@ -401,20 +178,6 @@ def bench_eval(args: argparse.Namespace) -> dict:
 
 
 # -- collection cost per frame -----------------------------------------------------------------
-def time_chunks(step: Callable[[], int], warmup: int, chunk: int, chunks: int) -> list[float]:
-    """Ms per frame of each of ``chunks`` chunks of ``chunk`` frames, after ``warmup`` frames."""
-    done = 0
-    while done < warmup:
-        done += step()
-    result = []
-    for _ in range(chunks):
-        frames, start = 0, time.perf_counter()
-        while frames < chunk:
-            frames += step()
-        result.append(1e3 * (time.perf_counter() - start) / frames)
-    return result
-
-
 def bench_collect(args: argparse.Namespace) -> dict:
     """Ms per frame of our collection (TorchRL Collector, one env) and of plain loops."""
     import torch
@@ -508,7 +271,162 @@ def bench_collect(args: argparse.Namespace) -> dict:
     return result
 
 
-# -- summary, report, RESULTS.md ---------------------------------------------------------------
+def time_chunks(step: Callable[[], int], warmup: int, chunk: int, chunks: int) -> list[float]:
+    """Ms per frame of each of ``chunks`` chunks of ``chunk`` frames, after ``warmup`` frames."""
+    done = 0
+    while done < warmup:
+        done += step()
+    result = []
+    for _ in range(chunks):
+        frames, start = 0, time.perf_counter()
+        while frames < chunk:
+            frames += step()
+        result.append(1e3 * (time.perf_counter() - start) / frames)
+    return result
+
+
+# -- a training run: budget, command lines, sb3's run, frames/s windows ------------------------
+@dataclass(frozen=True)
+class Budget:
+    """Learning frames of one training run (after ``init_random_frames`` random ones)."""
+
+    warmup_frames: int  # not timed: the first updates, torch.compile
+    measured_frames: int  # timed, in windows of log_interval frames
+    log_interval: int
+
+
+# Width 256: ~15 ms per frame on 2 cores; 2048: ~200 ms (ours fp32) to ~250 ms (sb3).
+BUDGETS = {"small": Budget(500, 3_000, 500), "large": Budget(100, 400, 50)}
+QUICK_BUDGETS = {"small": Budget(20, 60, 20), "large": Budget(10, 20, 10)}
+LARGE_WIDTH = 1024  # widths above this get the "large" budget
+
+
+def budget_for(width: int, args: argparse.Namespace) -> Budget:
+    size = "large" if width > LARGE_WIDTH else "small"
+    base = (QUICK_BUDGETS if args.quick else BUDGETS)[size]
+    return Budget(
+        args.warmup_frames if args.warmup_frames is not None else base.warmup_frames,
+        args.measured_frames or base.measured_frames,
+        args.log_interval or base.log_interval,
+    )
+
+
+def total_frames(budget: Budget, init_random_frames: int) -> int:
+    return init_random_frames + budget.warmup_frames + budget.measured_frames
+
+
+def ours_command(
+    width: int, budget: Budget, args: argparse.Namespace, run_dir: Path, overrides: list[str]
+) -> list[str]:
+    """The training script's command line: matched settings, evaluation and checkpoints off."""
+    frames = total_frames(budget, args.init_random_frames)
+    return [
+        sys.executable,
+        str(SCRIPT),
+        f"env={ENV_GROUP}",
+        f"seed={SEED}",
+        f"device={args.device}",
+        f"run_dir={run_dir}",
+        f"threads={args.threads}",
+        *matched_overrides(width, frames, args.init_random_frames),
+        # 0: no evaluation during training; the one at the end (1 episode) comes after the
+        # last timed window, as does the final checkpoint.
+        "eval.interval=0",
+        "eval.episodes=1",
+        "checkpoint.interval=0",
+        "logger.backend=csv",
+        f"logger.log_interval={budget.log_interval}",
+        "progress_bar=false",
+        *overrides,
+    ]
+
+
+def sb3_run(spec: dict) -> None:
+    """``--sb3-run``: ``CrossQ.learn`` with a clock at every env step; writes ``times.json``."""
+    import warnings
+
+    import gymnasium as gym
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(spec["threads"])
+    model = sb3_model(
+        gym.make(ENV_ID),
+        HYPERPARAMETERS,
+        critic_width=spec["width"],
+        learning_starts=spec["init_random_frames"],
+        buffer_size=min(HYPERPARAMETERS["replay_size"], spec["frames"]),
+        seed=SEED,
+        device=spec["device"],
+        threads=spec["threads"],
+    )
+    times: list[float] = []
+
+    class Clock(BaseCallback):
+        # Called after each env step, before that step's update: the time at num_timesteps.
+        def _on_step(self) -> bool:
+            times.append(time.perf_counter())
+            return True
+
+    model.learn(total_timesteps=spec["frames"], callback=Clock())
+    Path(spec["run_dir"], "times.json").write_text(json.dumps(times))
+
+
+def ours_windows(run_dir: Path) -> list[tuple[int, int, float]]:
+    """``(first frame, last frame, frames/s)`` of each window the script logged."""
+    paths = list((run_dir / "logs").rglob("frames_per_s.csv"))
+    if len(paths) != 1:
+        raise RuntimeError(f"expected one perf/frames_per_s CSV log under {run_dir / 'logs'}")
+    with paths[0].open() as f:
+        rows = sorted((int(float(step)), float(rate)) for step, rate in csv.reader(f))
+    starts = [0] + [step for step, _ in rows[:-1]]
+    return [(start, step, rate) for start, (step, rate) in zip(starts, rows, strict=True)]
+
+
+def sb3_windows(times: list[float], log_interval: int) -> list[tuple[int, int, float]]:
+    """The same windows from sb3's clock (``times[i]``: after env step ``i + 1``)."""
+    return [
+        (end - log_interval, end, log_interval / (times[end - 1] - times[end - log_interval - 1]))
+        for end in range(2 * log_interval, len(times) + 1, log_interval)
+    ]
+
+
+def subprocess_env(threads: int) -> dict[str, str]:
+    """This process's environment (allocator settings too), the thread count, this checkout."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return dict(
+        os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=path
+    )
+
+
+def library_used(threads: int) -> str:
+    """Where the script's subprocesses import torchrl_crossq from (a check of PYTHONPATH)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import torchrl_crossq; print(torchrl_crossq.__file__)"],
+        cwd=SCRIPT.parent,  # sys.path[0] as when the script runs
+        env=subprocess_env(threads),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(Path(done.stdout.strip()).parent)
+
+
+# -- summary, targets, RESULTS.md --------------------------------------------------------------
+# Issue #16's targets: (summary line, comparison, bound); a str bound names another line.
+TARGETS = (
+    ("e2e_speedup_vs_sb3_w256", ">=", 1.3),
+    ("e2e_speedup_vs_sb3_w2048", ">=", 1.2),
+    ("e2e_speedup_best_vs_sb3_w256", ">=", 2.0),
+    ("e2e_speedup_best_vs_sb3_w2048", ">=", 2.3),
+    ("eval_ms_per_step", "<=", 0.3),
+    ("eval_ms_per_step", "<=", "sb3_eval_ms_per_step"),
+    ("collect_ms_per_frame", "<=", 1.0),
+)
+COLLECT_HEADLINE = "collector_actor_b1"  # the script's collection: one frame per batch
+
+
 def summarise(training: list[dict], evaluation: dict | None, collect: dict | None) -> dict:
     """The summary lines' values (a line is left out when its contestants were not run)."""
     summary: dict[str, float] = {}
@@ -556,22 +474,23 @@ def check_targets(summary: dict) -> list[dict]:
     return rows
 
 
-def busy_warning(info: dict, training: list[dict]) -> str | None:
-    """Signs of a shared machine: load at start, unsteady windows of one run."""
-    signs = []
-    load = info["loadavg_start"].split()[0]
-    if load[0].isdigit() and float(load) > 0.5 * (info["cores"] or 1):
-        signs.append(f"load average {load} at start on {info['cores']} cores")
-    for r in training:
-        rates = r["measured_rates"]
-        if max(rates) > 1.5 * min(rates):
-            signs.append(
-                f"{r['contestant']} at width {r['width']}: frames/s varied "
-                f"{min(rates):.1f}..{max(rates):.1f} across windows"
-            )
-    if not signs:
-        return None
-    return "WARNING: the machine looks busy (" + "; ".join(signs) + "): rates are unreliable"
+def warning(info: dict, training: list[dict]) -> str | None:
+    """The load warning; this script's own sign is a run whose windows' frames/s varied."""
+    unsteady = [
+        f"{r['contestant']} at width {r['width']}: frames/s varied "
+        f"{harness.span(r['measured_rates'], '.1f')} across windows"
+        for r in training
+        if harness.varies(r["measured_rates"], by=1.5)
+    ]
+    return harness.busy_warning(info, unsteady)
+
+
+LABELS = {
+    "sb3": "sb3-contrib CrossQ.learn",
+    "ours": "ours, fp32 eager",
+    "ours_compiled": "ours, compile=true",
+    "ours_bf16_compiled": "ours, precision=bf16 compile=true",
+}
 
 
 def training_rows(training: list[dict]) -> list[tuple[str, ...]]:
@@ -586,7 +505,7 @@ def training_rows(training: list[dict]) -> list[tuple[str, ...]]:
                 f"{r['timed_frames']:,}",
                 str(len(r["measured_rates"])),
                 f"{r['frames_per_s']:.2f}",
-                f"{min(r['measured_rates']):.2f}..{max(r['measured_rates']):.2f}",
+                harness.span(r["measured_rates"]),
                 f"{r['frames_per_s_overall']:.2f}",
                 f"{1e3 / r['frames_per_s']:.1f}",
                 speedup,
@@ -624,19 +543,10 @@ def collect_rows(collect: dict) -> list[tuple[str, ...]]:
     return [(s["label"], f"{s['ms_per_frame']:.3f}") for s in collect["setups"].values()]
 
 
-def console_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows, strict=True)]
+def target_rows(targets: list[dict]) -> list[tuple[str, ...]]:
     return [
-        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
-        for row in (columns, *rows)
-    ]
-
-
-def markdown_table(columns: tuple, rows: list[tuple[str, ...]]) -> list[str]:
-    return [
-        "| " + " | ".join(columns) + " |",
-        "|---" * len(columns) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        (t["metric"], f"{t['value']:.3f}", t["target"], "yes" if t["met"] else "no")
+        for t in targets
     ]
 
 
@@ -659,33 +569,18 @@ def settings_line(settings: dict) -> str:
 
 
 def write_results(saved: dict) -> None:
-    """Replaces (or appends) this script's section of bench/RESULTS.md."""
-    info, settings, summary = saved["info"], saved["settings"], saved["summary"]
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
-    section_start, section_end = sections(settings["device"])
-    lines = [
-        section_start,
-        "## End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`"
-        + ("" if settings["device"] == "cpu" else f", {settings['device']}")
-        + ")",
-        "",
-        f"- date: {info['date']}; commit {info['commit']}",
-        f"- command: `{info['command']}`",
-        f"- machine: {info['cpu']}, {info['cores']} cores, {settings['threads']} torch "
-        f"thread(s) (`OMP_NUM_THREADS` too) per contestant, one contestant at a time, device "
-        f"{settings['device']}; load average {info['loadavg_start']} at start, "
-        f"{info['loadavg_end']} at end",
-        f"- versions: Python {info['python']}, {versions}",
-        f"- allocator: {allocator}",
-        settings_line(settings),
-        *([f"- **{info['warning']}**"] if info.get("warning") else []),
-        *(
-            ["- **--quick: a smoke run with tiny budgets, not a measurement**"]
-            if settings["quick"]
-            else []
-        ),
-    ]
+    """Replaces (or appends) this script's section of bench/RESULTS.md (one per device)."""
+    info, settings, device = saved["info"], saved["settings"], saved["settings"]["device"]
+    threads = settings.get("infer_threads", settings["threads"])
+    lines = harness.header_lines(
+        info,
+        f"{settings['threads']} torch thread(s) (`OMP_NUM_THREADS` too) per contestant, one "
+        f"contestant at a time, device {device}",
+        notes=[settings_line(settings)],
+        warning=info.get("warning"),
+    )
+    if settings["quick"]:
+        lines.append("- **--quick: a smoke run with tiny budgets, not a measurement**")
     if saved["training"]:
         lines += [
             "",
@@ -693,7 +588,7 @@ def write_results(saved: dict) -> None:
             "(`perf/frames_per_s` of its CSV log), sb3 is `CrossQ.learn` (a clock at every env "
             "step); median over the timed windows:",
             "",
-            *markdown_table(TRAINING_COLUMNS, training_rows(saved["training"])),
+            *harness.markdown_table(TRAINING_COLUMNS, training_rows(saved["training"])),
         ]
     if saved["eval"]:
         e = saved["eval"]
@@ -702,9 +597,9 @@ def write_results(saved: dict) -> None:
             f"Evaluation cost: {e['episodes']} deterministic episodes of at most "
             f"{e['max_steps']:,} steps, actor {HYPERPARAMETERS['actor_width']} x 2; wall time "
             f"over env steps, median of {e['reps']} interleaved rep(s) after a warm-up, "
-            f"{settings.get('infer_threads', settings['threads'])} torch thread(s):",
+            f"{threads} torch thread(s):",
             "",
-            *markdown_table(("evaluator", "env steps", "ms per env step"), eval_rows(e)),
+            *harness.markdown_table(("evaluator", "env steps", "ms per env step"), eval_rows(e)),
         ]
     if saved["collect"]:
         c = saved["collect"]
@@ -712,27 +607,27 @@ def write_results(saved: dict) -> None:
             "",
             f"Collection cost, {ENV_ID}, one env (the headline `collect_ms_per_frame` is the "
             f"first row, the script's one frame per batch); median of {c['chunks']} chunks of "
-            f"{c['chunk']:,} frames after {c['warmup']:,}, "
-            f"{settings.get('infer_threads', settings['threads'])} torch thread(s):",
+            f"{c['chunk']:,} frames after {c['warmup']:,}, {threads} torch thread(s):",
             "",
-            *markdown_table(("setup", "ms per frame"), collect_rows(c)),
+            *harness.markdown_table(("setup", "ms per frame"), collect_rows(c)),
         ]
-    targets = saved["targets"]
-    if targets:
+    if saved["targets"]:
         lines += [
             "",
             "Targets of issue #16:",
             "",
-            *markdown_table(
-                ("metric", "measured", "target", "met"),
-                [
-                    (t["metric"], f"{t['value']:.3f}", t["target"], "yes" if t["met"] else "no")
-                    for t in targets
-                ],
+            *harness.markdown_table(
+                ("metric", "measured", "target", "met"), target_rows(saved["targets"])
             ),
         ]
-    lines += ["", "```", *summary_lines(summary), "```", section_end]
-    write_section("\n".join(lines), section_start, section_end)
+    harness.write_section(
+        "bench/e2e.py" if device == "cpu" else f"bench/e2e.py --device {device}",
+        "End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`"
+        + ("" if device == "cpu" else f", {device}")
+        + ")",
+        lines,
+        summary_lines(saved["summary"]),
+    )
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -766,12 +661,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collect-batch", type=int, default=1_000, help="the large batch")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "e2e", help="run directories")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
-    parser.add_argument("--json", type=Path, help="dump all results to this file")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
-    parser.add_argument(
-        "--results-from", type=Path,
-        help="rewrite the RESULTS.md section from a --json dump of an earlier run (no runs)",
-    )  # fmt: skip
+    harness.add_output_args(parser)
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
@@ -779,18 +669,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_max_steps, args.eval_reps = min(args.eval_max_steps, 100), 1
         args.collect_warmup, args.collect_chunk, args.collect_chunks = 100, 100, 2
         args.collect_batch = min(args.collect_batch, 100)
-    positive = ("widths", "threads", "infer_threads", "measured_frames", "log_interval",
-                "eval_episodes", "eval_max_steps", "eval_reps", "collect_chunk", "collect_chunks",
-                "collect_batch")  # fmt: skip
-    for key in positive:
-        values = getattr(args, key)
-        for value in values if isinstance(values, list) else [values]:
-            if value is not None and value < 1:
-                parser.error(f"--{key.replace('_', '-')}={value} must be >= 1")
-    for key in ("init_random_frames", "warmup_frames", "collect_warmup"):
-        value = getattr(args, key)
-        if value is not None and value < 0:
-            parser.error(f"--{key.replace('_', '-')}={value} must be >= 0")
+    harness.require_at_least(
+        parser, args, 1, "widths", "threads", "infer_threads", "measured_frames",
+        "log_interval", "eval_episodes", "eval_max_steps", "eval_reps", "collect_chunk",
+        "collect_chunks", "collect_batch",
+    )  # fmt: skip
+    harness.require_at_least(
+        parser, args, 0, "init_random_frames", "warmup_frames", "collect_warmup"
+    )
     return args
 
 
@@ -800,15 +686,13 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     if args.results_from:
-        write_results(json.loads(args.results_from.read_text()))
+        write_results(harness.load_dump(args.results_from))
         return
     import torch
 
     # This process runs the eval and collect parts; the script evaluates on its own threads.
     torch.set_num_threads(args.infer_threads or args.threads)
-    info = machine_info()
-    info["loadavg_start"] = _loadavg()
-    info["library"] = library_used(args.threads)
+    info = harness.machine_info(library=library_used(args.threads))
     if Path(info["library"]) != ROOT / "torchrl_crossq":
         raise SystemExit(f"error: the script would import torchrl_crossq from {info['library']}")
     budgets = {w: budget_for(w, args) for w in args.widths}
@@ -822,11 +706,8 @@ def main(argv: list[str] | None = None) -> None:
         "hyperparameters": HYPERPARAMETERS,
         "quick": args.quick,
     }
-    allocator = ", ".join(f"{k}={v if v else 'unset'}" for k, v in info["allocator"].items())
-    print(f"# {info['cpu']}, {info['cores']} cores; {args.threads} torch thread(s) per "
-          f"contestant, one at a time; allocator: {allocator}")  # fmt: skip
-    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"# torchrl_crossq: {info['library']}; load average {info['loadavg_start']}")
+    harness.console_header(info, f"{args.threads} torch thread(s) per contestant, one at a time")
+    print(f"# torchrl_crossq: {info['library']}")
     print("# " + settings_line(settings)[2:])
 
     training: list[dict] = []
@@ -842,10 +723,17 @@ def main(argv: list[str] | None = None) -> None:
     if "collect" in args.parts:
         print(f"# collection cost, one env, {args.collect_chunks} chunks of {args.collect_chunk}")
         collect = bench_collect(args)
-    info["loadavg_end"] = _loadavg()
-    info["warning"] = busy_warning(info, training)
+    harness.end_of_run(info)
+    info["warning"] = warning(info, training)
+    if info["warning"]:
+        print(f"# {info['warning']}")
     summary = summarise(training, evaluation, collect)
     targets = check_targets(summary)
+    if training:
+        print("\n".join(harness.console_table(TRAINING_COLUMNS, training_rows(training))))
+    for t in targets:
+        print(f"# target {t['metric']} {t['target']}: {t['value']:.3f}, "
+              f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
     saved = {
         "info": info,
         "settings": settings,
@@ -855,21 +743,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "targets": targets,
     }
-    if training:
-        print(*console_table(TRAINING_COLUMNS, training_rows(training)), sep="\n")
-    for t in targets:
-        print(f"# target {t['metric']} {t['target']}: {t['value']:.3f}, "
-              f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
-    print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
-    if info["warning"]:
-        print(f"# {info['warning']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(saved, indent=2))
-    if args.write_results:
-        write_results(saved)
-    for line in summary_lines(summary):
-        print(line)
+    harness.finish(args, saved, write_results, summary_lines(summary))
 
 
 if __name__ == "__main__":

@@ -1,49 +1,18 @@
 """Sample efficiency on short budgets: our training script against sb3-contrib's CrossQ.
 
-Both implementations train with the same hyperparameters (``HYPERPARAMETERS`` below; the
-paper's, except the critic width, 256 by default for the short runs, and the number of random
-steps before learning) from the same seeds, and are evaluated at the same frame points with
-the same number of deterministic episodes (actor in eval mode, the TanhNormal's mode / sb3's
-``predict(deterministic=True)``), each on its own eval env seeded ``seed + 10000``. The target
-entropy -action_dim is matched in effect, not only in value: both score the log-probability of
-the squashed action in [-1, 1] whatever the env's bounds (sb3 rescales outside the density),
-and both clip the actor's log-std to [-20, 2].
+Both train with the matched ``HYPERPARAMETERS`` (the paper's, except the critic width, 256
+for the short runs, and the random steps before learning) from the same seeds, one subprocess
+per run (ours: ``sota_implementations/crossq.py`` as a user runs it; sb3: ``--sb3-run`` of this
+file), and are evaluated at the same frame points with the same deterministic episodes.
+Default tasks: Pendulum-v1 and InvertedPendulum-v5 (5k frames, 3 seeds); ``--tasks hopper
+walker2d``: MuJoCo locomotion at 30k frames; ``--tasks reach push``: Meta-World success rates.
+bench/README.md has the details.
 
-- ours: ``sota_implementations/crossq.py`` as a user runs it (hydra overrides, one subprocess
-  per run); the run directory's ``eval.csv`` holds ``frames, return_mean, return_std``.
-- sb3: ``sb3_contrib.CrossQ`` with ``learning_starts`` = our ``init_random_frames``, its
-  critic/actor widths, Batch Renormalization momentum, eps and warmup set to ours, and its
-  temperature optimiser rebuilt with Adam betas (0.5, 0.999) as ours (sb3 builds it with torch's
-  default betas (0.9, 0.999)); evaluated by a callback after every ``eval_interval``-th env
-  step (one critic update before ours evaluates at the same frame count: sb3 trains after
-  its callback). Also one subprocess per run, written by this file (``--sb3-run``).
-
-BRN warmup is 100k steps for both, so short runs never leave the warmup (same for both).
-Every run gets ``OMP_NUM_THREADS=--threads`` (default 1: on a shared 2-core machine ATen's
-worker threads stall whenever other processes hold the cores) and this process's allocator
-settings. ``--jobs 2`` runs two at a time.
-
-Default tasks: Pendulum-v1 and InvertedPendulum-v5, 5k frames each (1000 random), critic
-256 x 2, actor 256 x 2, 3 seeds; about 20-30 minutes on 2 cores. ``--tasks hopper walker2d
---seeds 0 1 2 3 4``: Hopper-v5 and Walker2d-v5, 30k frames (5000 random), eval every 2500
-frames x 5 episodes; about an hour with ``--jobs 2`` on 2 cores (``--tasks halfcheetah``: 20k
-frames of HalfCheetah-v5); bench/README.md has the long version.
-``--tasks reach push``: Meta-World reach-v3 and push-v3 (extra ``embodied``), 12k frames (4096
-random), 3 seeds, success rate compared: ours is ``experiment=embodied`` on the gymnasium
-backend, sb3 gets the preset's widths (critic 512, actor 256), gamma 0.8, initial temperature
-0.01 and target entropy -4; about 70 minutes with ``--jobs 2`` on 2 cores.
-
-Run: ``.venv/bin/python bench/learning.py`` (``--quick`` for a smoke run). Curves go to
-``bench/out/learning.png``, runs to ``bench/out/learning/<task>/<impl>-seed<S>/``. The last
-lines are ``final_<task>_<impl>: mean +- std`` (final eval return, or success rate, across seeds),
-``stats_<task>_<impl>: final mean, IQM, 95% CI; AUC mean, IQM, 95% CI`` (AUC: a run's mean
-eval return over its eval points; IQM and the percentile-bootstrap CI of the mean:
-``torchrl_crossq.analysis``, rliable's definitions),
-``ours_vs_sb3_<task>: within one std|above ...|below ... (difference; std)`` and
-``ours_vs_sb3_ci_<task>: final not below|below sb3's 95% CI (...); AUC ...``: ours must not fall
-below sb3-contrib's interval, i.e. ours' mean >= the lower end of sb3's 95% CI of the mean.
-``--impls ours sb3 ours_bf16`` adds our script at ``precision=bf16`` (bfloat16 autocast of the
-losses), with its own ``ours_bf16_vs_sb3_<task>`` line.
+Run: ``.venv/bin/python bench/learning.py`` (``--quick``: smoke run). The last lines are
+``final_<task>_<impl>: mean +- std`` across seeds, ``stats_<task>_<impl>`` (final and AUC:
+mean, IQM, 95% CI), ``ours_vs_sb3_<task>`` (within one std, above or below) and
+``ours_vs_sb3_ci_<task>`` (ours' mean not below sb3's 95% CI); ``--impls ours sb3 ours_bf16``
+adds ``ours_bf16_vs_sb3_<task>``.
 """
 
 from __future__ import annotations
@@ -53,47 +22,252 @@ import csv
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
-from results_file import section_markers, write_section  # bench/ is on sys.path
-from update import _loadavg, machine_info
+import harness  # bench/ is on sys.path
 
 from torchrl_crossq.analysis import bootstrap_ci, iqm
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-# Each group of tasks (Task.section) has its own section, so no group's run erases another's.
-SECTIONS = {
-    "control": section_markers("bench/learning.py"),
-    "locomotion": section_markers("bench/learning.py --tasks hopper walker2d"),
-    "metaworld": section_markers("bench/learning.py --tasks reach push"),
-}
-SECTION_TITLES = {
-    "control": "Sample efficiency",
-    "locomotion": "MuJoCo locomotion sample efficiency",
-    "metaworld": "Meta-World success",
-}
-LOCOMOTION = ("halfcheetah", "hopper", "walker2d")  # env groups of the locomotion section
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0  # fixed, so a rerun of --results-from reproduces the intervals
 IMPLS = ("ours", "sb3", "ours_bf16")
 DEFAULT_IMPLS = ("ours", "sb3")
 # ours_bf16: the same command with precision=bf16 (bfloat16 autocast of the losses)
 OURS = {"ours": [], "ours_bf16": ["precision=bf16"]}
-LABELS = {
-    "ours": "ours (crossq.py)",
-    "sb3": "sb3-contrib CrossQ",
-    "ours_bf16": "ours, precision=bf16",
-}
+
+
+# -- one run ---------------------------------------------------------------------------------
+def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespace) -> dict:
+    """Runs one training run in a subprocess; returns its eval rows and wall time."""
+    run_dir = harness.fresh_dir(args.out / name / f"{impl}-seed{seed}")
+    if impl in OURS:
+        command = ours_command(task, seed, run_dir, args.device) + OURS[impl]
+    else:
+        spec = {
+            "task": asdict(task),
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "threads": args.threads,
+            "device": args.device,
+        }
+        command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    wall_s = harness.run_logged(command, run_dir, env, f"{impl} {name} seed {seed}")
+    rows = read_eval_csv(run_dir / "eval.csv")
+    print(
+        f"  {name:<17} {impl:<9} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
+        f"at {rows[-1]['frames']:.0f} frames ({wall_s:.0f} s)",
+        flush=True,
+    )
+    return {"task": name, "impl": impl, "seed": seed, "rows": rows, "wall_s": wall_s}
+
+
+def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
+    """The training script's command line for one run, every matched value spelled out."""
+    if task.env_task:
+        return meta_world_command(task, seed, run_dir, device)
+    return [
+        sys.executable,
+        str(SCRIPT),
+        f"env={task.env_group}",
+        f"seed={seed}",
+        f"device={device}",
+        f"run_dir={run_dir}",
+        *matched_overrides(task.critic_width, task.frames, task.init_random_frames),
+        f"eval.interval={task.eval_interval}",
+        f"eval.episodes={task.eval_episodes}",
+        f"eval.max_episode_steps={MAX_EVAL_STEPS}",
+        "checkpoint.interval=0",
+        "logger.backend=none",
+        "progress_bar=false",
+    ]
+
+
+def matched_overrides(critic_width: int, frames: int, init_random_frames: int) -> list[str]:
+    """``HYPERPARAMETERS`` as the training script's overrides: one env, UTD 1, CrossQ head."""
+    hp = HYPERPARAMETERS
+    width, actor = critic_width, hp["actor_width"]
+    return [
+        "env.num_envs=1",
+        f"collector.total_frames={frames}",
+        f"collector.init_random_frames={init_random_frames}",
+        "collector.frames_per_batch=1",
+        f"optim.lr={hp['lr']}",
+        f"optim.beta1={hp['betas'][0]}",
+        f"optim.beta2={hp['betas'][1]}",
+        f"optim.batch_size={hp['batch_size']}",
+        f"optim.policy_update_delay={hp['policy_delay']}",
+        f"algorithm.gamma={hp['gamma']}",
+        "algorithm.q_head_type=crossq",
+        f"algorithm.entropy_tuning.initial_alpha={hp['initial_alpha']}",
+        f"algorithm.replay_buffer.size={min(hp['replay_size'], frames)}",
+        f"network.critic_hidden_sizes=[{width},{width}]",
+        f"network.actor_hidden_sizes=[{actor},{actor}]",
+        f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
+        f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
+        f"network.batch_norm_eps={hp['batch_norm_eps']}",
+        f"network.brn_warmup_steps={hp['warmup_steps']}",
+    ]
+
+
+def meta_world_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
+    """``experiment=embodied`` as a user runs it, on the gymnasium backend, with the bench budget."""
+    width = task.critic_width
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "experiment=embodied",
+        f"env.task={task.env_task}",
+        "env.backend=gymnasium",
+        "env.vectorization=serial",
+        f"seed={seed}",
+        f"device={device}",
+        f"run_dir={run_dir}",
+        f"collector.total_frames={task.frames}",
+        f"collector.init_random_frames={task.init_random_frames}",
+        f"network.critic_hidden_sizes=[{width},{width}]",
+        f"eval.interval={task.eval_interval}",
+        f"eval.episodes={task.eval_episodes}",
+        "checkpoint.interval=0",
+        "logger.backend=none",
+        "progress_bar=false",
+    ]
+
+
+def sb3_run(spec: dict) -> None:
+    """Trains and evaluates sb3-contrib's CrossQ (``--sb3-run``); writes ``eval.csv`` like ours."""
+    import warnings
+
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    warnings.filterwarnings("ignore")
+    task, seed, run_dir = Task(**spec["task"]), spec["seed"], Path(spec["run_dir"])
+    torch.set_num_threads(spec["threads"])
+    hp = hyperparameters(task)
+
+    def make() -> gym.Env:
+        if not task.env_task:
+            return gym.make(task.env_id)
+        import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+        return gym.make(task.env_id, env_name=task.env_task, disable_env_checker=True)
+
+    model = sb3_model(
+        make(),
+        hp,
+        critic_width=task.critic_width,
+        learning_starts=task.init_random_frames,
+        buffer_size=min(hp["replay_size"], task.frames),
+        seed=seed,
+        device=spec["device"],
+        threads=spec["threads"],
+    )
+
+    eval_env = make()
+    eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
+    rows: list[dict] = []
+
+    def evaluate(frames: int) -> None:
+        returns, successes = [], []
+        for _ in range(task.eval_episodes):
+            obs, _ = eval_env.reset()
+            total, steps, done, success = 0.0, 0, False, False
+            while not done and steps < MAX_EVAL_STEPS:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, info = eval_env.step(action)
+                total, steps = total + float(reward), steps + 1
+                success |= bool(info.get("success", 0.0) > 0)  # at any step, as ours
+                done = terminated or truncated
+            returns.append(total)
+            successes.append(success)
+        rows.append(
+            {
+                "frames": frames,
+                "return_mean": float(np.mean(returns)),
+                "return_std": float(np.std(returns)),
+                "success_rate": float(np.mean(successes)) if task.env_task else math.nan,
+            }
+        )
+        write_eval_csv(run_dir / "eval.csv", rows)
+
+    class EvalEvery(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % task.eval_interval == 0:
+                evaluate(self.num_timesteps)
+            return True
+
+    model.learn(total_timesteps=task.frames, callback=EvalEvery())
+    if not rows or rows[-1]["frames"] != model.num_timesteps:
+        evaluate(model.num_timesteps)
+
+
+def sb3_model(
+    env, hp: dict, *, critic_width: int, learning_starts: int, buffer_size: int, seed: int,
+    device: str, threads: int,
+):  # fmt: skip
+    """sb3-contrib's CrossQ with the matched hyperparameters ``hp`` (also bench/e2e.py's).
+
+    Torch runs on ``threads`` threads afterwards, whatever sb3 set while building.
+    """
+    import torch
+    from sb3_contrib import CrossQ
+
+    model = CrossQ(
+        "MlpPolicy",
+        env,
+        learning_rate=hp["lr"],
+        buffer_size=buffer_size,
+        learning_starts=learning_starts,
+        batch_size=hp["batch_size"],
+        gamma=hp["gamma"],
+        train_freq=1,
+        gradient_steps=1,
+        policy_delay=hp["policy_delay"],
+        ent_coef=f"auto_{hp['initial_alpha']}",
+        target_entropy=hp.get("target_entropy", "auto"),
+        policy_kwargs={
+            "net_arch": {"pi": [hp["actor_width"]] * 2, "qf": [critic_width] * 2},
+            "n_critics": hp["num_qvalue_nets"],
+            "batch_norm_momentum": hp["batch_norm_momentum"],
+            "batch_norm_eps": hp["batch_norm_eps"],
+            "renorm_warmup_steps": hp["warmup_steps"],
+            "optimizer_kwargs": {"betas": hp["betas"]},
+        },
+        seed=seed,
+        device=device,
+    )
+    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
+    model.ent_coef_optimizer = torch.optim.Adam(
+        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
+    )
+    torch.set_num_threads(threads)
+    return model
+
+
+def write_eval_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_eval_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [
+            {k: float(row.get(k) or math.nan) for k in EVAL_FIELDS} for row in csv.DictReader(f)
+        ]
+
+
+# -- tasks and matched hyperparameters -------------------------------------------------------
 EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000
 MAX_EVAL_STEPS = 1_000  # eval.max_episode_steps of the script
 METAWORLD = "Meta-World/MT1"
@@ -114,6 +288,9 @@ HYPERPARAMETERS = {
     "initial_alpha": 1.0,  # temperature learned, target entropy -action_dim
     "replay_size": 1_000_000,  # capped at the run's frames (same content: nothing is evicted)
 }
+
+
+LOCOMOTION = ("halfcheetah", "hopper", "walker2d")  # env groups of the locomotion section
 
 
 @dataclass(frozen=True)
@@ -176,221 +353,11 @@ def hyperparameters(task: Task) -> dict:
     return {**HYPERPARAMETERS, **(META_WORLD_HYPERPARAMETERS if task.env_task else {})}
 
 
-# -- one run ---------------------------------------------------------------------------------
-def meta_world_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
-    """``experiment=embodied`` as a user runs it, on the gymnasium backend, with the bench budget."""
-    width = task.critic_width
-    return [
-        sys.executable,
-        str(SCRIPT),
-        "experiment=embodied",
-        f"env.task={task.env_task}",
-        "env.backend=gymnasium",
-        "env.vectorization=serial",
-        f"seed={seed}",
-        f"device={device}",
-        f"run_dir={run_dir}",
-        f"collector.total_frames={task.frames}",
-        f"collector.init_random_frames={task.init_random_frames}",
-        f"network.critic_hidden_sizes=[{width},{width}]",
-        f"eval.interval={task.eval_interval}",
-        f"eval.episodes={task.eval_episodes}",
-        "checkpoint.interval=0",
-        "logger.backend=none",
-        "progress_bar=false",
-    ]
-
-
-def matched_overrides(critic_width: int, frames: int, init_random_frames: int) -> list[str]:
-    """``HYPERPARAMETERS`` as the training script's overrides: one env, UTD 1, CrossQ head."""
-    hp = HYPERPARAMETERS
-    width, actor = critic_width, hp["actor_width"]
-    return [
-        "env.num_envs=1",
-        f"collector.total_frames={frames}",
-        f"collector.init_random_frames={init_random_frames}",
-        "collector.frames_per_batch=1",
-        f"optim.lr={hp['lr']}",
-        f"optim.beta1={hp['betas'][0]}",
-        f"optim.beta2={hp['betas'][1]}",
-        f"optim.batch_size={hp['batch_size']}",
-        f"optim.policy_update_delay={hp['policy_delay']}",
-        f"algorithm.gamma={hp['gamma']}",
-        "algorithm.q_head_type=crossq",
-        f"algorithm.entropy_tuning.initial_alpha={hp['initial_alpha']}",
-        f"algorithm.replay_buffer.size={min(hp['replay_size'], frames)}",
-        f"network.critic_hidden_sizes=[{width},{width}]",
-        f"network.actor_hidden_sizes=[{actor},{actor}]",
-        f"network.num_qvalue_nets={hp['num_qvalue_nets']}",
-        f"network.batch_norm_momentum={hp['batch_norm_momentum']}",
-        f"network.batch_norm_eps={hp['batch_norm_eps']}",
-        f"network.brn_warmup_steps={hp['warmup_steps']}",
-    ]
-
-
-def ours_command(task: Task, seed: int, run_dir: Path, device: str) -> list[str]:
-    """The training script's command line for one run, every matched value spelled out."""
-    if task.env_task:
-        return meta_world_command(task, seed, run_dir, device)
-    return [
-        sys.executable,
-        str(SCRIPT),
-        f"env={task.env_group}",
-        f"seed={seed}",
-        f"device={device}",
-        f"run_dir={run_dir}",
-        *matched_overrides(task.critic_width, task.frames, task.init_random_frames),
-        f"eval.interval={task.eval_interval}",
-        f"eval.episodes={task.eval_episodes}",
-        f"eval.max_episode_steps={MAX_EVAL_STEPS}",
-        "checkpoint.interval=0",
-        "logger.backend=none",
-        "progress_bar=false",
-    ]
-
-
-def sb3_run(spec: dict) -> None:
-    """Trains and evaluates sb3-contrib's CrossQ (``--sb3-run``); writes ``eval.csv`` like ours."""
-    import warnings
-
-    import gymnasium as gym
-    import numpy as np
-    import torch
-    from sb3_contrib import CrossQ
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    warnings.filterwarnings("ignore")
-    task, seed, run_dir = Task(**spec["task"]), spec["seed"], Path(spec["run_dir"])
-    torch.set_num_threads(spec["threads"])
-    hp = hyperparameters(task)
-
-    def make() -> gym.Env:
-        if not task.env_task:
-            return gym.make(task.env_id)
-        import metaworld  # noqa: F401  (registers Meta-World/MT1)
-
-        return gym.make(task.env_id, env_name=task.env_task, disable_env_checker=True)
-
-    model = CrossQ(
-        "MlpPolicy",
-        make(),
-        learning_rate=hp["lr"],
-        buffer_size=min(hp["replay_size"], task.frames),
-        learning_starts=task.init_random_frames,
-        batch_size=hp["batch_size"],
-        gamma=hp["gamma"],
-        train_freq=1,
-        gradient_steps=1,
-        policy_delay=hp["policy_delay"],
-        ent_coef=f"auto_{hp['initial_alpha']}",
-        target_entropy=hp.get("target_entropy", "auto"),
-        policy_kwargs={
-            "net_arch": {
-                "pi": [hp["actor_width"]] * 2,
-                "qf": [task.critic_width] * 2,
-            },
-            "n_critics": hp["num_qvalue_nets"],
-            "batch_norm_momentum": hp["batch_norm_momentum"],
-            "batch_norm_eps": hp["batch_norm_eps"],
-            "renorm_warmup_steps": hp["warmup_steps"],
-            "optimizer_kwargs": {"betas": hp["betas"]},
-        },
-        seed=seed,
-        device=spec["device"],
-    )
-    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
-    model.ent_coef_optimizer = torch.optim.Adam(
-        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
-    )
-    torch.set_num_threads(spec["threads"])
-
-    eval_env = make()
-    eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
-    rows: list[dict] = []
-
-    def evaluate(frames: int) -> None:
-        returns, successes = [], []
-        for _ in range(task.eval_episodes):
-            obs, _ = eval_env.reset()
-            total, steps, done, success = 0.0, 0, False, False
-            while not done and steps < MAX_EVAL_STEPS:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, info = eval_env.step(action)
-                total, steps = total + float(reward), steps + 1
-                success |= bool(info.get("success", 0.0) > 0)  # at any step, as ours
-                done = terminated or truncated
-            returns.append(total)
-            successes.append(success)
-        rows.append(
-            {
-                "frames": frames,
-                "return_mean": float(np.mean(returns)),
-                "return_std": float(np.std(returns)),
-                "success_rate": float(np.mean(successes)) if task.env_task else math.nan,
-            }
-        )
-        write_eval_csv(run_dir / "eval.csv", rows)
-
-    class EvalEvery(BaseCallback):
-        def _on_step(self) -> bool:
-            if self.num_timesteps % task.eval_interval == 0:
-                evaluate(self.num_timesteps)
-            return True
-
-    model.learn(total_timesteps=task.frames, callback=EvalEvery())
-    if not rows or rows[-1]["frames"] != model.num_timesteps:
-        evaluate(model.num_timesteps)
-
-
-def write_eval_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_eval_csv(path: Path) -> list[dict]:
-    with path.open() as f:
-        return [
-            {k: float(row.get(k) or math.nan) for k in EVAL_FIELDS} for row in csv.DictReader(f)
-        ]
-
-
-def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespace) -> dict:
-    """Runs one training run in a subprocess; returns its eval rows and wall time."""
-    run_dir = args.out / name / f"{impl}-seed{seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # our own output; the script refuses a used run_dir
-    run_dir.mkdir(parents=True)
-    if impl in OURS:
-        command = ours_command(task, seed, run_dir, args.device) + OURS[impl]
-    else:
-        spec = {
-            "task": asdict(task),
-            "seed": seed,
-            "run_dir": str(run_dir),
-            "threads": args.threads,
-            "device": args.device,
-        }
-        command = [sys.executable, __file__, "--sb3-run", json.dumps(spec)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    wall_s = time.perf_counter() - start
-    (run_dir / "output.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{impl} {name} seed {seed} exited {done.returncode}:\n{tail}")
-    rows = read_eval_csv(run_dir / "eval.csv")
-    print(
-        f"  {name:<17} {impl:<9} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
-        f"at {rows[-1]['frames']:.0f} frames ({wall_s:.0f} s)",
-        flush=True,
-    )
-    return {"task": name, "impl": impl, "seed": seed, "rows": rows, "wall_s": wall_s}
-
-
 # -- aggregation -------------------------------------------------------------------------------
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # fixed, so a rerun of --results-from reproduces the intervals
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation across seeds (0 for one seed)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -480,6 +447,13 @@ def ci_verdict(summary: dict, name: str, impl: str = "ours") -> str | None:
     return "; ".join(parts)
 
 
+LABELS = {
+    "ours": "ours (crossq.py)",
+    "sb3": "sb3-contrib CrossQ",
+    "ours_bf16": "ours, precision=bf16",
+}
+
+
 def plot(summary: dict, runs: list[dict], path: Path) -> Path:
     import matplotlib
 
@@ -546,21 +520,24 @@ def _stats(s: dict, key: str, digits: int) -> str:
     )
 
 
+REPORT_COLUMNS = (
+    "task", "impl", "seeds", "final", "IQM", "95% CI", "AUC", "IQM", "95% CI", "median wall s"
+)  # fmt: skip
+
+
 def report(summary: dict) -> list[str]:
-    lines = [
-        f"{'task':<18} {'impl':<9} {'seeds':>5} {'final':>18} {'IQM':>9} {'95% CI':>20} "
-        f"{'AUC':>18} {'IQM':>9} {'95% CI':>20} {'median wall s':>13}"
-    ]
+    rows = []
     for name, by_impl in summary.items():
         d = _digits(name)
         for impl, s in by_impl.items():
-            lines.append(
-                f"{name:<18} {impl:<9} {len(s['seeds']):>5} {_pm(s['final'], d):>18} "
-                f"{s['final_iqm']:>9.{d}f} {_ci(s['final_ci'], d):>20} "
-                f"{_pm(s['average'], d):>18} {s['average_iqm']:>9.{d}f} "
-                f"{_ci(s['average_ci'], d):>20} {s['wall_s']:>13.0f}"
-            )
-    return lines
+            rows.append(
+                (
+                    name, impl, str(len(s["seeds"])), _pm(s["final"], d),
+                    f"{s['final_iqm']:.{d}f}", _ci(s["final_ci"], d), _pm(s["average"], d),
+                    f"{s['average_iqm']:.{d}f}", _ci(s["average_ci"], d), f"{s['wall_s']:.0f}",
+                )
+            )  # fmt: skip
+    return harness.console_table(REPORT_COLUMNS, rows)
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -583,30 +560,34 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_text) -> None:
-    """Replaces (or appends) this script's section of bench/RESULTS.md."""
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
+# Each group of tasks (Task.section) has its own section, so no group's run erases another's.
+SECTIONS = {
+    "control": "bench/learning.py",
+    "locomotion": "bench/learning.py --tasks hopper walker2d",
+    "metaworld": "bench/learning.py --tasks reach push",
+}
+SECTION_TITLES = {
+    "control": "Sample efficiency",
+    "locomotion": "MuJoCo locomotion sample efficiency",
+    "metaworld": "Meta-World success",
+}
+TABLE_COLUMNS = (
+    "task", "frames", "random frames", "critic width", "eval every / episodes", "impl", "seeds",
+    "final return / success rate", "final IQM", "final 95% CI", "per seed",
+    "AUC (mean over evals)", "AUC IQM", "AUC 95% CI", "median wall s",
+)  # fmt: skip
+
+
+def write_results(saved: dict) -> None:
+    """Replaces (or appends) the section of the tasks' group in bench/RESULTS.md."""
+    info = saved["info"]
+    tasks = {name: Task(**fields) for name, fields in saved["tasks"].items()}
+    summary = aggregate(saved["runs"], list(tasks))  # a dump from before IQM and CI has runs
     hp = HYPERPARAMETERS
     section = one_section(tasks)
-    meta_world = section == "metaworld"
-    start, end = SECTIONS[section]
-    title = SECTION_TITLES[section]
-    lines = [
-        start,
-        f"## {title}, ours vs sb3-contrib CrossQ (`bench/learning.py`)",
-        "",
-        f"- date: {info['date']}; commit {info['commit']}",
-        f"- command: `{info['command']}`",
-        f"- machine: {info['cpu']}, {info['cores']} cores, {info['threads']} torch thread(s) per "
-        f"run, {info['jobs']} run(s) at a time, device {info['device']}; load average "
-        f"{info['loadavg_start']} at start, {info['loadavg_end']} at end",
-        f"- versions: Python {info['python']}, {versions}",
-        f"- allocator: {allocator}",
-    ]
-    if meta_world:
+    if section == "metaworld":
         mw = META_WORLD_HYPERPARAMETERS
-        lines.append(
+        matched = (
             "- matched: ours is `experiment=embodied` (8 envs x 4 steps per round, 32 updates per "
             "round: UTD 1; gradient-norm clip 10; softplus temperature) on the gymnasium backend; "
             f"sb3 one env, UTD 1; both Adam lr {hp['lr']}, betas {hp['betas']}, batch "
@@ -618,7 +599,7 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
             "episode"
         )
     else:
-        lines.append(
+        matched = (
             f"- matched: Adam lr {hp['lr']}, betas {hp['betas']} (actor, critic, temperature), "
             f"batch {hp['batch_size']}, gamma {hp['gamma']}, policy delay {hp['policy_delay']}, "
             f"{hp['num_qvalue_nets']} critics (loss 0.5 x squared error summed over them), "
@@ -630,7 +611,26 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
             "the density, ours drops the rescaling's log-Jacobian), so matched in effect "
             "whatever the env's bounds; UTD 1, one env"
         )
-    lines += [
+    rows = []
+    for name, by_impl in summary.items():
+        t, d = tasks[name], _digits(name)
+        for impl, s in by_impl.items():
+            rows.append(
+                (
+                    t.label, f"{t.frames:,}", f"{t.init_random_frames:,}", str(t.critic_width),
+                    f"{t.eval_interval:,} / {t.eval_episodes}", impl, str(len(s["seeds"])),
+                    _pm(s["final"], d), f"{s['final_iqm']:.{d}f}", _ci(s["final_ci"], d),
+                    ", ".join(f"{v:.{d}f}" for v in s["finals"]), _pm(s["average"], d),
+                    f"{s['average_iqm']:.{d}f}", _ci(s["average_ci"], d), f"{s['wall_s']:.0f}",
+                )
+            )  # fmt: skip
+    lines = [
+        *harness.header_lines(
+            info,
+            f"{info['threads']} torch thread(s) per run, {info['jobs']} run(s) at a time, "
+            f"device {info['device']}",
+            notes=[matched],
+        ),
         "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000 "
         "(ours reseeds it at each evaluation: seed + 10000 + frames); final = the last "
         "evaluation's mean over its episodes (return, or success rate for Meta-World); AUC = a "
@@ -641,52 +641,44 @@ def write_results(info: dict, tasks: dict[str, Task], summary: dict, summary_tex
         f"({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); `_vs_sb3_ci_`: ours must "
         "not fall below sb3's interval (ours' mean >= the low end of sb3's CI)",
         "",
-        "| task | frames | random frames | critic width | eval every / episodes | impl | seeds "
-        "| final return / success rate | final IQM | final 95% CI | per seed | AUC (mean over "
-        "evals) | AUC IQM | AUC 95% CI | median wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *harness.markdown_table(TABLE_COLUMNS, rows),
     ]
     for name, by_impl in summary.items():
-        t = tasks[name]
-        for impl, s in by_impl.items():
-            d = _digits(name)
-            per_seed = ", ".join(f"{v:.{d}f}" for v in s["finals"])
-            lines.append(
-                f"| {t.label} | {t.frames:,} | {t.init_random_frames:,} | {t.critic_width} "
-                f"| {t.eval_interval:,} / {t.eval_episodes} | {impl} | {len(s['seeds'])} "
-                f"| {_pm(s['final'], d)} | {s['final_iqm']:.{d}f} | {_ci(s['final_ci'], d)} "
-                f"| {per_seed} | {_pm(s['average'], d)} | {s['average_iqm']:.{d}f} "
-                f"| {_ci(s['average_ci'], d)} | {s['wall_s']:.0f} |"
-            )
-    for name, by_impl in summary.items():
         impls = list(by_impl)
+        curves = {impl: {c[0]: c for c in by_impl[impl]["curve"]} for impl in impls}
         lines += [
             "",
             f"Eval {'success rate' if tasks[name].env_task else 'return'} over frames, "
             f"{tasks[name].label} (mean +- std across seeds):",
             "",
-            "| frames | " + " | ".join(impls) + " |",
-            "|---" * (len(impls) + 1) + "|",
+            *harness.markdown_table(
+                ("frames", *impls),
+                [
+                    (
+                        f"{frames:,.0f}",
+                        *(
+                            _pm(curves[impl][frames][1:3], _digits(name))
+                            if frames in curves[impl]
+                            else ""
+                            for impl in impls
+                        ),
+                    )
+                    for frames in sorted({f for c in curves.values() for f in c})
+                ],
+            ),
         ]
-        curves = {impl: {c[0]: c for c in by_impl[impl]["curve"]} for impl in impls}
-        for frames in sorted({f for c in curves.values() for f in c}):
-            cells = [
-                _pm(curves[impl][frames][1:3], _digits(name)) if frames in curves[impl] else ""
-                for impl in impls
-            ]
-            lines.append(f"| {frames:,.0f} | " + " | ".join(cells) + " |")
     lines += [
         "",
         # dumps from before info["plot"] drew to the default path
         f"Curves: `{info.get('plot', 'bench/out/learning.png')}` (not committed; rerun to draw "
         "it).",
-        "",
-        "```",
-        *summary_text,
-        "```",
-        end,
     ]
-    write_section("\n".join(lines), start, end)
+    harness.write_section(
+        SECTIONS[section],
+        f"{SECTION_TITLES[section]}, ours vs sb3-contrib CrossQ (`bench/learning.py`)",
+        lines,
+        summary_lines(summary),
+    )
 
 
 def one_section(tasks: dict[str, Task]) -> str:
@@ -720,13 +712,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "learning", help="run directories")
     parser.add_argument("--plot", type=Path, default=OUT_DIR / "learning.png")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1.5k frames")
-    parser.add_argument("--json", type=Path, help="dump all results to this file")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
-    parser.add_argument(
-        "--results-from",
-        type=Path,
-        help="rewrite the RESULTS.md section from a --json dump of an earlier run (no training)",
-    )
+    harness.add_output_args(parser)
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
@@ -735,12 +721,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.init_random_frames = args.init_random_frames or 500
         args.eval_interval = args.eval_interval or 500
         args.eval_episodes = args.eval_episodes or 2
-    for key in ("frames", "width", "eval_interval", "eval_episodes", "threads", "jobs"):
-        value = getattr(args, key)
-        if value is not None and value < 1:
-            parser.error(f"--{key.replace('_', '-')}={value} must be >= 1")
-    if args.init_random_frames is not None and args.init_random_frames < 0:
-        parser.error(f"--init-random-frames={args.init_random_frames} must be >= 0")
+    harness.require_at_least(
+        parser, args, 1, "frames", "width", "eval_interval", "eval_episodes", "threads", "jobs"
+    )
+    harness.require_at_least(parser, args, 0, "init_random_frames")
     return args
 
 
@@ -770,23 +754,22 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     if args.results_from:
-        saved = json.loads(args.results_from.read_text())
-        tasks = {name: Task(**fields) for name, fields in saved["tasks"].items()}
-        summary = aggregate(saved["runs"], list(tasks))  # a dump from before IQM and CI has runs
-        write_results(saved["info"], tasks, summary, summary_lines(summary))
+        write_results(harness.load_dump(args.results_from))
         return
     tasks = task_settings(args)
     if args.write_results:
         one_section(tasks)  # fail before training, not after
-    info = machine_info()
-    info.update(threads=args.threads, jobs=args.jobs, device=args.device, seeds=args.seeds)
     plot_path = args.plot.resolve()
-    info["plot"] = str(plot_path.relative_to(ROOT) if plot_path.is_relative_to(ROOT) else plot_path)
-    info["loadavg_start"] = _loadavg()
-    allocator = ", ".join(f"{k}={v if v else 'unset'}" for k, v in info["allocator"].items())
-    print(f"# {info['cpu']}, {info['cores']} cores; {args.threads} torch thread(s) per run, "
-          f"{args.jobs} run(s) at a time; allocator: {allocator}")  # fmt: skip
-    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    info = harness.machine_info(
+        threads=args.threads,
+        jobs=args.jobs,
+        device=args.device,
+        seeds=args.seeds,
+        plot=str(plot_path.relative_to(ROOT) if plot_path.is_relative_to(ROOT) else plot_path),
+    )
+    harness.console_header(
+        info, f"{args.threads} torch thread(s) per run, {args.jobs} run(s) at a time"
+    )
     for name, t in tasks.items():
         print(
             f"# {name}: {t.env_id}, {t.frames} frames ({t.init_random_frames} random), critic "
@@ -803,31 +786,18 @@ def main(argv: list[str] | None = None) -> None:
         runs = [f.result() for f in futures]
     finally:
         pool.shutdown(cancel_futures=True)  # a failed run stops the benchmark
-    info["loadavg_end"] = _loadavg()
+    harness.end_of_run(info)
     summary = aggregate(runs, list(tasks))
-    for line in report(summary):
-        print(line)
-    curve = plot(summary, runs, args.plot)
-    print(f"# curves: {curve}; runs: {args.out}")
-    print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
-    summary_text = summary_lines(summary)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "info": info,
-                    "tasks": {k: asdict(v) for k, v in tasks.items()},
-                    "hyperparameters": HYPERPARAMETERS,
-                    "summary": summary,
-                    "runs": runs,
-                },
-                indent=2,
-            )
-        )
-    if args.write_results:
-        write_results(info, tasks, summary, summary_text)
-    for line in summary_text:
-        print(line)
+    print("\n".join(report(summary)))
+    print(f"# curves: {plot(summary, runs, args.plot)}; runs: {args.out}")
+    saved = {
+        "info": info,
+        "tasks": {k: asdict(v) for k, v in tasks.items()},
+        "hyperparameters": HYPERPARAMETERS,
+        "summary": summary,
+        "runs": runs,
+    }
+    harness.finish(args, saved, write_results, summary_lines(summary))
 
 
 if __name__ == "__main__":

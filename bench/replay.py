@@ -1,49 +1,29 @@
 """Sample throughput of the sliding-window replay buffer against TorchRL's plain uniform buffer.
 
-For each buffer size (default 1e5 and 1e6 transitions) one storage is filled (and wrapped)
-with HalfCheetah-v5-shaped transitions (observation and next observation 17 floats, action 6,
-reward, done/terminated/truncated) from collector-like batches of 8 envs x 125 steps, with
-random terminations so that episodes have mixed lengths. On that same storage the script
-times ``sample()`` at batch 256 for:
+One storage per buffer size (default 1e5 and 1e6 transitions), filled past its capacity with
+HalfCheetah-v5-shaped transitions of mixed episode lengths; on it, ``sample()`` at batch 256 of
+the plain ``TensorDictReplayBuffer`` (``RandomSampler``) and of ``WindowReplayBuffer`` over the
+newest half of the trajectories or of the episodes, interleaved rep by rep, medians reported;
+with ``--disk``, the same on a ``LazyMemmapStorage`` plus a ``CachedStorage`` window.
+bench/README.md has the details.
 
-- ``plain``: ``TensorDictReplayBuffer(storage, sampler=RandomSampler())``, the baseline;
-- ``window-trajectory``: ``WindowReplayBuffer`` over the newest half of the trajectories
-  (one contiguous block: randint + add per sample);
-- ``window-episode``: ``WindowReplayBuffer`` over the newest episodes covering about half of
-  the buffer (many blocks: randint + searchsorted per sample, the worst case).
-
-Contestants run interleaved rep by rep (the order rotates) after a warm-up; medians are
-reported. ``index us`` is the sampler alone (indices, no data read), showing that its cost does
-not grow with the capacity. With ``--disk`` (default on) the same is done on a
-``LazyMemmapStorage``, plus the window buffer with a ``CachedStorage`` holding the window in
-memory (once the OS page cache holds the memmap, disk reads cost about a memory gather, so the
-cache's gain shows only when the data exceed RAM).
-
-Torch runs on one thread by default (``--threads``): a 256-row gather is too small to gain
-from more, and on a shared machine ATen's worker threads stall for milliseconds whenever other
-processes hold the cores, which buries both contestants in noise (``--threads 0`` keeps torch's
-default to see it).
-
-Run: ``.venv/bin/python bench/replay.py`` (``--quick`` for a smoke run). The last lines are
+Run: ``.venv/bin/python bench/replay.py`` (``--quick``: smoke run). The last lines are
 ``slowdown_<size>: X`` for the memory storage, X = plain throughput / window throughput (the
-worse of the two window units); the requirement is X <= 1.5 (``--check`` exits 1 otherwise).
+worse of the two window units), then ``within_1.5x: yes|NO``: the requirement is X <= 1.5
+(``--check`` exits 1 otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
+import harness  # bench/ is on sys.path
 import torch
-from results_file import section_markers, write_section  # bench/ is on sys.path
 from tensordict import TensorDict
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
@@ -56,9 +36,53 @@ NUM_ENVS = 8
 STEPS = 125  # per env and batch: 1000 frames per collector batch
 TERMINATION_PROBABILITY = 1 / 300  # mixed episode lengths, as in Hopper or Walker2d
 MAX_SLOWDOWN = 1.5
-SECTION_START, SECTION_END = section_markers("bench/replay.py")
 
 
+# -- the measurement ----------------------------------------------------------------------------
+def bench(buffers: dict[str, TensorDictReplayBuffer], args: argparse.Namespace) -> dict:
+    """Times each contestant in short interleaved reps; slowdowns are paired per rep."""
+    names = list(buffers)
+    for name in names:  # warm-up: first touches of the data, lazy allocations
+        time_samples(buffers[name], args.samples)
+    sample_s = {name: [] for name in names}
+    index_s = {name: [] for name in names}
+    for rep in range(args.reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            sample_s[name].append(time_samples(buffers[name], args.samples))
+            index_s[name].append(time_indices(buffers[name], args.samples))
+    result = {}
+    for name in names:
+        # Per-rep ratio to the plain buffer's time in the same rep: load from other processes
+        # on a shared machine hits both sides of a pair alike.
+        ratios = [ours / plain for ours, plain in zip(sample_s[name], sample_s["plain"])]
+        buffer = buffers[name]
+        result[name] = {
+            "samples_per_s": 1 / statistics.median(sample_s[name]),
+            "index_us": 1e6 * statistics.median(index_s[name]),
+            "slowdown": statistics.median(ratios),
+            "window_transitions": (
+                buffer.window_size() if isinstance(buffer, WindowReplayBuffer) else len(buffer)
+            ),
+        }
+    return result
+
+
+def time_samples(rb: TensorDictReplayBuffer, num_samples: int) -> float:
+    start = time.perf_counter()
+    for _ in range(num_samples):
+        rb.sample()
+    return (time.perf_counter() - start) / num_samples
+
+
+def time_indices(rb: TensorDictReplayBuffer, num_samples: int) -> float:
+    sampler, storage = rb.sampler, rb.storage
+    start = time.perf_counter()
+    for _ in range(num_samples):
+        sampler.sample(storage, BATCH_SIZE)
+    return (time.perf_counter() - start) / num_samples
+
+
+# -- the storage and the contestants ------------------------------------------------------------
 def collector_batch(generator: torch.Generator) -> TensorDict:
     shape = (NUM_ENVS, STEPS)
     observation = torch.randn(*shape, OBS_DIM, generator=generator)
@@ -128,88 +152,64 @@ def build(size: int, storage_kind: str, scratch_dir: Path) -> dict[str, TensorDi
     return {"plain": plain, "window-trajectory": writer, **followers}
 
 
-def time_samples(rb: TensorDictReplayBuffer, num_samples: int) -> float:
-    start = time.perf_counter()
-    for _ in range(num_samples):
-        rb.sample()
-    return (time.perf_counter() - start) / num_samples
-
-
-def time_indices(rb: TensorDictReplayBuffer, num_samples: int) -> float:
-    sampler, storage = rb.sampler, rb.storage
-    start = time.perf_counter()
-    for _ in range(num_samples):
-        sampler.sample(storage, BATCH_SIZE)
-    return (time.perf_counter() - start) / num_samples
-
-
-def bench(buffers: dict[str, TensorDictReplayBuffer], args: argparse.Namespace) -> dict:
-    """Times each contestant in short interleaved reps; slowdowns are paired per rep."""
-    names = list(buffers)
-    for name in names:  # warm-up: first touches of the data, lazy allocations
-        time_samples(buffers[name], args.samples)
-    sample_s = {name: [] for name in names}
-    index_s = {name: [] for name in names}
-    for rep in range(args.reps):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            sample_s[name].append(time_samples(buffers[name], args.samples))
-            index_s[name].append(time_indices(buffers[name], args.samples))
-    result = {}
-    for name in names:
-        # Per-rep ratio to the plain buffer's time in the same rep: load from other processes
-        # on a shared machine hits both sides of a pair alike.
-        ratios = [ours / plain for ours, plain in zip(sample_s[name], sample_s["plain"])]
-        buffer = buffers[name]
-        result[name] = {
-            "samples_per_s": 1 / statistics.median(sample_s[name]),
-            "index_us": 1e6 * statistics.median(index_s[name]),
-            "slowdown": statistics.median(ratios),
-            "window_transitions": (
-                buffer.window_size() if isinstance(buffer, WindowReplayBuffer) else len(buffer)
-            ),
-        }
-    return result
-
-
+# -- report, summary lines, RESULTS.md ----------------------------------------------------------
 def size_label(size: int) -> str:
     exponent = len(str(size)) - 1
     return f"1e{exponent}" if size == 10**exponent else str(size)
 
 
-def report(size: int, storage_kind: str, result: dict) -> list[str]:
-    lines = [f"# {storage_kind} storage, {size} transitions, batch {BATCH_SIZE}"]
-    lines.append(
-        f"  {'contestant':<18} {'batches/s':>10} {'transitions/s':>14} {'slowdown':>9} "
-        f"{'index us':>9} {'window':>8}"
-    )
-    for name, r in result.items():
-        lines.append(
-            f"  {name:<18} {r['samples_per_s']:>10.0f} {r['samples_per_s'] * BATCH_SIZE:>14.3g} "
-            f"{r['slowdown']:>9.3f} {r['index_us']:>9.1f} {r['window_transitions']:>8}"
+COLUMNS = ("contestant", "batches/s", "transitions/s", "slowdown", "index us", "window")
+
+
+def report(result: dict) -> list[str]:
+    """One storage's table: a line per contestant."""
+    rows = [
+        (
+            name, f"{r['samples_per_s']:.0f}", f"{r['samples_per_s'] * BATCH_SIZE:.3g}",
+            f"{r['slowdown']:.3f}", f"{r['index_us']:.1f}", str(r["window_transitions"]),
         )
-    return lines
+        for name, r in result["contestants"].items()
+    ]  # fmt: skip
+    return [
+        f"# {result['storage']} storage, {result['size']} transitions, batch {BATCH_SIZE}",
+        *("  " + line for line in harness.console_table(COLUMNS, rows)),
+    ]
 
 
-def write_results(command: str, lines: list[str], summary: list[str]) -> None:
+def worst_slowdowns(results: list[dict]) -> dict[str, float]:
+    """Per size, the worse window unit's slowdown on the memory storage."""
+    return {
+        size_label(r["size"]): max(
+            c["slowdown"] for name, c in r["contestants"].items() if name != "plain"
+        )
+        for r in results
+        if r["storage"] == "memory"
+    }
+
+
+def within_limit(results: list[dict]) -> bool:
+    return all(round(x, 3) <= MAX_SLOWDOWN for x in worst_slowdowns(results).values())
+
+
+def summary_lines(results: list[dict]) -> list[str]:
+    return [
+        *(f"slowdown_{label}: {x:.3f}" for label, x in worst_slowdowns(results).items()),
+        f"within_{MAX_SLOWDOWN}x: {'yes' if within_limit(results) else 'NO'}",
+    ]
+
+
+def write_results(saved: dict) -> None:
     """Replaces (or appends) this script's section of bench/RESULTS.md."""
-    section = "\n".join(
-        [
-            SECTION_START,
-            "## Replay sample throughput (`bench/replay.py`)",
-            "",
-            f"- command: `{command}`; {os.cpu_count()} cores, torch threads "
-            f"{torch.get_num_threads()}, torch {torch.__version__}",
-            "",
-            "```",
-            *lines,
-            *summary,
-            "```",
-            SECTION_END,
-        ]
+    info, results = saved["info"], saved["results"]
+    harness.write_section(
+        "bench/replay.py",
+        "Replay sample throughput (`bench/replay.py`)",
+        harness.header_lines(info, f"torch threads {info['torch_threads']}"),
+        [*(line for r in results for line in report(r)), *summary_lines(results)],
     )
-    write_section(section, SECTION_START, SECTION_END)
 
 
+# -- command line -------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -220,56 +220,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scratch-dir", type=Path, help="memmap directory (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1e4 only, 2 short reps")
     parser.add_argument("--check", action="store_true", help="exit 1 if a slowdown exceeds 1.5")
-    parser.add_argument("--json", type=Path, help="dump all results to this file")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    harness.add_output_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.reps, args.samples = [10_000], 3, 20
-    if args.reps < 1 or args.samples < 1 or args.threads < 0 or min(args.sizes) < NUM_ENVS * STEPS:
-        parser.error(
-            f"--reps={args.reps} and --samples={args.samples} must be >= 1 and --sizes >= "
-            f"{NUM_ENVS * STEPS}"
-        )
+    harness.require_at_least(parser, args, 1, "reps", "samples")
+    harness.require_at_least(parser, args, 0, "threads")
+    harness.require_at_least(parser, args, NUM_ENVS * STEPS, "sizes")  # one collector batch
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    if args.results_from:
+        write_results(harness.load_dump(args.results_from))
+        return 0
+    harness.quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"# {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch "
-        f"{torch.__version__}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
+    info = harness.machine_info()
+    harness.console_header(info, f"torch threads {info['torch_threads']}")
     print(
         f"# obs {OBS_DIM}, action {ACTION_DIM}, batches of {NUM_ENVS} envs x {STEPS} steps, "
         f"storage filled to 110% (wrapped); {args.reps} reps x {args.samples} samples, medians"
     )
-    lines, results, summary = [], [], []
+    results = []
     kinds = ["memory", "disk"] if args.disk else ["memory"]
     with tempfile.TemporaryDirectory(dir=args.scratch_dir) as scratch:
         for size in args.sizes:
             for kind in kinds:
                 buffers = build(size, kind, Path(scratch) / f"{kind}-{size}")
-                result = bench(buffers, args)
+                results.append({"size": size, "storage": kind, "contestants": bench(buffers, args)})
                 del buffers
-                results.append({"size": size, "storage": kind, "contestants": result})
-                block = report(size, kind, result)
-                lines += block
-                print("\n".join(block), flush=True)
-                if kind == "memory":
-                    worst = max(r["slowdown"] for n, r in result.items() if n != "plain")
-                    summary.append(f"slowdown_{size_label(size)}: {worst:.3f}")
-    within = all(float(line.split()[-1]) <= MAX_SLOWDOWN for line in summary)
-    summary.append(f"within_{MAX_SLOWDOWN}x: {'yes' if within else 'NO'}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if args.write_results:
-        write_results(" ".join(["python", *sys.argv]), lines, summary)
-    print("\n".join(summary))
-    return 1 if args.check and not within else 0
+                print("\n".join(report(results[-1])), flush=True)
+    harness.end_of_run(info)
+    harness.finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
+    return 1 if args.check and not within_limit(results) else 0
 
 
 if __name__ == "__main__":

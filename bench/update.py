@@ -1,49 +1,31 @@
 """Time of one CrossQ update: ours against TorchRL's CrossQLoss and sb3-contrib's CrossQ.train.
 
-One update = critic step every update, actor and temperature steps every 3rd (policy delay 3),
-timed over whole delay cycles so the actor's share is averaged in. Shapes are HalfCheetah-v5's
-(observation 17, action 6), batch 256, actor 256 x 2, two critics of width W x 2, Batch
-Renormalization everywhere (momentum 0.01, warmup 100k), Adam lr 1e-3, betas (0.5, 0.999).
-Every timed update samples its batch from a prefilled replay buffer of 10k transitions
-(sb3 samples inside ``train``, so ours and TorchRL's sample from a TorchRL buffer too).
+Batch 256 with HalfCheetah-v5 shapes at critic widths 2048 and 256; every update samples its
+batch from a prefilled 10k-transition replay buffer. The contestants run interleaved in one
+process after a warm-up (medians reported); our update's analytic FLOPs are set against a
+matmul of the critic's shape timed in the same reps. bench/README.md has the details.
 
-All implementations run in one process, interleaved rep by rep (the order rotates each rep),
-after a warm-up, under the same allocator settings and thread count; medians are reported.
-The floating-point work of our update is counted analytically and set against a matmul of the
-critic's shape measured on the same machine in the same reps (the hardware limit).
-
-Run: ``make bench`` or
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 .venv/bin/python bench/update.py``.
-The last lines are ``speedup_vs_torchrl: X``, ``speedup_vs_sb3: Y``, ``peak_fraction: Z``
-(width 2048, X = TorchRL time / our time) for scripts to read. ``--precision bf16`` adds ours
-at ``precision=bf16`` (line ``speedup_bf16_vs_sb3``: against sb3's float32 update, peak fraction
-against a bfloat16 matmul), ``--compile`` ours with ``compile=true`` (both with
-``speedup_bf16_compiled_vs_sb3``); those lines come before the three above.
+Run: ``make bench`` or ``.venv/bin/python bench/update.py`` (``--quick``: smoke run;
+``--precision bf16``: adds ours at ``precision=bf16``; ``--compile``: ours with
+``compile=true``). The last lines are ``speedup_vs_torchrl``, ``speedup_vs_sb3`` and
+``peak_fraction`` (width 2048; a speedup is their time over ours), after
+``speedup_compiled_vs_sb3``, ``speedup_bf16_compiled_vs_sb3`` and ``speedup_bf16_vs_sb3``
+when those settings ran.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import json
-import logging
 import math
-import os
-import platform
-import re
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
+import harness  # bench/ is on sys.path
 import numpy as np
 import torch
-from results_file import section_markers, write_section  # bench/ is on sys.path
 
 OBS_DIM = 17  # HalfCheetah-v5
 ACTION_DIM = 6
@@ -57,8 +39,6 @@ BETAS = (0.5, 0.999)
 GAMMA = 0.99
 BRN_MOMENTUM = 0.01
 BRN_WARMUP = 100_000
-ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-SECTION_START, SECTION_END = section_markers("bench/update.py")
 
 Update = Callable[[], None]
 # Our contestants besides the default settings, with their config overrides (table order).
@@ -75,74 +55,79 @@ VARIANT_SUMMARY = {
 }
 
 
-# -- data ---------------------------------------------------------------------------------
-def random_transitions(n: int, seed: int) -> dict[str, np.ndarray]:
-    """``n`` HalfCheetah-v5 transitions under uniform random actions (random numbers if MuJoCo is missing)."""
-    rng = np.random.default_rng(seed)
-    try:
-        import gymnasium as gym
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            env = gym.make("HalfCheetah-v5")
-    except Exception as err:  # no MuJoCo: same shapes, random values
-        print(f"# HalfCheetah-v5 unavailable ({type(err).__name__}: {err}); random data instead")
-        obs = rng.standard_normal((n + 1, OBS_DIM)).astype(np.float32)
-        return {
-            "observation": obs[:-1],
-            "action": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
-            "next_observation": obs[1:],
-            "reward": rng.standard_normal(n).astype(np.float32),
-            "terminated": np.zeros(n, dtype=bool),
-            "truncated": np.zeros(n, dtype=bool),
-        }
-    env.action_space.seed(seed)
-    columns: dict[str, list] = {
-        k: []
-        for k in ("observation", "action", "next_observation", "reward", "terminated", "truncated")
+# -- the measurement ----------------------------------------------------------------------
+def bench_width(width: int, args: argparse.Namespace, data: dict[str, np.ndarray]) -> dict:
+    """Every contestant at critic ``width``: a warm-up, then ``--reps`` reps, each timing every
+    contestant (in an order that rotates each rep) and the matmul peak."""
+    contestants: dict[str, Update] = {
+        "ours": make_ours(width, data),
+        "torchrl": make_torchrl(width, data),
+        "sb3": make_sb3(width, data),
     }
-    obs, _ = env.reset(seed=seed)
-    for _ in range(n):
-        action = env.action_space.sample()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        for key, value in zip(
-            columns, (obs, action, next_obs, reward, terminated, truncated), strict=True
-        ):
-            columns[key].append(value)
-        obs = env.reset()[0] if terminated or truncated else next_obs
-    env.close()
-    return {
-        key: np.asarray(
-            values, dtype=np.float32 if key not in ("terminated", "truncated") else bool
+    if args.precision == "bf16":
+        contestants["ours_bf16"] = make_ours(width, data, "bf16")
+    if args.compile:
+        # Every compiled contestant recompiles the same loss methods (a new module each, and
+        # both widths in one process): lift dynamo's per-function recompile limit so none of
+        # them falls back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        contestants["ours_compiled"] = make_ours(width, data, compile=True)
+        if args.precision == "bf16":
+            contestants["ours_bf16_compiled"] = make_ours(width, data, "bf16", compile=True)
+    names = list(contestants)
+    peak_precisions = ["fp32", "bf16"] if args.precision == "bf16" else ["fp32"]
+
+    # Warm-up: optimiser state, allocator pools, lazy inits. Also sizes a timed sample.
+    warm = {}
+    for name in names:
+        warm[name] = min(
+            time_updates(contestants[name], POLICY_DELAY, name == "sb3") for _ in range(args.warmup)
         )
-        for key, values in columns.items()
-    }
+    for precision in peak_precisions:
+        matmul_peak(precision)
+    cycles = args.cycles or max(1, math.ceil(args.sample_seconds / (POLICY_DELAY * warm["ours"])))
+    n = cycles * POLICY_DELAY
+
+    times: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, list[float]] = {p: [] for p in peak_precisions}
+    for rep in range(args.reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate the order
+        for name in order:
+            times[name].append(time_updates(contestants[name], n, name == "sb3"))
+        for precision in peak_precisions:
+            peaks[precision].append(matmul_peak(precision))
+
+    return summarise(width, n, times, peaks)
 
 
-def torchrl_buffer(data: dict[str, np.ndarray]):
-    """A prefilled ``TensorDictReplayBuffer`` (no prefetch: it hurts on 2 cores, perf-notes)."""
-    from tensordict import TensorDict
-    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+def time_updates(update: Update, n: int, sb3: bool) -> float:
+    """Seconds per update over ``n`` consecutive updates (``n`` a multiple of the policy delay)."""
+    gc.collect()
+    start = time.perf_counter()
+    if sb3:
+        update(n)  # one train() call, like sb3's learn loop with gradient_steps=n
+    else:
+        for _ in range(n):
+            update()
+    return (time.perf_counter() - start) / n
 
-    n = len(data["reward"])
-    terminated = torch.from_numpy(data["terminated"]).unsqueeze(-1)
-    done = terminated | torch.from_numpy(data["truncated"]).unsqueeze(-1)
-    transitions = TensorDict(
-        {
-            "observation": torch.from_numpy(data["observation"]),
-            "action": torch.from_numpy(data["action"]),
-            "next": {
-                "observation": torch.from_numpy(data["next_observation"]),
-                "reward": torch.from_numpy(data["reward"]).unsqueeze(-1),
-                "done": done,
-                "terminated": terminated,
-            },
-        },
-        batch_size=[n],
-    )
-    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(n), batch_size=BATCH_SIZE)
-    buffer.extend(transitions)
-    return buffer
+
+def matmul_peak(precision: str, width: int = 2048, calls: int = 5) -> float:
+    """FLOP/s of ``torch.mm`` of the critic's largest shape, (2B x W) @ (W x W), median of ``calls``.
+
+    bf16 runs under CPU autocast from float32 inputs, as a bf16 update would.
+    """
+    x = torch.randn(2 * BATCH_SIZE, width)
+    w = torch.randn(width, width)
+    flops = 2.0 * 2 * BATCH_SIZE * width * width
+    times = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        torch.mm(x, w)
+        for _ in range(calls):
+            start = time.perf_counter()
+            torch.mm(x, w)
+            times.append(time.perf_counter() - start)
+    return flops / statistics.median(times)
 
 
 # -- the three contestants --------------------------------------------------------------
@@ -354,6 +339,76 @@ def _spaces_only_env():
     return SpacesOnly()
 
 
+# -- data ---------------------------------------------------------------------------------
+def random_transitions(n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` HalfCheetah-v5 transitions under uniform random actions (random numbers if MuJoCo is missing)."""
+    rng = np.random.default_rng(seed)
+    try:
+        import gymnasium as gym
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = gym.make("HalfCheetah-v5")
+    except Exception as err:  # no MuJoCo: same shapes, random values
+        print(f"# HalfCheetah-v5 unavailable ({type(err).__name__}: {err}); random data instead")
+        obs = rng.standard_normal((n + 1, OBS_DIM)).astype(np.float32)
+        return {
+            "observation": obs[:-1],
+            "action": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+            "next_observation": obs[1:],
+            "reward": rng.standard_normal(n).astype(np.float32),
+            "terminated": np.zeros(n, dtype=bool),
+            "truncated": np.zeros(n, dtype=bool),
+        }
+    env.action_space.seed(seed)
+    columns: dict[str, list] = {
+        k: []
+        for k in ("observation", "action", "next_observation", "reward", "terminated", "truncated")
+    }
+    obs, _ = env.reset(seed=seed)
+    for _ in range(n):
+        action = env.action_space.sample()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(
+            columns, (obs, action, next_obs, reward, terminated, truncated), strict=True
+        ):
+            columns[key].append(value)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    env.close()
+    return {
+        key: np.asarray(
+            values, dtype=np.float32 if key not in ("terminated", "truncated") else bool
+        )
+        for key, values in columns.items()
+    }
+
+
+def torchrl_buffer(data: dict[str, np.ndarray]):
+    """A prefilled ``TensorDictReplayBuffer`` (no prefetch: it hurts on 2 cores, perf-notes)."""
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+    n = len(data["reward"])
+    terminated = torch.from_numpy(data["terminated"]).unsqueeze(-1)
+    done = terminated | torch.from_numpy(data["truncated"]).unsqueeze(-1)
+    transitions = TensorDict(
+        {
+            "observation": torch.from_numpy(data["observation"]),
+            "action": torch.from_numpy(data["action"]),
+            "next": {
+                "observation": torch.from_numpy(data["next_observation"]),
+                "reward": torch.from_numpy(data["reward"]).unsqueeze(-1),
+                "done": done,
+                "terminated": terminated,
+            },
+        },
+        batch_size=[n],
+    )
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(n), batch_size=BATCH_SIZE)
+    buffer.extend(transitions)
+    return buffer
+
+
 # -- work and the hardware limit ----------------------------------------------------------
 def update_flops(width: int) -> float:
     """Matmul FLOPs of one update, policy delay averaged (2 FLOPs per multiply-add).
@@ -373,79 +428,6 @@ def update_flops(width: int) -> float:
     fc = (OBS_DIM + ACTION_DIM) * width + width * width + width
     fa = OBS_DIM * a + a * a + a * 2 * ACTION_DIM
     return 12 * b * e * fc + 2 * b * fa + (6 * b * fa + 4 * b * e * fc) / d
-
-
-def matmul_peak(precision: str, width: int = 2048, calls: int = 5) -> float:
-    """FLOP/s of ``torch.mm`` of the critic's largest shape, (2B x W) @ (W x W), median of ``calls``.
-
-    bf16 runs under CPU autocast from float32 inputs, as a bf16 update would.
-    """
-    x = torch.randn(2 * BATCH_SIZE, width)
-    w = torch.randn(width, width)
-    flops = 2.0 * 2 * BATCH_SIZE * width * width
-    times = []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        torch.mm(x, w)
-        for _ in range(calls):
-            start = time.perf_counter()
-            torch.mm(x, w)
-            times.append(time.perf_counter() - start)
-    return flops / statistics.median(times)
-
-
-# -- timing -----------------------------------------------------------------------------
-def time_updates(update: Update, n: int, sb3: bool) -> float:
-    """Seconds per update over ``n`` consecutive updates (``n`` a multiple of the policy delay)."""
-    gc.collect()
-    start = time.perf_counter()
-    if sb3:
-        update(n)  # one train() call, like sb3's learn loop with gradient_steps=n
-    else:
-        for _ in range(n):
-            update()
-    return (time.perf_counter() - start) / n
-
-
-def bench_width(width: int, args, data: dict[str, np.ndarray]) -> dict:
-    contestants: dict[str, Update] = {
-        "ours": make_ours(width, data),
-        "torchrl": make_torchrl(width, data),
-        "sb3": make_sb3(width, data),
-    }
-    if args.precision == "bf16":
-        contestants["ours_bf16"] = make_ours(width, data, "bf16")
-    if args.compile:
-        # Every compiled contestant recompiles the same loss methods (a new module each, and
-        # both widths in one process): lift dynamo's per-function recompile limit so none of
-        # them falls back to eager.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        contestants["ours_compiled"] = make_ours(width, data, compile=True)
-        if args.precision == "bf16":
-            contestants["ours_bf16_compiled"] = make_ours(width, data, "bf16", compile=True)
-    names = list(contestants)
-    peak_precisions = ["fp32", "bf16"] if args.precision == "bf16" else ["fp32"]
-
-    # Warm-up: optimiser state, allocator pools, lazy inits. Also sizes a timed sample.
-    warm = {}
-    for name in names:
-        warm[name] = min(
-            time_updates(contestants[name], POLICY_DELAY, name == "sb3") for _ in range(args.warmup)
-        )
-    for precision in peak_precisions:
-        matmul_peak(precision)
-    cycles = args.cycles or max(1, math.ceil(args.sample_seconds / (POLICY_DELAY * warm["ours"])))
-    n = cycles * POLICY_DELAY
-
-    times: dict[str, list[float]] = {name: [] for name in names}
-    peaks: dict[str, list[float]] = {p: [] for p in peak_precisions}
-    for rep in range(args.reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate the order
-        for name in order:
-            times[name].append(time_updates(contestants[name], n, name == "sb3"))
-        for precision in peak_precisions:
-            peaks[precision].append(matmul_peak(precision))
-
-    return summarise(width, n, times, peaks)
 
 
 def summarise(width: int, n: int, times: dict, peaks: dict) -> dict:
@@ -488,7 +470,7 @@ def report_width(r: dict) -> list[str]:
         f"of {r['updates_per_sample']} updates (min..max)"
     ]
     for name, t in r["times_s"].items():
-        lines.append(f"  {name:<10} {ms[name]:8.2f}  ({1e3 * min(t):.2f}..{1e3 * max(t):.2f})")
+        lines.append(f"  {name:<10} {ms[name]:8.2f}  ({harness.span([1e3 * v for v in t])})")
     lines.append(
         f"  ours/torchrl {ms['ours'] / ms['torchrl']:.3f}   ours/sb3 {ms['ours'] / ms['sb3']:.3f}"
         f"   (speedups {r['speedup_vs_torchrl']:.3f}x, {r['speedup_vs_sb3']:.3f}x)"
@@ -519,126 +501,6 @@ def report_width(r: dict) -> list[str]:
     return lines
 
 
-# -- environment and RESULTS.md ----------------------------------------------------------
-def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = match.group(1) if match else cpu
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "versions": {
-            p: _version(p)
-            for p in ("torch", "torchrl", "tensordict", "stable_baselines3", "sb3_contrib")
-        },
-        "allocator": {v: os.environ.get(v) for v in ALLOCATOR_VARS},
-        "commit": commit or "unknown",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def busy_warning(info: dict, results: list[dict]) -> str | None:
-    """Names the signs of a shared machine: other load at start, an unsteady matmul peak."""
-    signs = []
-    load_start = (
-        float(info["loadavg_start"].split()[0]) if info["loadavg_start"][0].isdigit() else 0
-    )
-    if load_start > 0.5 * (info["cores"] or 1):
-        signs.append(f"load average {load_start} at start on {info['cores']} cores")
-    for r in results:
-        peaks = r["matmul_peak_per_rep"]["fp32"]
-        if max(peaks) > 1.3 * min(peaks):
-            signs.append(
-                f"matmul peak varied {min(peaks) / 1e9:.0f}..{max(peaks) / 1e9:.0f} GFLOP/s "
-                f"across reps at width {r['width']}"
-            )
-    if not signs:
-        return None
-    return "WARNING: the machine looks busy (" + "; ".join(signs) + "): times are unreliable"
-
-
-def write_results(info: dict, results: list[dict], summary: list[str]) -> None:
-    """Replaces (or appends) this script's section of bench/RESULTS.md."""
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
-    lines = [
-        SECTION_START,
-        "## Per-update time (`bench/update.py`)",
-        "",
-        f"- date: {info['date']}; commit {info['commit']}",
-        f"- command: `{info['command']}`",
-        f"- machine: {info['cpu']}, {info['cores']} cores, torch threads "
-        f"{info['torch_threads']}; load average {info['loadavg_start']} at start, "
-        f"{info['loadavg_end']} at end",
-        f"- versions: Python {info['python']}, {versions}",
-        f"- allocator: {allocator}; sampling from the replay buffer included",
-        *([f"- **{info['warning']}**"] if info["warning"] else []),
-        "",
-        "| width | ours ms | TorchRL ms | sb3-contrib ms | speedup vs TorchRL | speedup vs sb3 "
-        "| ours GFLOP/s | fp32 matmul peak GFLOP/s | peak fraction |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        ms = {k: 1e3 * v for k, v in r["median_s"].items()}
-        peak = r["matmul_peak_flop_per_s"]["fp32"]
-        lines.append(
-            f"| {r['width']} | {ms['ours']:.2f} | {ms['torchrl']:.2f} | {ms['sb3']:.2f} "
-            f"| {r['speedup_vs_torchrl']:.3f} | {r['speedup_vs_sb3']:.3f} "
-            f"| {r['ours_flop_per_s'] / 1e9:.1f} | {peak / 1e9:.1f} | {r['peak_fraction']:.3f} |"
-        )
-    if any(r["variants"] for r in results):
-        lines += [
-            "",
-            "Our other settings, same run (`precision=bf16`: bfloat16 autocast of the losses; "
-            "`compile=true`: torch.compile of the losses); peak and floor in that precision:",
-            "",
-            "| width | ours, settings | ms | speedup vs sb3 (float32) | GFLOP/s | matmul peak "
-            "GFLOP/s | peak fraction | matmul floor ms |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-    for r in results:
-        for name, v in r["variants"].items():  # built in VARIANTS order
-            peak = r["matmul_peak_flop_per_s"][v["precision"]]
-            lines.append(
-                f"| {r['width']} | {VARIANTS[name]} | {1e3 * r['median_s'][name]:.2f} "
-                f"| {v['speedup_vs_sb3']:.3f} | {v['flop_per_s'] / 1e9:.1f} "
-                f"| {peak / 1e9:.1f} | {v['peak_fraction']:.3f} | {1e3 * v['floor_s']:.2f} |"
-            )
-    lines += ["", "```", *summary, "```", SECTION_END]
-    section = "\n".join(lines)
-    write_section(section, SECTION_START, SECTION_END)
-
-
 def profile_ours(width: int, data: dict[str, np.ndarray], updates: int = 3 * POLICY_DELAY) -> None:
     """Prints torch.profiler's top operators (self CPU time) over ``updates`` of ours."""
     from torch.profiler import ProfilerActivity, profile
@@ -653,6 +515,96 @@ def profile_ours(width: int, data: dict[str, np.ndarray], updates: int = 3 * POL
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
+# -- summary lines and RESULTS.md ----------------------------------------------------------
+def headline(results: list[dict]) -> dict:
+    """Width 2048's result, else the widest's."""
+    return next((r for r in results if r["width"] == 2048), max(results, key=lambda r: r["width"]))
+
+
+def summary_lines(results: list[dict]) -> list[str]:
+    r = headline(results)
+    return [
+        *(
+            f"{line}: {r['variants'][name]['speedup_vs_sb3']:.3f}"
+            for name, line in VARIANT_SUMMARY.items()
+            if name in r["variants"]
+        ),
+        f"speedup_vs_torchrl: {r['speedup_vs_torchrl']:.3f}",
+        f"speedup_vs_sb3: {r['speedup_vs_sb3']:.3f}",
+        f"peak_fraction: {r['peak_fraction']:.3f}",
+    ]
+
+
+def warning(info: dict, results: list[dict]) -> str | None:
+    """The load warning; this script's own sign is a matmul peak unsteady across reps."""
+    unsteady = []
+    for r in results:
+        peaks = [p / 1e9 for p in r["matmul_peak_per_rep"]["fp32"]]
+        if harness.varies(peaks, by=1.3):
+            unsteady.append(
+                f"matmul peak varied {harness.span(peaks, '.0f')} GFLOP/s across reps at width {r['width']}"
+            )
+    return harness.busy_warning(info, unsteady, what="times")
+
+
+COLUMNS = (
+    "width", "ours ms", "TorchRL ms", "sb3-contrib ms", "speedup vs TorchRL", "speedup vs sb3",
+    "ours GFLOP/s", "fp32 matmul peak GFLOP/s", "peak fraction",
+)  # fmt: skip
+VARIANT_COLUMNS = (
+    "width", "ours, settings", "ms", "speedup vs sb3 (float32)", "GFLOP/s",
+    "matmul peak GFLOP/s", "peak fraction", "matmul floor ms",
+)  # fmt: skip
+
+
+def write_results(saved: dict) -> None:
+    """Replaces (or appends) this script's section of bench/RESULTS.md."""
+    info, results = saved["info"], saved["results"]
+    rows, variant_rows = [], []
+    for r in results:
+        ms = {k: 1e3 * v for k, v in r["median_s"].items()}
+        peak = r["matmul_peak_flop_per_s"]
+        rows.append(
+            (
+                str(r["width"]), f"{ms['ours']:.2f}", f"{ms['torchrl']:.2f}", f"{ms['sb3']:.2f}",
+                f"{r['speedup_vs_torchrl']:.3f}", f"{r['speedup_vs_sb3']:.3f}",
+                f"{r['ours_flop_per_s'] / 1e9:.1f}", f"{peak['fp32'] / 1e9:.1f}",
+                f"{r['peak_fraction']:.3f}",
+            )
+        )  # fmt: skip
+        for name, v in r["variants"].items():  # built in VARIANTS order
+            variant_rows.append(
+                (
+                    str(r["width"]), VARIANTS[name], f"{ms[name]:.2f}",
+                    f"{v['speedup_vs_sb3']:.3f}", f"{v['flop_per_s'] / 1e9:.1f}",
+                    f"{peak[v['precision']] / 1e9:.1f}", f"{v['peak_fraction']:.3f}",
+                    f"{1e3 * v['floor_s']:.2f}",
+                )
+            )  # fmt: skip
+    body = [
+        *harness.header_lines(
+            info,
+            f"torch threads {info['torch_threads']}",
+            allocator_note="sampling from the replay buffer included",
+            warning=info.get("warning"),
+        ),
+        "",
+        *harness.markdown_table(COLUMNS, rows),
+    ]
+    if variant_rows:
+        body += [
+            "",
+            "Our other settings, same run (`precision=bf16`: bfloat16 autocast of the losses; "
+            "`compile=true`: torch.compile of the losses); peak and floor in that precision:",
+            "",
+            *harness.markdown_table(VARIANT_COLUMNS, variant_rows),
+        ]
+    harness.write_section(
+        "bench/update.py", "Per-update time (`bench/update.py`)", body, summary_lines(results)
+    )
+
+
+# -- command line --------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[2048, 256])
@@ -671,38 +623,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time ours with compile=true (torch.compile of the losses; ~1 min to compile)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1 warm-up")
-    parser.add_argument("--json", type=Path, help="dump all results to this file")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument(
         "--profile", action="store_true", help="print torch.profiler's top ops of ours"
     )
+    harness.add_output_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.warmup, args.sample_seconds = 2, 1, 0.0
-    if args.reps < 1 or args.warmup < 1:
-        parser.error(f"--reps={args.reps} and --warmup={args.warmup} must be >= 1")
+    harness.require_at_least(parser, args, 1, "reps", "warmup")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore")
-    import torchrl  # noqa: F401  (its logger exists once imported)
-
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
-    info = machine_info()
-    info["loadavg_start"] = _loadavg()
-    allocator = ", ".join(
-        f"{k}={v if v is not None else 'unset'}" for k, v in info["allocator"].items()
-    )
-    print(f"# {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}")
-    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"# allocator: {allocator}")
-    if not all(info["allocator"].values()):
-        print(
-            "#   (perf-notes: set MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736, as "
-            "`make bench` does; all contestants share this process, so ratios stay fair)"
-        )
+    if args.results_from:
+        write_results(harness.load_dump(args.results_from))
+        return
+    harness.quiet()
+    info = harness.machine_info()
+    harness.console_header(info, f"torch threads {info['torch_threads']}")
     print(
         f"# batch {BATCH_SIZE}, obs {OBS_DIM}, action {ACTION_DIM}, policy delay {POLICY_DELAY}, "
         f"buffer {BUFFER_SIZE}; sampling from the replay buffer INCLUDED in every time"
@@ -710,39 +649,17 @@ def main(argv: list[str] | None = None) -> None:
     data = random_transitions(BUFFER_SIZE, seed=0)
     results = []
     for width in args.widths:
-        result = bench_width(width, args, data)
-        results.append(result)
-        for line in report_width(result):
-            print(line, flush=True)
-    info["loadavg_end"] = _loadavg()
-    print(f"# load average: {info['loadavg_start']} at start, {info['loadavg_end']} at end")
-    info["warning"] = busy_warning(info, results)
+        results.append(bench_width(width, args, data))
+        print("\n".join(report_width(results[-1])), flush=True)
+    harness.end_of_run(info)
+    info["warning"] = warning(info, results)
     if info["warning"]:
         print(f"# {info['warning']}")
     if args.profile:
         profile_ours(max(args.widths), data)
-
-    headline = next((r for r in results if r["width"] == 2048), None)
-    if headline is None:
-        headline = max(results, key=lambda r: r["width"])
-        print(f"# width 2048 not run: the last lines are width {headline['width']}'s")
-    variants = headline["variants"]
-    summary = [
-        f"{line}: {variants[name]['speedup_vs_sb3']:.3f}"
-        for name, line in VARIANT_SUMMARY.items()
-        if name in variants
-    ]
-    summary += [
-        f"speedup_vs_torchrl: {headline['speedup_vs_torchrl']:.3f}",
-        f"speedup_vs_sb3: {headline['speedup_vs_sb3']:.3f}",
-        f"peak_fraction: {headline['peak_fraction']:.3f}",
-    ]
-    if args.json:
-        args.json.write_text(json.dumps({"info": info, "results": results}, indent=2))
-    if args.write_results:
-        write_results(info, results, summary)
-    for line in summary:
-        print(line)
+    if 2048 not in args.widths:
+        print(f"# width 2048 not run: the last lines are width {headline(results)['width']}'s")
+    harness.finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
 
 
 if __name__ == "__main__":
