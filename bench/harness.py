@@ -122,11 +122,16 @@ def header_lines(
     """
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
+    parts = info.get("parts") or [info]  # runs made apart, gathered into one section
+    named = [f" ({part['name']})" if "name" in part else "" for part in parts]
     return [
-        f"- date: {info['date']}; commit {info['commit']}",
-        f"- command: `{info['command']}`",
+        *(f"- date: {p['date']}; commit {p['commit']}{n}" for p, n in zip(parts, named)),
+        *(f"- command: `{p['command']}`{n}" for p, n in zip(parts, named)),
         f"- machine: {info['cpu']}, {info['cores']} cores, {threads}; load average "
-        f"{info['loadavg_start']} at start, {info['loadavg_end']} at end",
+        + "; ".join(
+            f"{p['loadavg_start']} at start, {p['loadavg_end']} at end{n}"
+            for p, n in zip(parts, named)
+        ),
         f"- versions: Python {info['python']}, {versions}",
         f"- allocator: {allocator}" + (f"; {allocator_note}" if allocator_note else ""),
         *notes,
@@ -266,14 +271,20 @@ def write_section(name: str, title: str, body: Sequence[str], summary: Sequence[
     RESULTS_PATH.write_text(text.rstrip("\n") + "\n")
 
 
-def add_output_args(parser: argparse.ArgumentParser) -> None:
-    """``--json``, ``--write-results`` and ``--results-from``, the same for every script."""
+def add_output_args(parser: argparse.ArgumentParser, *, several_dumps: bool = False) -> None:
+    """``--json``, ``--write-results`` and ``--results-from``, the same for every script.
+
+    ``several_dumps``: ``--results-from`` takes one or more dumps (a list), for a script
+    whose section can gather runs made apart.
+    """
     parser.add_argument("--json", type=Path, help="dump all results to this file")
     parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument(
         "--results-from",
         type=Path,
-        help="rewrite the RESULTS.md section from a --json dump of an earlier run (no measuring)",
+        nargs="+" if several_dumps else None,
+        help="rewrite the RESULTS.md section from a --json dump of an earlier run (no measuring)"
+        + ("; several dumps are combined into one section" if several_dumps else ""),
     )
 
 

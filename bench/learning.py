@@ -363,6 +363,36 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def combine_dumps(dumps: list[dict]) -> dict:
+    """One dump from the dumps of runs made apart (e.g. one task per session), for one section.
+
+    Tasks must not repeat and the matched hyperparameters must agree; the section gives each
+    dump's date, commit, command and load, named by its tasks.
+    """
+    if len(dumps) == 1:
+        return dumps[0]
+    tasks: dict = {}
+    for dump in dumps:
+        repeated = sorted(set(tasks) & set(dump["tasks"]))
+        if repeated:
+            raise SystemExit(f"error: --results-from: task(s) {repeated} in more than one dump")
+        if dump["hyperparameters"] != dumps[0]["hyperparameters"]:
+            raise SystemExit("error: --results-from: the dumps' hyperparameters differ")
+        tasks.update(dump["tasks"])
+    provenance = ("date", "commit", "command", "loadavg_start", "loadavg_end")
+    info = dict(dumps[0]["info"])
+    info["parts"] = [
+        {"name": ", ".join(dump["tasks"]), **{key: dump["info"][key] for key in provenance}}
+        for dump in dumps
+    ]
+    return {
+        "info": info,
+        "tasks": tasks,
+        "hyperparameters": dumps[0]["hyperparameters"],
+        "runs": [run for dump in dumps for run in dump["runs"]],
+    }
+
+
 def aggregate(runs: list[dict], tasks: list[str]) -> dict:
     """Per task and implementation, across seeds: final return and AUC (mean over eval points).
 
@@ -712,7 +742,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "learning", help="run directories")
     parser.add_argument("--plot", type=Path, default=OUT_DIR / "learning.png")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1.5k frames")
-    harness.add_output_args(parser)
+    harness.add_output_args(parser, several_dumps=True)
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
@@ -754,7 +784,7 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     if args.results_from:
-        write_results(harness.load_dump(args.results_from))
+        write_results(combine_dumps([harness.load_dump(path) for path in args.results_from]))
         return
     tasks = task_settings(args)
     if args.write_results:
