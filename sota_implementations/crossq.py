@@ -94,7 +94,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     actor, critic = make_actor_critic_from_config(cfg, eval_env, device)
     loss = make_loss_from_config(cfg, actor, critic)
     updater = make_updater_from_config(cfg, loss)
-    replay_buffer = make_replay_buffer_from_config(cfg, run_dir, device)
+    replay_buffer = make_replay_buffer_from_config(cfg, run_dir, device, keys=loss.in_keys)
     checkpoints = RunCheckpoints(
         run_dir,
         loss=loss,

@@ -383,6 +383,36 @@ def test_sampled_batches_keep_nested_next_keys_aligned():
     assert sample["next", "done"].shape == (128, 1)
 
 
+def test_keys_stores_only_the_named_entries_with_traj_ids_and_done():
+    rb = make_replay_buffer(
+        64, batch_size=16, sample_window_size=2, window_unit="episode", seed=0,
+        keys=["observation", ("next", "observation")],
+    )  # fmt: skip
+    fake = Collector(num_envs=2, length=4, episode_lengths=[3, 5], traj_ids=True)
+    fill(rb, fake, num_batches=3)
+    sample = rb.sample()
+    stored = set(sample.exclude("index").keys(True, True))
+    assert stored == {
+        "observation", ("next", "observation"), ("next", "done"), ("collector", "traj_ids"),
+    }  # fmt: skip
+    torch.testing.assert_close(sample["next", "observation"], sample["observation"] + 1)
+
+
+def test_keys_give_the_same_samples_as_storing_everything():
+    every, some = (
+        make_replay_buffer(64, batch_size=32, sample_window_size=3, seed=0, keys=keys)
+        for keys in (None, ["observation"])
+    )
+    fake = Collector(num_envs=2, length=4, traj_ids=True)
+    for _ in range(5):
+        batch = fake.batch()
+        every.extend(batch)
+        some.extend(batch)
+    full, kept = every.sample(), some.sample()
+    assert full["position"].tolist() == kept["index"].tolist()  # the same transitions
+    torch.testing.assert_close(full["observation"], kept["observation"])
+
+
 def test_sampler_in_a_plain_torchrl_buffer_counts_each_extend_as_one_trajectory():
     rb = TensorDictReplayBuffer(
         storage=LazyTensorStorage(25), sampler=SlidingWindowSampler(2, seed=0), batch_size=256

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from tensordict import NestedKey
 from torchrl.collectors import BaseCollector
 from torchrl.envs import EnvBase
 from torchrl.record.loggers import Logger
@@ -219,9 +220,12 @@ def make_updater_from_config(cfg: DictConfig, loss: CrossQLoss) -> CrossQUpdater
 
 
 def make_replay_buffer_from_config(
-    cfg: DictConfig, run_dir: Path, device: torch.device
+    cfg: DictConfig, run_dir: Path, device: torch.device, *, keys: Sequence[NestedKey] | None = None
 ) -> WindowReplayBuffer:
-    """The replay buffer of ``algorithm.replay_buffer``; a disk one lives in the run directory."""
+    """The replay buffer of ``algorithm.replay_buffer``; a disk one lives in the run directory.
+
+    ``keys``: the entries stored (the loss's ``in_keys``); ``None`` stores whole batches.
+    """
     rb = cfg.algorithm.replay_buffer
     scratch_dir = rb.scratch_dir  # validate() allows one only with storage=disk
     if rb.storage == "disk" and scratch_dir is None:
@@ -246,6 +250,7 @@ def make_replay_buffer_from_config(
         pin_memory=rb.pin_memory,
         device=device if device.type == "cuda" else None,
         seed=cfg.seed,
+        keys=keys,
     )
 
 

@@ -10,11 +10,13 @@ the whole thing from plain keyword arguments.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import LazyStackedTensorDict, TensorDictBase
+from tensordict import LazyStackedTensorDict, NestedKey, TensorDictBase
+from tensordict.utils import unravel_key_list
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Storage
 
@@ -107,6 +109,12 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         device (torch.device, optional): device sampled batches are moved to, for a storage
             that lives elsewhere (disk storage and GPU training); with ``pin_memory=True`` the
             copy is non-blocking. ``None`` keeps the storage's device. Defaults to ``None``.
+        keys (list of NestedKey, optional): the entries stored from each batch, e.g. a loss's
+            ``in_keys``; ``("collector", "traj_ids")`` and ``("next", "done")`` are kept too
+            when present (trajectory splits and episode windows read them). A collector batch
+            also carries the policy's ``loc`` and ``scale``, episode counters and the root's
+            done flags: writing only what training reads halves the work per transition and
+            the memory. ``None`` stores every entry. Defaults to ``None``.
         **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer` (``prefetch``,
             ``pin_memory``, ``transform``, ...). ``delayed_init`` is not supported.
 
@@ -139,6 +147,7 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         batch_size: int,
         min_buffer_size: int = 0,
         device: torch.device | str | None = None,
+        keys: Sequence[NestedKey] | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(sampler, SlidingWindowSampler):
@@ -167,6 +176,9 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         )
         self.min_buffer_size = min_buffer_size
         self.device = None if device is None else torch.device(device)
+        self.keys = None
+        if keys is not None:
+            self.keys = list(dict.fromkeys(unravel_key_list([*keys, _TRAJ_IDS_KEY, _DONE_KEY])))
 
     @property
     def num_trajectories(self) -> int:
@@ -207,6 +219,8 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         data = tensordicts
         if self._transform is not None and len(self._transform):
             data = self._transform.inv(data)
+        if self.keys is not None and data is not None:
+            data = data.select(*self.keys, strict=False)
         if data is None or data.numel() == 0:
             return torch.zeros((0,), dtype=torch.long)
         flat, lengths, stream_ids, traj_ids = _flatten_trajectories(data)
@@ -276,6 +290,7 @@ def make_replay_buffer(
     pin_memory: bool = False,
     device: torch.device | str | None = None,
     seed: int | None = None,
+    keys: Sequence[NestedKey] | None = None,
 ) -> WindowReplayBuffer:
     """Builds CrossQ's replay buffer from plain keyword arguments.
 
@@ -317,6 +332,8 @@ def make_replay_buffer(
             there; a disk storage is read to host memory and copied there. ``None``: CPU.
         seed (int, optional): seed of the sampler's generator; ``None`` draws it from torch's
             global RNG.
+        keys (list of NestedKey, optional): the entries stored from each batch (see
+            :class:`WindowReplayBuffer`); ``None`` stores every entry.
 
     Returns:
         A :class:`WindowReplayBuffer`.
@@ -390,4 +407,5 @@ def make_replay_buffer(
         device=sample_device,
         prefetch=prefetch or None,
         pin_memory=pin_memory,
+        keys=keys,
     )
