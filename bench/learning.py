@@ -364,25 +364,38 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def combine_dumps(dumps: list[dict]) -> dict:
-    """One dump from the dumps of runs made apart (e.g. one task per session), for one section.
+    """One dump from the dumps of runs made apart, for one section.
 
-    Tasks must not repeat and the matched hyperparameters must agree; the section gives each
-    dump's date, commit, command and load, named by its tasks.
+    Runs made apart are other tasks (one task per session) or more seeds of a task: a task in
+    several dumps must have the same settings there and no (implementation, seed) twice. The
+    matched hyperparameters must agree. The section gives each dump's date, commit, command
+    and load, named by its tasks and seeds.
     """
     if len(dumps) == 1:
         return dumps[0]
     tasks: dict = {}
+    seen: set[tuple] = set()
     for dump in dumps:
-        repeated = sorted(set(tasks) & set(dump["tasks"]))
-        if repeated:
-            raise SystemExit(f"error: --results-from: task(s) {repeated} in more than one dump")
         if dump["hyperparameters"] != dumps[0]["hyperparameters"]:
             raise SystemExit("error: --results-from: the dumps' hyperparameters differ")
-        tasks.update(dump["tasks"])
+        for name, fields in dump["tasks"].items():
+            if tasks.setdefault(name, fields) != fields:
+                raise SystemExit(
+                    f"error: --results-from: task {name!r} has other settings in another dump"
+                )
+        runs = {(r["task"], r["impl"], r["seed"]) for r in dump["runs"]}
+        if runs & seen:
+            raise SystemExit(
+                f"error: --results-from: runs {sorted(runs & seen)} in more than one dump"
+            )
+        seen |= runs
     provenance = ("date", "commit", "command", "loadavg_start", "loadavg_end")
     info = dict(dumps[0]["info"])
     info["parts"] = [
-        {"name": ", ".join(dump["tasks"]), **{key: dump["info"][key] for key in provenance}}
+        {
+            "name": f"{', '.join(dump['tasks'])}, seeds {_seed_list(dump['runs'])}",
+            **{key: dump["info"][key] for key in provenance},
+        }
         for dump in dumps
     ]
     return {
@@ -391,6 +404,13 @@ def combine_dumps(dumps: list[dict]) -> dict:
         "hyperparameters": dumps[0]["hyperparameters"],
         "runs": [run for dump in dumps for run in dump["runs"]],
     }
+
+
+def _seed_list(runs: list[dict]) -> str:
+    seeds = sorted({r["seed"] for r in runs})
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return " ".join(map(str, seeds))
 
 
 def aggregate(runs: list[dict], tasks: list[str]) -> dict:
