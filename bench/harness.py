@@ -51,16 +51,7 @@ def machine_info(extra_packages: Sequence[str] = (), **run) -> dict:
         cpu = match.group(1) if match else cpu
     except OSError:
         pass
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = _commit()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -74,6 +65,34 @@ def machine_info(extra_packages: Sequence[str] = (), **run) -> dict:
         **run,
         "loadavg_start": loadavg(),
     }
+
+
+def _commit() -> str:
+    """HEAD's short hash, ``-dirty`` when tracked code differs from it.
+
+    RESULTS.md does not count: a run's ``--write-results`` changes it, and the next benchmark
+    of the same session measures the same code.
+    """
+
+    def git(*args: str) -> str:
+        try:
+            run = subprocess.run(
+                ["git", *args], capture_output=True, text=True, cwd=ROOT, check=False
+            )
+        except OSError:
+            return ""
+        return run.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    changed = git(
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        f":!{RESULTS_PATH.relative_to(ROOT)}",
+    )
+    return commit + "-dirty" if commit and changed else commit
 
 
 def package_version(package: str) -> str:
