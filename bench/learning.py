@@ -659,7 +659,11 @@ def write_results(saved: dict) -> None:
             f"alpha) from {hp['initial_alpha']}, target entropy -action_dim on the "
             "log-probability of the squashed action in [-1, 1] for both (sb3 rescales outside "
             "the density, ours drops the rescaling's log-Jacobian), so matched in effect "
-            "whatever the env's bounds; UTD 1, one env"
+            "whatever the env's bounds; UTD 1, one env. Not matched, each as its reference: "
+            "the temperature loss, ours -alpha (log pi + target) with the gradient through "
+            "alpha (the original CrossQ code, sbx), sb3-contrib -log alpha (log pi + target) "
+            "(through log alpha: Adam's steps on log alpha do not shrink with alpha, so sb3's "
+            "temperature falls faster)"
         )
     rows = []
     for name, by_impl in summary.items():
