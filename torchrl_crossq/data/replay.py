@@ -113,8 +113,10 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
             ``in_keys``; ``("collector", "traj_ids")`` and ``("next", "done")`` are kept too
             when present (trajectory splits and episode windows read them). A collector batch
             also carries the policy's ``loc`` and ``scale``, episode counters and the root's
-            done flags: writing only what training reads halves the work per transition and
-            the memory. ``None`` stores every entry. Defaults to ``None``.
+            done flags that nothing reads back: with the loss's keys a HalfCheetah transition
+            keeps 8 of its 17 entries, about 30% less memory (the write itself is about as
+            fast: the select costs what the smaller write saves). ``None`` stores every
+            entry. Defaults to ``None``.
         **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer` (``prefetch``,
             ``pin_memory``, ``transform``, ...). ``delayed_init`` is not supported.
 
