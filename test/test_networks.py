@@ -196,6 +196,71 @@ def test_acting_without_gradient_gives_torchrls_actions_bit_for_bit(low, high, m
     assert set(fast.keys()) == set(torchrl.keys())  # collectors fix their keys on a first call
 
 
+@pytest.mark.parametrize(
+    "low, high",
+    [(-1.0, 1.0), (-0.4, 0.4), (torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0]))],
+    ids=["unit", "symmetric", "asymmetric"],
+)
+@pytest.mark.parametrize("reparameterize", [True, False], ids=["rsample", "sample"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_policy_sample_gives_torchrls_action_log_prob_and_gradients_bit_for_bit(
+    low, high, reparameterize, training
+):
+    # The loss's policy sampling skips TorchRL's distribution objects: the same numbers.
+    from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
+
+    from torchrl_crossq.objectives import squashed_log_prob
+    from torchrl_crossq.modules.networks import policy_sample
+
+    def draw(ours: bool):
+        torch.manual_seed(1)
+        actor = make_actor(OBS_DIM, Bounded(low, high, shape=(ACTION_DIM,)), num_cells=(8,))
+        actor.train(training)
+        td = TensorDict({"observation": 3 * torch.randn(64, OBS_DIM)}, [64])
+        torch.manual_seed(0)
+        if ours:
+            action, log_prob = policy_sample(actor, td, reparameterize=reparameterize)
+        else:
+            dist = actor.get_dist(td)
+            sample = rsample_and_log_prob if reparameterize else sample_and_log_prob
+            action, log_prob = sample(dist)
+            log_prob = squashed_log_prob(dist, log_prob)
+        grads = torch.autograd.grad(log_prob.sum() + action.sum(), list(actor.parameters()))
+        return action, log_prob, grads, actor.module[0].module[0].running_mean
+
+    ours, theirs = draw(ours=True), draw(ours=False)
+    assert ours[0].requires_grad == reparameterize
+    for a, b in zip(ours, theirs, strict=True):
+        for x, y in zip(*((a, b) if isinstance(a, tuple) else ((a,), (b,))), strict=True):
+            assert torch.equal(x, y)
+
+
+def test_policy_sample_of_another_tanh_normal_setting_takes_torchrls_path():
+    # tanh_loc is a TanhNormal setting the fast paths do not reproduce.
+    from torchrl.modules import TanhNormal
+
+    from torchrl_crossq.modules.networks import TanhNormalActor, policy_sample
+
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,))
+    kwargs = {"low": -torch.ones(ACTION_DIM), "high": torch.ones(ACTION_DIM), "tanh_loc": True}
+    other = TanhNormalActor(
+        actor.module[0],
+        in_keys=["loc", "scale"],
+        out_keys=["action"],
+        distribution_class=TanhNormal,
+        distribution_kwargs=kwargs,
+    )
+    td = TensorDict({"observation": torch.randn(16, OBS_DIM)}, [16])
+    torch.manual_seed(0)
+    action, log_prob = policy_sample(other, td)
+    torch.manual_seed(0)
+    expected, expected_log_prob = other.get_dist(td).sample_and_log_prob()
+    assert torch.equal(action, expected) and torch.equal(log_prob, expected_log_prob)
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        acted = other(td.clone())["action"]
+    assert torch.equal(acted, other.get_dist(td).deterministic_sample.detach())
+
+
 def test_return_log_prob_writes_torchrls_log_prob_when_acting():
     spec = Bounded(-2.0, 2.0, shape=(ACTION_DIM,))
     actor = make_actor(OBS_DIM, spec, num_cells=(8,), return_log_prob=True)

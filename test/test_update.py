@@ -201,6 +201,13 @@ def train_pendulum(frames: int = 96, slow: bool = False, monkeypatch=None) -> li
         monkeypatch.setattr(
             networks.TanhNormalActor, "get_dist", networks.ProbabilisticActor.get_dist
         )
+        monkeypatch.setattr(
+            networks.TanhNormalActor,
+            "action_and_log_prob",
+            lambda self, td, reparameterize=False: networks._dist_sample(
+                self.get_dist(td), reparameterize
+            ),
+        )
         monkeypatch.setattr(crossq.CrossQLoss, "_holds_own", lambda self, network: False)
         monkeypatch.setattr(crossq, "module_output", lambda m, td, key: m(td).get(key, None))
     torch.manual_seed(0)
@@ -211,7 +218,10 @@ def train_pendulum(frames: int = 96, slow: bool = False, monkeypatch=None) -> li
     buffer = TensorDictReplayBuffer(
         storage=LazyTensorStorage(frames), sampler=RandomSampler(), batch_size=16
     )
-    collector = Collector(env, actor, frames_per_batch=8, total_frames=frames)
+    # The script's collector reuses its batch TensorDict (return_same_td).
+    collector = Collector(
+        env, actor, frames_per_batch=8, total_frames=frames, return_same_td=not slow
+    )
     metrics = []
     for data in collector:
         buffer.extend(data)
@@ -221,8 +231,9 @@ def train_pendulum(frames: int = 96, slow: bool = False, monkeypatch=None) -> li
 
 
 def test_speed_paths_give_the_losses_of_torchrls_generic_paths(monkeypatch):
-    # The acting fast path, the skipped parameter swaps and the direct critic call change
-    # speed only: a fixed-seed run logs bit-identical losses with TorchRL's paths forced.
+    # The acting fast path, the policy sampling without distribution objects, the reused
+    # collector batch, the skipped parameter swaps and the direct critic call change speed
+    # only: a fixed-seed run logs bit-identical losses with TorchRL's paths forced.
     fast = train_pendulum()
     with monkeypatch.context() as patch:
         slow = train_pendulum(slow=True, monkeypatch=patch)

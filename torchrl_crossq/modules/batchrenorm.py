@@ -144,7 +144,8 @@ class BatchRenorm1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._reduce_dims(x)  # checks the shape
         # Statistics in float32 even when the matmuls around run in bfloat16.
-        x = x.to(torch.promote_types(x.dtype, self.running_mean.dtype))
+        if x.dtype != self.running_mean.dtype:
+            x = x.to(torch.promote_types(x.dtype, self.running_mean.dtype))
         if self.training:
             return self._train_forward(x)
         stat_shape = self._stat_shape(x)

@@ -17,13 +17,17 @@ from tensordict.nn import (
 )
 from tensordict.utils import unravel_key
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import TanhNormal
-from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TD0Estimator
 
-from torchrl_crossq.modules.networks import ExpandedCritic, module_output, set_training_mode
+from torchrl_crossq.modules.networks import (
+    ExpandedCritic,
+    module_output,
+    policy_sample,
+    set_training_mode,
+    squashed_log_prob,  # noqa: F401  (public here too, where it was first defined)
+)
 from torchrl_crossq.objectives.entropy import Temperature
 
 Q_HEAD_TYPES = ("crossq", "default")
@@ -82,36 +86,6 @@ def _holds(module: torch.nn.Module, params: TensorDictBase) -> bool:
         ):
             return False
     return True
-
-
-def squashed_log_prob(
-    dist: torch.distributions.Distribution, log_prob: torch.Tensor
-) -> torch.Tensor:
-    """The log-probability of the squashed action in ``[-1, 1]``, whatever the env's bounds.
-
-    TorchRL's :class:`~torchrl.modules.TanhNormal` bounded by ``[low, high]``
-    scores the rescaled action, so its log-probability carries the log-Jacobian
-    ``sum(log((high - low) / 2))`` of the rescaling; this removes it.
-    ``target_entropy = -action_dim`` (paper, SAC) refers to actions in
-    ``[-1, 1]``, as the original code, sbx and sb3-contrib compute them (they
-    squash to ``[-1, 1]`` and rescale outside the policy's density). Other
-    distributions are returned as they are.
-
-    Examples:
-        >>> dist = TanhNormal(torch.zeros(3), torch.ones(3), low=-0.4, high=0.4)
-        >>> unit = TanhNormal(torch.zeros(3), torch.ones(3))
-        >>> action = torch.tensor([0.2, -0.1, 0.0])
-        >>> torch.allclose(squashed_log_prob(dist, dist.log_prob(action)), unit.log_prob(action / 0.4))
-        True
-    """
-    if not isinstance(dist, TanhNormal):
-        return log_prob
-    log_half_range = ((dist.high - dist.low) / 2).log()
-    event_dims = len(dist.event_shape)
-    log_half_range = log_half_range.expand(dist.batch_shape + dist.event_shape)
-    if event_dims:
-        log_half_range = log_half_range.flatten(-event_dims).sum(-1)
-    return log_prob + log_half_range
 
 
 def _has_batch_norm(module: torch.nn.Module) -> bool:
@@ -604,9 +578,7 @@ class CrossQLoss(LossModule):
             _parameters_in(self.actor_network, self.actor_network_params, self._holds_own("actor")),
             set_training_mode(self.actor_network, False),
         ):
-            dist = self.actor_network.get_dist(next_td.select(*self._actor_in_keys()))
-            action, log_prob = sample_and_log_prob(dist)
-            return action, squashed_log_prob(dist, log_prob)
+            return policy_sample(self.actor_network, next_td.select(*self._actor_in_keys()))
 
     # -- the three losses -------------------------------------------------------------
     def qvalue_loss(
@@ -683,9 +655,11 @@ class CrossQLoss(LossModule):
             _parameters_in(self.actor_network, self.actor_network_params, self._holds_own("actor")),
             set_training_mode(self.actor_network, True),
         ):
-            dist = self.actor_network.get_dist(tensordict.select(*self._actor_in_keys()))
-            action, log_prob = rsample_and_log_prob(dist)
-            log_prob = squashed_log_prob(dist, log_prob)
+            action, log_prob = policy_sample(
+                self.actor_network,
+                tensordict.select(*self._actor_in_keys()),
+                reparameterize=True,
+            )
         q = self._q(
             self._critic_input(tensordict, action), self.qvalue_network_params.detach(), False
         )
