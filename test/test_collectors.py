@@ -122,3 +122,30 @@ def test_policy_weight_sync_refreshes_worker_copies_every_n_rounds(backend, ever
     for _ in range(6):
         sync.after_updates()
     assert collector.syncs == syncs
+
+
+@pytest.mark.parametrize("frames_per_batch", [1, 5])
+def test_reused_batch_holds_what_a_fresh_batch_would(frames_per_batch):
+    # reuse_batch (the script's setting) overwrites one TensorDict: read before the next
+    # batch, every batch is the one a fresh-copy collector yields, seed for seed.
+    def batches(reuse: bool) -> list:
+        torch.manual_seed(0)
+        actor = make_actor(3, Bounded(-2.0, 2.0, shape=(1,)), num_cells=(8,))
+        collector = make_collector(
+            functools.partial(make_env, "Pendulum-v1"),
+            actor,
+            seed=0,
+            frames_per_batch=frames_per_batch,
+            total_frames=30,
+            init_random_frames=10,
+            reuse_batch=reuse,
+        )
+        out = [(data, data.clone()) for data in collector]
+        collector.shutdown()
+        return out
+
+    reused, fresh = batches(reuse=True), batches(reuse=False)
+    assert len({id(data) for data, _ in reused}) == 1
+    assert len(reused) == len(fresh) == 30 // frames_per_batch
+    for (_, ours), (_, theirs) in zip(reused, fresh, strict=True):
+        assert (ours == theirs).all()

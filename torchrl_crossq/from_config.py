@@ -287,6 +287,7 @@ def make_collector_from_config(
         ray_address=cfg.ray.address,
         ray_num_cpus=cfg.ray.num_cpus,
         seed=cfg.seed + frames,  # a resumed run gets fresh, reproducible env seeds
+        reuse_batch=True,  # the loop stores each batch before it collects the next
     )
     return collector, PolicyWeightSync(collector, backend=col.backend, every=col.sync_every)
 
