@@ -51,9 +51,11 @@ CONTESTANTS = ("sb3", *OURS)
 
 
 # -- training frames/s -------------------------------------------------------------------------
-def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namespace) -> dict:
+def train_one(
+    contestant: str, width: int, budget: Budget, args: argparse.Namespace, round_: int = 0
+) -> dict:
     """One training run in a subprocess; its measured windows and their median frames/s."""
-    run_dir = harness.fresh_dir(args.out / f"w{width}" / contestant)
+    run_dir = harness.fresh_dir(args.out / f"w{width}" / f"round{round_}" / contestant)
     frames = total_frames(budget, args.init_random_frames)
     if contestant in OURS:
         command = ours_command(width, budget, args, run_dir, OURS[contestant])
@@ -87,6 +89,7 @@ def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namesp
     result = {
         "contestant": contestant,
         "width": width,
+        "round": round_,
         "frames": frames,
         "timed_frames": measured[-1][1] - measured[0][0],
         "windows": windows,
@@ -96,7 +99,8 @@ def train_one(contestant: str, width: int, budget: Budget, args: argparse.Namesp
         "wall_s": wall_s,
     }
     print(
-        f"  width {width:<5} {contestant:<19} {result['frames_per_s']:8.2f} frames/s (median of "
+        f"  round {round_} width {width:<5} {contestant:<19} {result['frames_per_s']:8.2f} "
+        f"frames/s (median of "
         f"{len(rates)} windows, {harness.span(rates)}; run {wall_s:.0f} s)",
         flush=True,
     )
@@ -208,6 +212,7 @@ def bench_collect(args: argparse.Namespace) -> dict:
                 frames_per_batch=frames_per_batch,
                 total_frames=needed,
                 policy_device="cpu",
+                reuse_batch=True,  # as the script builds it
             )
             batches = iter(c)
             try:
@@ -295,8 +300,9 @@ class Budget:
     log_interval: int
 
 
-# Width 256: ~15 ms per frame on 2 cores; 2048: ~200 ms (ours fp32) to ~250 ms (sb3).
-BUDGETS = {"small": Budget(500, 3_000, 500), "large": Budget(100, 400, 50)}
+# Width 256: ~15 ms per frame on 2 cores; 2048: ~200 ms (ours fp32) to ~250 ms (sb3). Per run
+# of one round: about 7 minutes a round for the 8 runs.
+BUDGETS = {"small": Budget(500, 1_500, 500), "large": Budget(100, 200, 50)}
 QUICK_BUDGETS = {"small": Budget(20, 60, 20), "large": Budget(10, 20, 10)}
 LARGE_WIDTH = 1024  # widths above this get the "large" budget
 
@@ -427,21 +433,38 @@ TARGETS = (
 COLLECT_HEADLINE = "collector_actor_b1"  # the script's collection: one frame per batch
 
 
+def by_width(training: list[dict]) -> dict[int, dict[str, list[dict]]]:
+    """``{width: {contestant: [run of round 0, round 1, ...]}}`` (a dump without rounds: one)."""
+    runs: dict[int, dict[str, list[dict]]] = {}
+    for r in sorted(training, key=lambda r: r.get("round", 0)):
+        runs.setdefault(r["width"], {}).setdefault(r["contestant"], []).append(r)
+    return runs
+
+
+def ratios_vs_sb3(runs: dict[str, list[dict]], contestant: str) -> list[float]:
+    """The contestant's frames/s over sb3's, round by round (rounds where both ran)."""
+    sb3 = {r.get("round", 0): r["frames_per_s"] for r in runs.get("sb3", [])}
+    return [
+        r["frames_per_s"] / sb3[r.get("round", 0)]
+        for r in runs.get(contestant, [])
+        if r.get("round", 0) in sb3
+    ]
+
+
 def summarise(training: list[dict], evaluation: dict | None, collect: dict | None) -> dict:
-    """The summary lines' values (a line is left out when its contestants were not run)."""
+    """The summary lines' values (a line is left out when its contestants were not run).
+
+    A speedup is the median over rounds of the round's ratio: contestants of one round ran
+    minutes apart, so a slow spell of the machine weighs on both sides of a ratio.
+    """
     summary: dict[str, float] = {}
-    by_width: dict[int, dict[str, dict]] = {}
-    for r in training:
-        by_width.setdefault(r["width"], {})[r["contestant"]] = r
-    for width, runs in sorted(by_width.items()):
-        if "sb3" not in runs:
-            continue
-        sb3 = runs["sb3"]["frames_per_s"]
-        if "ours" in runs:
-            summary[f"e2e_speedup_vs_sb3_w{width}"] = runs["ours"]["frames_per_s"] / sb3
-        ours = [runs[c]["frames_per_s"] for c in OURS if c in runs]
-        if ours:
-            summary[f"e2e_speedup_best_vs_sb3_w{width}"] = max(ours) / sb3
+    for width, runs in sorted(by_width(training).items()):
+        speedups = {c: ratios_vs_sb3(runs, c) for c in OURS}
+        speedups = {c: statistics.median(v) for c, v in speedups.items() if v}
+        if "ours" in speedups:
+            summary[f"e2e_speedup_vs_sb3_w{width}"] = speedups["ours"]
+        if speedups:
+            summary[f"e2e_speedup_best_vs_sb3_w{width}"] = max(speedups.values())
     if evaluation is not None:
         summary["eval_ms_per_step"] = evaluation["ms_per_step"]["ours"]
         summary["sb3_eval_ms_per_step"] = evaluation["ms_per_step"]["sb3"]
@@ -494,36 +517,35 @@ LABELS = {
 
 
 def training_rows(training: list[dict]) -> list[tuple[str, ...]]:
-    sb3 = {r["width"]: r["frames_per_s"] for r in training if r["contestant"] == "sb3"}
     rows = []
-    for r in training:
-        speedup = f"{r['frames_per_s'] / sb3[r['width']]:.3f}" if r["width"] in sb3 else ""
-        rows.append(
-            (
-                str(r["width"]),
-                LABELS[r["contestant"]],
-                f"{r['timed_frames']:,}",
-                str(len(r["measured_rates"])),
-                f"{r['frames_per_s']:.2f}",
-                harness.span(r["measured_rates"]),
-                f"{r['frames_per_s_overall']:.2f}",
-                f"{1e3 / r['frames_per_s']:.1f}",
-                speedup,
+    for width, runs in by_width(training).items():
+        for contestant, rounds in runs.items():
+            rates = [r["frames_per_s"] for r in rounds]
+            ratios = ratios_vs_sb3(runs, contestant) if contestant != "sb3" else []
+            rows.append(
+                (
+                    str(width),
+                    LABELS[contestant],
+                    f"{len(rounds)} x {rounds[0]['timed_frames']:,}",
+                    ", ".join(f"{rate:.2f}" for rate in rates),
+                    f"{statistics.median(rates):.2f}",
+                    f"{1e3 / statistics.median(rates):.1f}",
+                    ", ".join(f"{ratio:.3f}" for ratio in ratios),
+                    f"{statistics.median(ratios):.3f}" if ratios else "1.000",
+                )
             )
-        )
     return rows
 
 
 TRAINING_COLUMNS = (
     "width",
     "contestant",
-    "timed frames",
-    "windows",
+    "rounds x timed frames",
+    "frames/s per round",
     "frames/s (median)",
-    "window range",
-    "frames/s (all timed)",
     "ms per frame",
-    "vs sb3",
+    "vs sb3 per round",
+    "vs sb3 (median)",
 )
 
 
@@ -565,6 +587,7 @@ def settings_line(settings: dict) -> str:
         f"eps {hp['batch_norm_eps']}, warmup {hp['warmup_steps']:,}, initial temperature "
         f"{hp['initial_alpha']}, {settings['init_random_frames']:,} random frames "
         f"(`init_random_frames` = `learning_starts`), evaluation off during training; {budgets}"
+        f"; {settings.get('rounds', 1)} round(s)"
     )
 
 
@@ -586,7 +609,9 @@ def write_results(saved: dict) -> None:
             "",
             "Training frames/s with evaluation off: ours is `sota_implementations/crossq.py` "
             "(`perf/frames_per_s` of its CSV log), sb3 is `CrossQ.learn` (a clock at every env "
-            "step); median over the timed windows:",
+            "step). A run's rate is the median over its timed windows; every contestant runs "
+            "once per round, in an order that rotates from round to round, and a speedup is "
+            "the median over rounds of that round's ratio to sb3:",
             "",
             *harness.markdown_table(TRAINING_COLUMNS, training_rows(saved["training"])),
         ]
@@ -642,6 +667,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--parts", nargs="+", choices=("train", "eval", "collect"),
         default=["train", "eval", "collect"],
     )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="training runs per contestant, interleaved: a speedup is the median round's",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="torch threads per contestant")
     parser.add_argument(
         "--infer-threads", type=int,
@@ -665,12 +694,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
     if args.quick:
+        args.rounds = min(args.rounds, 2)
         args.init_random_frames = min(args.init_random_frames, 200)
         args.eval_max_steps, args.eval_reps = min(args.eval_max_steps, 100), 1
         args.collect_warmup, args.collect_chunk, args.collect_chunks = 100, 100, 2
         args.collect_batch = min(args.collect_batch, 100)
     harness.require_at_least(
-        parser, args, 1, "widths", "threads", "infer_threads", "measured_frames",
+        parser, args, 1, "widths", "rounds", "threads", "infer_threads", "measured_frames",
         "log_interval", "eval_episodes", "eval_max_steps", "eval_reps", "collect_chunk",
         "collect_chunks", "collect_batch",
     )  # fmt: skip
@@ -703,6 +733,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": args.device,
         "init_random_frames": args.init_random_frames,
         "budgets": {w: asdict(b) for w, b in budgets.items()},
+        "rounds": args.rounds,
         "hyperparameters": HYPERPARAMETERS,
         "quick": args.quick,
     }
@@ -712,10 +743,14 @@ def main(argv: list[str] | None = None) -> None:
 
     training: list[dict] = []
     if "train" in args.parts:
-        print("# training frames/s, evaluation off")
-        for width in args.widths:
-            for contestant in args.contestants:
-                training.append(train_one(contestant, width, budgets[width], args))
+        print(f"# training frames/s, evaluation off, {args.rounds} round(s)")
+        contestants = list(args.contestants)
+        for round_ in range(args.rounds):
+            shift = round_ % len(contestants)
+            order = contestants[shift:] + contestants[:shift]  # rotates from round to round
+            for width in args.widths:
+                for contestant in order:
+                    training.append(train_one(contestant, width, budgets[width], args, round_))
     evaluation = collect = None
     if "eval" in args.parts:
         print(f"# evaluation cost: {args.eval_episodes} episodes of <= {args.eval_max_steps} steps")
