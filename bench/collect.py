@@ -144,6 +144,7 @@ def bench_collector(backend: str, num_workers: int, args: argparse.Namespace) ->
             # Finite (Ray stops at once on -1), never reached: a batch may hold one per worker.
             total_frames=frames_per_batch * num_workers * (untimed + args.collector_batches + 1),
             policy_device="cpu",
+            reuse_batch=True,  # the script's setting (sync only; the batch is read at once)
         )
         cleanup.callback(collector.shutdown)
         batches = iter(collector)
