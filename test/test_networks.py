@@ -209,8 +209,8 @@ def test_policy_sample_gives_torchrls_action_log_prob_and_gradients_bit_for_bit(
     # The loss's policy sampling skips TorchRL's distribution objects: the same numbers.
     from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
 
-    from torchrl_crossq.objectives import squashed_log_prob
     from torchrl_crossq.modules.networks import policy_sample
+    from torchrl_crossq.objectives import squashed_log_prob
 
     def draw(ours: bool):
         torch.manual_seed(1)
