@@ -540,6 +540,7 @@ class TanhNormalActor(ProbabilisticActor):
         self._rescale = bool((low != -1.0).any() or (high != 1.0).any())
         # Plain attributes, not buffers: the loss's parameter set and checkpoints stay TorchRL's.
         self._mid, self._half_range = (high + low) / 2, (high - low) / 2
+        self._log_half_range = self._half_range.log()  # > 0: also TorchRL's abs().log()
         self._observation_key = module.in_keys[0]
         self._action_key = kwargs["out_keys"][0]
         self._plain = _plain_tanh_normal(
@@ -586,9 +587,9 @@ class TanhNormalActor(ProbabilisticActor):
         # TanhNormal's affine part adds log(half range) to the Jacobian; squashed_log_prob
         # takes it back out (both kept, in their order, for the same rounding).
         mid, half_range = self._mid.to(loc.device), self._half_range.to(loc.device)
-        log_half_range = half_range.abs().log()
+        log_half_range = self._log_half_range.to(loc.device)
         log_prob = normal.sum(-1) - (log_det + log_half_range).sum(-1)
-        log_prob = log_prob + half_range.log().expand(loc.shape).sum(-1)
+        log_prob = log_prob + log_half_range.expand(loc.shape).sum(-1)
         return mid + half_range * action, log_prob
 
     def forward(self, tensordict: TensorDictBase, *args, **kwargs) -> TensorDictBase:
