@@ -46,7 +46,11 @@ OURS = {
     "ours": [],
     "ours_compiled": ["compile=true"],
     "ours_bf16_compiled": ["precision=bf16", "compile=true"],
+    # CUDA only (on CPU the script warns that cudagraphs has no effect): the compiled losses
+    # replayed as CUDA graphs.
+    "ours_cudagraphs": ["compile=true", "cudagraphs=true"],
 }
+CUDA_ONLY = ("ours_cudagraphs",)
 CONTESTANTS = ("sb3", *OURS)
 
 
@@ -421,6 +425,7 @@ def library_used(threads: int) -> str:
 
 # -- summary, targets, RESULTS.md --------------------------------------------------------------
 # Issue #16's targets: (summary line, comparison, bound); a str bound names another line.
+# The speedups' are for the 2-core CPU machine class; on CUDA the target is LeanRL's SAC rate.
 TARGETS = (
     ("e2e_speedup_vs_sb3_w256", ">=", 1.3),
     ("e2e_speedup_vs_sb3_w2048", ">=", 1.2),
@@ -430,6 +435,7 @@ TARGETS = (
     ("eval_ms_per_step", "<=", "sb3_eval_ms_per_step"),
     ("collect_ms_per_frame", "<=", 1.0),
 )
+CUDA_TARGETS = (("e2e_best_frames_per_s_w2048", ">=", 725.0),)
 COLLECT_HEADLINE = "collector_actor_b1"  # the script's collection: one frame per batch
 
 
@@ -465,6 +471,9 @@ def summarise(training: list[dict], evaluation: dict | None, collect: dict | Non
             summary[f"e2e_speedup_vs_sb3_w{width}"] = speedups["ours"]
         if speedups:
             summary[f"e2e_speedup_best_vs_sb3_w{width}"] = max(speedups.values())
+        rates = [statistics.median(r["frames_per_s"] for r in runs[c]) for c in OURS if c in runs]
+        if rates:
+            summary[f"e2e_best_frames_per_s_w{width}"] = max(rates)
     if evaluation is not None:
         summary["eval_ms_per_step"] = evaluation["ms_per_step"]["ours"]
         summary["sb3_eval_ms_per_step"] = evaluation["ms_per_step"]["sb3"]
@@ -476,14 +485,15 @@ def summarise(training: list[dict], evaluation: dict | None, collect: dict | Non
 def summary_lines(summary: dict) -> list[str]:
     order = [k for k in summary if k.startswith("e2e_speedup_vs")]
     order += [k for k in summary if k.startswith("e2e_speedup_best")]
+    order += [k for k in summary if k.startswith("e2e_best_frames")]
     order += [k for k in summary if not k.startswith("e2e_")]
     return [f"{k}: {summary[k]:.3f}" for k in order]
 
 
-def check_targets(summary: dict) -> list[dict]:
+def check_targets(summary: dict, device: str = "cpu") -> list[dict]:
     """Issue #16's targets next to the measured values (skipped when a value is missing)."""
     rows = []
-    for name, comparison, bound in TARGETS:
+    for name, comparison, bound in CUDA_TARGETS if device.startswith("cuda") else TARGETS:
         if name not in summary or (isinstance(bound, str) and bound not in summary):
             continue
         limit = summary[bound] if isinstance(bound, str) else bound
@@ -513,6 +523,7 @@ LABELS = {
     "ours": "ours, fp32 eager",
     "ours_compiled": "ours, compile=true",
     "ours_bf16_compiled": "ours, precision=bf16 compile=true",
+    "ours_cudagraphs": "ours, compile=true cudagraphs=true",
 }
 
 
@@ -655,13 +666,66 @@ def write_results(saved: dict) -> None:
     )
 
 
+def combine_dumps(dumps: list[dict]) -> dict:
+    """One dump from the dumps of runs made apart at one commit (one contestant or one width a
+    run, say, so that one failing run loses only its own numbers), for one section.
+
+    The dumps must agree on commit, device, threads, hyperparameters and the budget of a width
+    they share, and hold no (width, contestant, round) twice; at most one may hold the
+    evaluation part, and one the collection part. Summary and targets are computed anew.
+    """
+    if len(dumps) == 1:
+        return dumps[0]
+    first = dumps[0]
+    for dump in dumps[1:]:
+        for what, value in (
+            ("commit", dump["info"].get("commit")),
+            *((key, dump["settings"].get(key)) for key in ("device", "threads", "hyperparameters")),
+        ):
+            expected = first["info"].get(what) if what == "commit" else first["settings"].get(what)
+            if value != expected:
+                raise SystemExit(f"error: --results-from: the dumps' {what} differ")
+    settings = dict(first["settings"], budgets={}, rounds=0)
+    training, seen = [], set()
+    for dump in dumps:
+        for width, budget in dump["settings"]["budgets"].items():
+            if settings["budgets"].setdefault(width, budget) != budget:
+                raise SystemExit(f"error: --results-from: width {width}'s budget differs")
+        settings["rounds"] = max(settings["rounds"], dump["settings"].get("rounds", 1))
+        for run in dump["training"]:
+            key = (run["width"], run["contestant"], run.get("round", 0))
+            if key in seen:
+                raise SystemExit(f"error: --results-from: run {key} in more than one dump")
+            seen.add(key)
+            training.append(run)
+    parts = {}
+    for part in ("eval", "collect"):
+        held = [dump[part] for dump in dumps if dump.get(part)]
+        if len(held) > 1:
+            raise SystemExit(f"error: --results-from: the {part} part is in more than one dump")
+        parts[part] = held[0] if held else None
+    info = dict(first["info"], loadavg_end=dumps[-1]["info"].get("loadavg_end"))
+    info["warning"] = next((d["info"]["warning"] for d in dumps if d["info"].get("warning")), None)
+    info["command"] = " ; ".join(d["info"].get("command", "") for d in dumps)
+    summary = summarise(training, parts["eval"], parts["collect"])
+    return {
+        "info": info,
+        "settings": settings,
+        "training": training,
+        **parts,
+        "summary": summary,
+        "targets": check_targets(summary, settings["device"]),
+    }
+
+
 # -- command line ------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 2048], help="critic widths")
     parser.add_argument(
-        "--contestants", nargs="+", choices=CONTESTANTS, default=list(CONTESTANTS),
-        help="training runs (sb3 is needed for the speedup lines)",
+        "--contestants", nargs="+", choices=CONTESTANTS,
+        help="training runs (sb3 is needed for the speedup lines; default: all that the "
+        "device runs, ours_cudagraphs on CUDA only)",
     )  # fmt: skip
     parser.add_argument(
         "--parts", nargs="+", choices=("train", "eval", "collect"),
@@ -690,9 +754,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collect-batch", type=int, default=1_000, help="the large batch")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "e2e", help="run directories")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
-    harness.add_output_args(parser)
+    harness.add_output_args(parser, several_dumps=True)
     parser.add_argument("--sb3-run", help=argparse.SUPPRESS)  # internal: one sb3 run
     args = parser.parse_args(argv)
+    if args.contestants is None:
+        cuda = args.device.startswith("cuda")
+        args.contestants = [c for c in CONTESTANTS if cuda or c not in CUDA_ONLY]
     if args.quick:
         args.rounds = min(args.rounds, 2)
         args.init_random_frames = min(args.init_random_frames, 200)
@@ -716,7 +783,7 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(json.loads(args.sb3_run))
         return
     if args.results_from:
-        write_results(harness.load_dump(args.results_from))
+        write_results(combine_dumps([harness.load_dump(path) for path in args.results_from]))
         return
     import torch
 
@@ -763,7 +830,7 @@ def main(argv: list[str] | None = None) -> None:
     if info["warning"]:
         print(f"# {info['warning']}")
     summary = summarise(training, evaluation, collect)
-    targets = check_targets(summary)
+    targets = check_targets(summary, args.device)
     if training:
         print("\n".join(harness.console_table(TRAINING_COLUMNS, training_rows(training))))
     for t in targets:

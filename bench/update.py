@@ -7,7 +7,8 @@ matmul of the critic's shape timed in the same reps. bench/README.md has the det
 
 Run: ``make bench`` or ``.venv/bin/python bench/update.py`` (``--quick``: smoke run;
 ``--precision bf16``: adds ours at ``precision=bf16``; ``--compile``: ours with
-``compile=true``). The last lines are ``speedup_vs_torchrl``, ``speedup_vs_sb3`` and
+``compile=true``; ``--device cuda``: every contestant on the GPU, in its own RESULTS.md
+section; ``--cudagraphs``: ours with ``compile=true cudagraphs=true``, CUDA only). The last lines are ``speedup_vs_torchrl``, ``speedup_vs_sb3`` and
 ``peak_fraction`` (width 2048; a speedup is their time over ours), after
 ``speedup_compiled_vs_sb3``, ``speedup_bf16_compiled_vs_sb3`` and ``speedup_bf16_vs_sb3``
 when those settings ran.
@@ -41,17 +42,20 @@ BRN_MOMENTUM = 0.01
 BRN_WARMUP = 100_000
 
 Update = Callable[[], None]
+CPU = torch.device("cpu")
 # Our contestants besides the default settings, with their config overrides (table order).
 VARIANTS = {
     "ours_compiled": "compile=true",
     "ours_bf16": "precision=bf16",
     "ours_bf16_compiled": "precision=bf16 compile=true",
+    "ours_cudagraphs": "compile=true cudagraphs=true",  # CUDA only
 }
 # Their summary lines, in the order printed before the three headline lines.
 VARIANT_SUMMARY = {
     "ours_compiled": "speedup_compiled_vs_sb3",
     "ours_bf16_compiled": "speedup_bf16_compiled_vs_sb3",
     "ours_bf16": "speedup_bf16_vs_sb3",
+    "ours_cudagraphs": "speedup_cudagraphs_vs_sb3",
 }
 
 
@@ -59,21 +63,29 @@ VARIANT_SUMMARY = {
 def bench_width(width: int, args: argparse.Namespace, data: dict[str, np.ndarray]) -> dict:
     """Every contestant at critic ``width``: a warm-up, then ``--reps`` reps, each timing every
     contestant (in an order that rotates each rep) and the matmul peak."""
+    device = torch.device(args.device)
     contestants: dict[str, Update] = {
-        "ours": make_ours(width, data),
-        "torchrl": make_torchrl(width, data),
-        "sb3": make_sb3(width, data),
+        "ours": make_ours(width, data, device=device),
+        "torchrl": make_torchrl(width, data, device),
+        "sb3": make_sb3(width, data, device),
     }
     if args.precision == "bf16":
-        contestants["ours_bf16"] = make_ours(width, data, "bf16")
-    if args.compile:
+        contestants["ours_bf16"] = make_ours(width, data, "bf16", device=device)
+    if args.compile or args.cudagraphs:
         # Every compiled contestant recompiles the same loss methods (a new module each, and
         # both widths in one process): lift dynamo's per-function recompile limit so none of
         # them falls back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        contestants["ours_compiled"] = make_ours(width, data, compile=True)
+    if args.compile:
+        contestants["ours_compiled"] = make_ours(width, data, compile=True, device=device)
         if args.precision == "bf16":
-            contestants["ours_bf16_compiled"] = make_ours(width, data, "bf16", compile=True)
+            contestants["ours_bf16_compiled"] = make_ours(
+                width, data, "bf16", compile=True, device=device
+            )
+    if args.cudagraphs:
+        contestants["ours_cudagraphs"] = make_ours(
+            width, data, compile=True, cudagraphs=True, device=device
+        )
     names = list(contestants)
     peak_precisions = ["fp32", "bf16"] if args.precision == "bf16" else ["fp32"]
 
@@ -81,10 +93,11 @@ def bench_width(width: int, args: argparse.Namespace, data: dict[str, np.ndarray
     warm = {}
     for name in names:
         warm[name] = min(
-            time_updates(contestants[name], POLICY_DELAY, name == "sb3") for _ in range(args.warmup)
+            time_updates(contestants[name], POLICY_DELAY, name == "sb3", device)
+            for _ in range(args.warmup)
         )
     for precision in peak_precisions:
-        matmul_peak(precision)
+        matmul_peak(precision, device)
     cycles = args.cycles or max(1, math.ceil(args.sample_seconds / (POLICY_DELAY * warm["ours"])))
     n = cycles * POLICY_DELAY
 
@@ -93,67 +106,89 @@ def bench_width(width: int, args: argparse.Namespace, data: dict[str, np.ndarray
     for rep in range(args.reps):
         order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate the order
         for name in order:
-            times[name].append(time_updates(contestants[name], n, name == "sb3"))
+            times[name].append(time_updates(contestants[name], n, name == "sb3", device))
         for precision in peak_precisions:
-            peaks[precision].append(matmul_peak(precision))
+            peaks[precision].append(matmul_peak(precision, device))
 
     return summarise(width, n, times, peaks)
 
 
-def time_updates(update: Update, n: int, sb3: bool) -> float:
-    """Seconds per update over ``n`` consecutive updates (``n`` a multiple of the policy delay)."""
+def time_updates(update: Update, n: int, sb3: bool, device: torch.device) -> float:
+    """Seconds per update over ``n`` consecutive updates (``n`` a multiple of the policy delay);
+    on CUDA, until the last update's kernels have finished."""
     gc.collect()
+    synchronize(device)
     start = time.perf_counter()
     if sb3:
         update(n)  # one train() call, like sb3's learn loop with gradient_steps=n
     else:
         for _ in range(n):
             update()
+    synchronize(device)
     return (time.perf_counter() - start) / n
 
 
-def matmul_peak(precision: str, width: int = 2048, calls: int = 5) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(
+    precision: str, device: torch.device = CPU, width: int = 2048, calls: int = 5
+) -> float:
     """FLOP/s of ``torch.mm`` of the critic's largest shape, (2B x W) @ (W x W), median of ``calls``.
 
-    bf16 runs under CPU autocast from float32 inputs, as a bf16 update would.
+    bf16 runs under autocast from float32 inputs, as a bf16 update would. On CUDA a call is 20
+    products back to back (one alone is mostly launch time).
     """
-    x = torch.randn(2 * BATCH_SIZE, width)
-    w = torch.randn(width, width)
-    flops = 2.0 * 2 * BATCH_SIZE * width * width
+    x = torch.randn(2 * BATCH_SIZE, width, device=device)
+    w = torch.randn(width, width, device=device)
+    repeat = 20 if device.type == "cuda" else 1
+    flops = 2.0 * 2 * BATCH_SIZE * width * width * repeat
     times = []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         torch.mm(x, w)
         for _ in range(calls):
+            synchronize(device)
             start = time.perf_counter()
-            torch.mm(x, w)
+            for _ in range(repeat):
+                torch.mm(x, w)
+            synchronize(device)
             times.append(time.perf_counter() - start)
     return flops / statistics.median(times)
 
 
 # -- the three contestants --------------------------------------------------------------
 def make_ours(
-    width: int, data: dict[str, np.ndarray], precision: str = "fp32", compile: bool = False
+    width: int,
+    data: dict[str, np.ndarray],
+    precision: str = "fp32",
+    compile: bool = False,
+    cudagraphs: bool = False,
+    device: torch.device = CPU,
 ) -> Update:
     """Our CrossQUpdater at ``precision`` (``"bf16"``: bfloat16 autocast of the losses).
 
-    ``compile``: the script's ``compile=true`` (``torch.compile`` of the two loss computations).
+    ``compile``: the script's ``compile=true`` (``torch.compile`` of the two loss computations);
+    ``cudagraphs``: its ``cudagraphs=true`` (those replayed as CUDA graphs).
     """
     from torchrl.data import Bounded
 
     from torchrl_crossq import CrossQLoss, CrossQUpdater, make_actor, make_critic, make_optimizers
 
-    updater_kwargs = {"precision": precision, "compile": compile}
+    updater_kwargs = {"precision": precision, "compile": compile, "cudagraphs": cudagraphs}
     torch.manual_seed(0)
     norm_kwargs = {"momentum": BRN_MOMENTUM, "warmup_steps": BRN_WARMUP}
     actor = make_actor(
         OBS_DIM,
-        Bounded(-1.0, 1.0, shape=(ACTION_DIM,)),
+        Bounded(-1.0, 1.0, shape=(ACTION_DIM,), device=device),
         num_cells=(ACTOR_CELLS, ACTOR_CELLS),
         norm_kwargs=norm_kwargs,
+        device=device,
     )
     critic = make_critic(
         OBS_DIM, ACTION_DIM, num_cells=(width, width), num_qvalue_nets=NUM_QVALUE_NETS,
-        norm_kwargs=norm_kwargs,
+        norm_kwargs=norm_kwargs, device=device,
     )  # fmt: skip
     loss = CrossQLoss(actor, critic)
     loss.make_value_estimator(gamma=GAMMA)
@@ -161,7 +196,7 @@ def make_ours(
         loss, make_optimizers(loss, lr=LR, betas=BETAS), policy_delay=POLICY_DELAY,
         **updater_kwargs,
     )  # fmt: skip
-    buffer = torchrl_buffer(data)
+    buffer = torchrl_buffer(data, device)
 
     def update() -> None:
         updater(buffer.sample())
@@ -169,7 +204,7 @@ def make_ours(
     return update
 
 
-def make_torchrl(width: int, data: dict[str, np.ndarray]) -> Update:
+def make_torchrl(width: int, data: dict[str, np.ndarray], device: torch.device = CPU) -> Update:
     """TorchRL 0.14's CrossQLoss with the networks of its SOTA script (sota-implementations/crossq).
 
     As in utils.py there: MLPs with ``torchrl.modules.BatchRenorm1d`` after each hidden
@@ -204,7 +239,7 @@ def make_torchrl(width: int, data: dict[str, np.ndarray]) -> Update:
         in_keys=["observation"],
         out_keys=["loc", "scale"],
     )
-    action_spec = Bounded(-1.0, 1.0, shape=(ACTION_DIM,))
+    action_spec = Bounded(-1.0, 1.0, shape=(ACTION_DIM,), device=device)
     actor = ProbabilisticActor(
         actor_module,
         in_keys=["loc", "scale"],
@@ -230,13 +265,14 @@ def make_torchrl(width: int, data: dict[str, np.ndarray]) -> Update:
         in_keys=["action", "observation"],
     )
     loss = CrossQLoss(
-        actor_network=actor,
-        qvalue_network=qvalue,
+        actor_network=actor.to(device),
+        qvalue_network=qvalue.to(device),
         num_qvalue_nets=NUM_QVALUE_NETS,
         loss_function="l2",
         alpha_init=1.0,
     )
     loss.make_value_estimator(gamma=GAMMA)
+    loss.to(device)
 
     def adam(params) -> torch.optim.Adam:
         return torch.optim.Adam(
@@ -246,7 +282,7 @@ def make_torchrl(width: int, data: dict[str, np.ndarray]) -> Update:
     critic_opt = adam(loss.qvalue_network_params.flatten_keys().values())
     actor_opt = adam(loss.actor_network_params.flatten_keys().values())
     alpha_opt = torch.optim.Adam([loss.log_alpha], lr=LR)
-    buffer = torchrl_buffer(data)
+    buffer = torchrl_buffer(data, device)
     num_updates = 0
 
     def update() -> None:
@@ -270,7 +306,7 @@ def make_torchrl(width: int, data: dict[str, np.ndarray]) -> Update:
     return update
 
 
-def make_sb3(width: int, data: dict[str, np.ndarray]) -> Update:
+def make_sb3(width: int, data: dict[str, np.ndarray], device: torch.device = CPU) -> Update:
     """sb3-contrib's ``CrossQ``; one call of ``update`` is one gradient step of ``CrossQ.train``."""
     import gymnasium as gym
     from sb3_contrib import CrossQ
@@ -299,7 +335,7 @@ def make_sb3(width: int, data: dict[str, np.ndarray]) -> Update:
             "optimizer_kwargs": {"betas": BETAS},
         },
         seed=0,
-        device="cpu",
+        device=device,
     )
     torch.set_num_threads(threads)  # same thread count for all, whatever sb3 does
     model.set_logger(Logger(folder=None, output_formats=[]))
@@ -383,8 +419,9 @@ def random_transitions(n: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def torchrl_buffer(data: dict[str, np.ndarray]):
-    """A prefilled ``TensorDictReplayBuffer`` (no prefetch: it hurts on 2 cores, perf-notes)."""
+def torchrl_buffer(data: dict[str, np.ndarray], device: torch.device = CPU):
+    """A prefilled ``TensorDictReplayBuffer`` (no prefetch: it hurts on 2 cores, perf-notes),
+    its storage on ``device`` (so are the sampled batches)."""
     from tensordict import TensorDict
     from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
@@ -404,7 +441,9 @@ def torchrl_buffer(data: dict[str, np.ndarray]):
         },
         batch_size=[n],
     )
-    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(n), batch_size=BATCH_SIZE)
+    buffer = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(n, device=device), batch_size=BATCH_SIZE
+    )
     buffer.extend(transitions)
     return buffer
 
@@ -489,6 +528,12 @@ def report_width(r: dict) -> list[str]:
             f"  ours compiled: {v['speedup_vs_torchrl']:.3f}x TorchRL, "
             f"{v['speedup_vs_sb3']:.3f}x sb3, {v['peak_fraction']:.3f} of peak"
         )
+    if "ours_cudagraphs" in variants:
+        v = variants["ours_cudagraphs"]
+        lines.append(
+            f"  ours cudagraphs: {v['speedup_vs_torchrl']:.3f}x TorchRL, "
+            f"{v['speedup_vs_sb3']:.3f}x sb3, {v['peak_fraction']:.3f} of peak"
+        )
     for name in ("ours_bf16", "ours_bf16_compiled"):
         if name in variants:
             v = variants[name]
@@ -560,6 +605,7 @@ VARIANT_COLUMNS = (
 def write_results(saved: dict) -> None:
     """Replaces (or appends) this script's section of bench/RESULTS.md."""
     info, results = saved["info"], saved["results"]
+    device = saved.get("device", "cpu")
     rows, variant_rows = [], []
     for r in results:
         ms = {k: 1e3 * v for k, v in r["median_s"].items()}
@@ -584,7 +630,7 @@ def write_results(saved: dict) -> None:
     body = [
         *harness.header_lines(
             info,
-            f"torch threads {info['torch_threads']}",
+            f"torch threads {info['torch_threads']}, device {device}",
             allocator_note="sampling from the replay buffer included",
             warning=info.get("warning"),
         ),
@@ -595,12 +641,16 @@ def write_results(saved: dict) -> None:
         body += [
             "",
             "Our other settings, same run (`precision=bf16`: bfloat16 autocast of the losses; "
-            "`compile=true`: torch.compile of the losses); peak and floor in that precision:",
+            "`compile=true`: torch.compile of the losses; `cudagraphs=true`: those replayed as CUDA "
+            "graphs); peak and floor in that precision:",
             "",
             *harness.markdown_table(VARIANT_COLUMNS, variant_rows),
         ]
     harness.write_section(
-        "bench/update.py", "Per-update time (`bench/update.py`)", body, summary_lines(results)
+        "bench/update.py" if device == "cpu" else f"bench/update.py --device {device}",
+        "Per-update time (`bench/update.py`" + ("" if device == "cpu" else f", {device}") + ")",
+        body,
+        summary_lines(results),
     )
 
 
@@ -617,10 +667,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sample-seconds", type=float, default=1.0, help="target length of a sample (auto)"
     )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (every contestant)")
     parser.add_argument(
         "--compile",
         action="store_true",
         help="also time ours with compile=true (torch.compile of the losses; ~1 min to compile)",
+    )
+    parser.add_argument(
+        "--cudagraphs",
+        action="store_true",
+        help="also time ours with compile=true cudagraphs=true (CUDA only)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1 warm-up")
     parser.add_argument(
@@ -631,6 +687,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.reps, args.warmup, args.sample_seconds = 2, 1, 0.0
     harness.require_at_least(parser, args, 1, "reps", "warmup")
+    if args.cudagraphs and not args.device.startswith("cuda"):
+        parser.error(f"--cudagraphs needs --device cuda (got --device {args.device})")
     return args
 
 
@@ -659,7 +717,8 @@ def main(argv: list[str] | None = None) -> None:
         profile_ours(max(args.widths), data)
     if 2048 not in args.widths:
         print(f"# width 2048 not run: the last lines are width {headline(results)['width']}'s")
-    harness.finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
+    saved = {"info": info, "device": args.device, "results": results}
+    harness.finish(args, saved, write_results, summary_lines(results))
 
 
 if __name__ == "__main__":
