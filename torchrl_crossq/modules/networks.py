@@ -571,14 +571,14 @@ class TanhNormalActor(ProbabilisticActor):
         if not self._plain:
             return _dist_sample(self.get_dist(tensordict), reparameterize)
         loc, scale = self.module[0].module(tensordict.get(self._observation_key))
-        # Normal.rsample / Normal.sample, then TorchRL's safe tanh.
-        if reparameterize:
-            preimage = loc + torch.empty_like(loc).normal_() * scale
-            action = safetanh_noeps(preimage)
-        else:
-            with torch.no_grad():
-                preimage = torch.normal(loc, scale)
-                action = safetanh_noeps(preimage)
+        # Normal.rsample / Normal.sample, then TorchRL's safe tanh. Normal.sample calls
+        # torch.normal(loc, scale), which draws, scales and shifts in that order, as here, but
+        # first checks scale >= 0 on the host: a sync per call on CUDA, and an error inside
+        # a CUDA graph capture. scale is positive by construction (softplus + lower bound).
+        preimage = loc + torch.empty_like(loc).normal_() * scale
+        if not reparameterize:
+            preimage = preimage.detach()  # Normal.sample: no gradient through the draw
+        action = safetanh_noeps(preimage)
         # Normal.log_prob, then the tanh's log-Jacobian (TanhTransform's stable form).
         normal = -((preimage - loc) ** 2) / (2 * scale**2) - scale.log() - _LOG_SQRT_2PI
         log_det = 2.0 * (math.log(2.0) - preimage - nn.functional.softplus(-2.0 * preimage))
