@@ -2,7 +2,13 @@
 
 import pytest
 import torch
-from helpers import ACTION_DIM, OBS_DIM, make_batch
+from helpers import (
+    ACTION_DIM,
+    OBS_DIM,
+    compare_updaters_state_by_state,
+    make_batch,
+    sgd_optimizers,
+)
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
@@ -14,30 +20,19 @@ pytestmark = [
 ]
 
 
-def cuda_updater(**kwargs) -> CrossQUpdater:
+def cuda_updater(compared: bool = True, **kwargs) -> CrossQUpdater:
     torch.manual_seed(0)
     spec = Bounded(-1.0, 1.0, shape=(ACTION_DIM,))
     actor = make_actor(OBS_DIM, spec, num_cells=(64, 64), device="cuda")
     critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(64, 64), device="cuda")
     loss = CrossQLoss(actor, critic)
     loss.make_value_estimator(gamma=0.99)
-    return CrossQUpdater(loss, make_optimizers(loss), policy_delay=3, **kwargs)
+    optimizers = sgd_optimizers(loss) if compared else make_optimizers(loss)
+    return CrossQUpdater(loss, optimizers, policy_delay=3, **kwargs)
 
 
-def run_updates(update: CrossQUpdater, n: int = 12) -> list[dict]:
-    out = []
-    for step in range(n):
-        batch = make_batch(64, seed=step).to("cuda")
-        torch.manual_seed(100 + step)
-        out.append({k: v.clone() for k, v in update(batch).items()})
-    return out
-
-
-def assert_close_runs(ours: list[dict], reference: list[dict], **tolerance) -> None:
-    for step, (a, b) in enumerate(zip(ours, reference, strict=True)):
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], msg=f"{key} at update {step}", **tolerance)
+def cuda_batches(n: int = 12) -> list:
+    return [make_batch(64, seed=step).to("cuda") for step in range(n)]
 
 
 @pytest.fixture(autouse=True)
@@ -50,20 +45,19 @@ def eager_random_numbers(monkeypatch):
 
 
 def test_compiled_update_on_cuda_gives_the_eager_losses():
-    eager = run_updates(cuda_updater())
-    compiled = run_updates(cuda_updater(compile=True))
-    assert_close_runs(compiled, eager, rtol=1e-4, atol=1e-5)
+    compiled = cuda_updater(compile=True)
+    compare_updaters_state_by_state(cuda_updater(), compiled, cuda_batches(), rtol=1e-4, atol=1e-5)
 
 
 def test_cuda_graph_update_gives_the_eager_losses():
-    eager = run_updates(cuda_updater())
     graphed = cuda_updater(compile=True, cudagraphs=True)
     assert graphed.cudagraphs
-    assert_close_runs(run_updates(graphed), eager, rtol=1e-4, atol=1e-5)
+    compare_updaters_state_by_state(cuda_updater(), graphed, cuda_batches(), rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_update_on_cuda_keeps_float32_losses():
-    metrics = run_updates(cuda_updater(precision="bf16"), n=6)
+    update = cuda_updater(compared=False, precision="bf16")
+    metrics = [update(batch) for batch in cuda_batches(6)]
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for m in metrics for v in m.values())
 
 

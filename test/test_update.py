@@ -1,6 +1,12 @@
 import pytest
 import torch
-from helpers import ACTION_DIM, OBS_DIM, make_batch
+from helpers import (
+    ACTION_DIM,
+    OBS_DIM,
+    compare_updaters_state_by_state,
+    make_batch,
+    sgd_optimizers,
+)
 
 from torchrl_crossq import (
     OPTIMISED_LOSSES,
@@ -156,6 +162,21 @@ def test_compiled_update_runs_on_cpu(action_spec):
         metrics = update(make_batch(16))
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert changed(critic, loss.qvalue_network_params)
+
+
+def test_compiled_update_gives_the_eager_update_on_cpu(action_spec, monkeypatch):
+    # The CPU twin of test_cuda's compile test: same losses and statistics, state by state.
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+
+    def updater(**kwargs):
+        loss = build(action_spec)
+        loss.make_value_estimator(gamma=0.99)
+        return CrossQUpdater(loss, sgd_optimizers(loss), policy_delay=3, **kwargs)
+
+    batches = [make_batch(16, seed=step) for step in range(6)]
+    compare_updaters_state_by_state(updater(), updater(compile=True), batches, rtol=1e-4, atol=1e-5)
 
 
 def test_cudagraphs_need_compile(action_spec):
