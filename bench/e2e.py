@@ -676,15 +676,19 @@ def combine_dumps(dumps: list[dict]) -> dict:
     """
     if len(dumps) == 1:
         return dumps[0]
+
+    def identity(dump: dict) -> dict:
+        settings = dump["settings"]
+        return {
+            "commit": dump["info"].get("commit"),
+            **{key: settings.get(key) for key in ("device", "threads", "hyperparameters")},
+        }
+
     first = dumps[0]
     for dump in dumps[1:]:
-        for what, value in (
-            ("commit", dump["info"].get("commit")),
-            *((key, dump["settings"].get(key)) for key in ("device", "threads", "hyperparameters")),
-        ):
-            expected = first["info"].get(what) if what == "commit" else first["settings"].get(what)
-            if value != expected:
-                raise SystemExit(f"error: --results-from: the dumps' {what} differ")
+        differ = [key for key, value in identity(dump).items() if value != identity(first)[key]]
+        if differ:
+            raise SystemExit(f"error: --results-from: the dumps' {', '.join(differ)} differ")
     settings = dict(first["settings"], budgets={}, rounds=0)
     training, seen = [], set()
     for dump in dumps:
