@@ -43,7 +43,7 @@ def sgd_optimizers(loss, lr: float = 1e-2) -> dict:
 
 
 def compare_updaters_state_by_state(reference, other, batches: list, **tolerance) -> None:
-    """``other`` computes ``reference``'s update: same metrics and same network statistics.
+    """``other`` computes ``reference``'s update: same metrics, parameters and statistics.
 
     Before each update, ``other`` takes ``reference``'s whole state (networks, optimisers,
     counters); both then update on the same batch from the same seed, so that differences
@@ -63,7 +63,9 @@ def compare_updaters_state_by_state(reference, other, batches: list, **tolerance
         for key in got:
             msg = f"{key} at update {step}"
             torch.testing.assert_close(got[key], expected[key], msg=msg, **tolerance)
-        # The running statistics and step counters the loss computations update in place.
-        for ours, theirs in zip(other._statistics(), reference._statistics(), strict=True):
-            msg = f"network statistics after update {step}"
-            torch.testing.assert_close(ours, theirs, msg=msg, **tolerance)
+        # The parameters after the steps (so the gradients too) and the running statistics
+        # and step counters that the loss computations update in place.
+        theirs = reference.loss.state_dict()
+        for name, value in other.loss.state_dict().items():
+            msg = f"{name} after update {step}"
+            torch.testing.assert_close(value, theirs[name], msg=msg, **tolerance)
