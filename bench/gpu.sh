@@ -69,11 +69,12 @@ e2e() {  # e2e LIMIT WIDTH CONTESTANT: one training run, its own dump
 # Limits from the first run (2026-11-30, H200 machine, torch 2.11): a cold torch.compile of the
 # update takes 70-100 s on its CPU; eager and sb3-contrib's updates take about 15 ms at width
 # 2048, the CUDA-graph one about 7 ms. Width 256 waits for a session with time to spare.
+# update.py --profile: where those 7 ms go (the matmul floor is 0.7 ms), host and kernels.
 stage 200 tests python3 -m pytest -q -p no:cacheprovider -p no:logging -m cuda test/test_cuda.py
 e2e 180 2048 ours_cudagraphs
 e2e 75 2048 sb3
 e2e 75 2048 ours
-stage 130 update python3 bench/update.py --device cuda --widths 2048 --cudagraphs --reps 3 \
+stage 130 update python3 bench/update.py --device cuda --widths 2048 --cudagraphs --reps 3 --profile \
     --sample-seconds 0.5 --json "$OUT/update.json"
 # The training runs' own logs, small, in one file (the device tool brings back 8 files at most).
 tar -czf "$OUT/runs.tgz" -C "$OUT" --exclude='*.pt' runs 2>/dev/null && rm -rf "$OUT/runs"

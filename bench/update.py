@@ -110,6 +110,8 @@ def bench_width(width: int, args: argparse.Namespace, data: dict[str, np.ndarray
         for precision in peak_precisions:
             peaks[precision].append(matmul_peak(precision, device))
 
+    if args.profile and width == max(args.widths):
+        profile_ours(contestants, width, device)
     return summarise(width, n, times, peaks)
 
 
@@ -546,18 +548,26 @@ def report_width(r: dict) -> list[str]:
     return lines
 
 
-def profile_ours(width: int, data: dict[str, np.ndarray], updates: int = 3 * POLICY_DELAY) -> None:
-    """Prints torch.profiler's top operators (self CPU time) over ``updates`` of ours."""
+def profile_ours(
+    contestants: dict[str, Update],
+    width: int,
+    device: torch.device,
+    updates: int = 3 * POLICY_DELAY,
+) -> None:
+    """Prints torch.profiler's top operators (self CPU time) over ``updates`` of ours, and of
+    ours with CUDA graphs when it ran: on a GPU, what the host still does around the graphs."""
     from torch.profiler import ProfilerActivity, profile
 
-    update = make_ours(width, data)
-    for _ in range(2 * POLICY_DELAY):
-        update()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(updates):
-            update()
-    print(f"# profile of ours, width {width}, {updates} updates")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    for name in ("ours", "ours_cudagraphs"):
+        if name not in contestants:
+            continue
+        with profile(activities=activities) as prof:
+            time_updates(contestants[name], updates, False, device)
+        print(f"# profile of {name}, width {width}, {updates} updates")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 # -- summary lines and RESULTS.md ----------------------------------------------------------
@@ -680,7 +690,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1 warm-up")
     parser.add_argument(
-        "--profile", action="store_true", help="print torch.profiler's top ops of ours"
+        "--profile",
+        action="store_true",
+        help="print torch.profiler's top ops of ours (and of ours with --cudagraphs)",
     )
     harness.add_output_args(parser)
     args = parser.parse_args(argv)
@@ -713,8 +725,6 @@ def main(argv: list[str] | None = None) -> None:
     info["warning"] = warning(info, results)
     if info["warning"]:
         print(f"# {info['warning']}")
-    if args.profile:
-        profile_ours(max(args.widths), data)
     if 2048 not in args.widths:
         print(f"# width 2048 not run: the last lines are width {headline(results)['width']}'s")
     saved = {"info": info, "device": args.device, "results": results}
