@@ -58,7 +58,10 @@ stage() {  # stage SECONDS NAME COMMAND...: one stage under its own limit, its o
     local limit=$1 name=$2
     shift 2
     echo "## $name ($(date +%T), limit ${limit} s)" | tee -a "$log"
-    timeout "$limit" "$@" 2>&1 | tee -a "$log" || { echo "## $name FAILED" | tee -a "$log"; status=1; }
+    if ! timeout "$limit" "$@" 2>&1 | tee -a "$log"; then
+        echo "## $name FAILED" | tee -a "$log"
+        status=1
+    fi
 }
 e2e() {  # e2e LIMIT WIDTH CONTESTANT: one training run, its own dump
     stage "$1" "e2e width $2 $3" python3 bench/e2e.py --device cuda --widths "$2" \
@@ -74,8 +77,8 @@ stage 200 tests python3 -m pytest -q -p no:cacheprovider -p no:logging -m cuda t
 e2e 180 2048 ours_cudagraphs
 e2e 75 2048 sb3
 e2e 75 2048 ours
-stage 130 update python3 bench/update.py --device cuda --widths 2048 --cudagraphs --reps 3 --profile \
-    --sample-seconds 0.5 --json "$OUT/update.json"
+stage 130 update python3 bench/update.py --device cuda --widths 2048 --cudagraphs --profile \
+    --reps 3 --sample-seconds 0.5 --json "$OUT/update.json"
 # The training runs' own logs, small, in one file (the device tool brings back 8 files at most).
 tar -czf "$OUT/runs.tgz" -C "$OUT" --exclude='*.pt' runs 2>/dev/null && rm -rf "$OUT/runs"
 exit $status

@@ -8,9 +8,10 @@ matmul of the critic's shape timed in the same reps. bench/README.md has the det
 Run: ``make bench`` or ``.venv/bin/python bench/update.py`` (``--quick``: smoke run;
 ``--precision bf16``: adds ours at ``precision=bf16``; ``--compile``: ours with
 ``compile=true``; ``--device cuda``: every contestant on the GPU, in its own RESULTS.md
-section; ``--cudagraphs``: ours with ``compile=true cudagraphs=true``, CUDA only). The last lines are ``speedup_vs_torchrl``, ``speedup_vs_sb3`` and
-``peak_fraction`` (width 2048; a speedup is their time over ours), after
-``speedup_compiled_vs_sb3``, ``speedup_bf16_compiled_vs_sb3`` and ``speedup_bf16_vs_sb3``
+section; ``--cudagraphs``: ours with ``compile=true cudagraphs=true``, CUDA only). The last
+lines are ``speedup_vs_torchrl``, ``speedup_vs_sb3`` and ``peak_fraction`` (width 2048; a
+speedup is their time over ours), after ``speedup_compiled_vs_sb3``,
+``speedup_bf16_compiled_vs_sb3``, ``speedup_bf16_vs_sb3`` and ``speedup_cudagraphs_vs_sb3``
 when those settings ran.
 """
 
@@ -651,8 +652,8 @@ def write_results(saved: dict) -> None:
         body += [
             "",
             "Our other settings, same run (`precision=bf16`: bfloat16 autocast of the losses; "
-            "`compile=true`: torch.compile of the losses; `cudagraphs=true`: those replayed as CUDA "
-            "graphs); peak and floor in that precision:",
+            "`compile=true`: torch.compile of the losses; `cudagraphs=true`: those replayed as "
+            "CUDA graphs); peak and floor in that precision:",
             "",
             *harness.markdown_table(VARIANT_COLUMNS, variant_rows),
         ]
