@@ -16,6 +16,7 @@ from torchrl_crossq import CrossQLoss, make_actor, make_critic
 from torchrl_crossq.data import make_replay_buffer
 from torchrl_crossq.envs import (
     METAWORLD,
+    BatchedEvaluation,
     MissingExtraError,
     UnknownEnvError,
     envpool_id,
@@ -193,6 +194,51 @@ def test_envpool_seeds_reproduce_and_differ():
 
     torch.testing.assert_close(first_obs(3), first_obs(3))
     assert not torch.equal(first_obs(3), first_obs(4))
+
+
+@needs_metaworld
+def test_gymnasium_meta_world_seeds_reproduce_and_differ():
+    # Meta-World's MT1 draws its goals when it is built: without a seed there, the same
+    # reset seed gave other goals in every env instance (and every process).
+    def first_obs(seed):
+        env = make_env(METAWORLD, task="reach-v3", num_envs=2, vectorization="serial", seed=seed)
+        obs = env.reset()["observation"]
+        env.close()
+        return obs
+
+    torch.testing.assert_close(first_obs(3), first_obs(3))
+    assert not torch.equal(first_obs(3), first_obs(4))
+    goals = first_obs(3)[:, 36:]  # the last three entries are the goal position
+    assert not torch.equal(goals[0], goals[1])  # each copy has its own seed
+
+
+@needs_metaworld
+def test_meta_world_evaluation_is_reproducible_for_a_task_seed():
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,))
+
+    def returns(task_seed):
+        evaluation = BatchedEvaluation(
+            METAWORLD, task="reach-v3", episodes=2, max_steps=5, task_seed=task_seed
+        )
+        evaluation(actor, seed=0)
+        evaluation.close()
+        return evaluation.returns
+
+    np.testing.assert_array_equal(returns(10), returns(10))
+    assert not np.array_equal(returns(10), returns(11))
+
+
+@needs_metaworld
+def test_a_meta_world_evaluation_depends_on_its_seed_not_on_the_evaluations_before():
+    # Meta-World draws an episode's goal before the reset's seed applies: evaluate.py, with
+    # fresh envs, must still replay the run's last evaluation.
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,))
+    used = BatchedEvaluation(METAWORLD, task="reach-v3", episodes=2, max_steps=5, task_seed=0)
+    fresh = BatchedEvaluation(METAWORLD, task="reach-v3", episodes=2, max_steps=5, task_seed=0)
+    used(actor, seed=7)
+    assert used(actor, seed=3) == fresh(actor, seed=3)
+    used.close()
+    fresh.close()
 
 
 def test_envpool_ids_of_meta_world_tasks():

@@ -133,22 +133,54 @@ def check_env(name: str, task: str | None = None, backend: str = "gymnasium") ->
 
 
 def make_gym_env(
-    name: str, task: str | None = None, max_episode_steps: int | None = None, **kwargs
+    name: str,
+    task: str | None = None,
+    max_episode_steps: int | None = None,
+    *,
+    task_seed: int | None = None,
+    **kwargs,
 ) -> gym.Env:
     """The plain gymnasium env of task ``name`` (Meta-World: ``task``), no TorchRL wrapper.
 
-    Extra keyword arguments go to ``gymnasium.make`` (e.g. ``render_mode``).
+    ``task_seed`` (Meta-World only) seeds what Meta-World's MT1 draws when the env is built:
+    its set of goals and the goal of the first reset, drawn before that reset's seed applies.
+    Without it they come from an unseeded generator, and no reset seed makes a run
+    reproducible. Other tasks take all their randomness from the reset's seed and ignore
+    it. Extra keyword arguments go to ``gymnasium.make`` (e.g. ``render_mode``).
     """
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
     if name != METAWORLD:
         return gym.make(name, **kwargs)
     _require("metaworld", f"env.name={METAWORLD}")  # registers the Meta-World/* ids
-    return gym.make(name, env_name=task, disable_env_checker=True, **kwargs)
+    return gym.make(name, env_name=task, disable_env_checker=True, seed=task_seed, **kwargs)
 
 
-def _make_single_env(name: str, task: str | None, max_episode_steps: int | None, device) -> EnvBase:
-    env = GymWrapper(EpisodeRecorder(make_gym_env(name, task, max_episode_steps)), device=device)
+def reset_seeded(env: gym.Env, seed: int):
+    """``env.reset(seed=seed)`` with the env's generator seeded first, so that the episode is a
+    function of ``seed`` alone.
+
+    Meta-World draws an episode's goal before the reset's seed applies, from whatever state
+    the previous episodes left the generator in; other tasks are unaffected.
+    """
+    env.unwrapped.np_random, _ = gym.utils.seeding.np_random(seed)
+    return env.reset(seed=seed)
+
+
+def _copy_seeds(task_seed: int | None, copies: int) -> list[int | None]:
+    """One task seed per env copy: consecutive from ``task_seed`` (``None``: unseeded)."""
+    return [None if task_seed is None else task_seed + i for i in range(copies)]
+
+
+def _make_single_env(
+    name: str,
+    task: str | None,
+    max_episode_steps: int | None,
+    device,
+    task_seed: int | None = None,
+) -> EnvBase:
+    gym_env = make_gym_env(name, task, max_episode_steps, task_seed=task_seed)
+    env = GymWrapper(EpisodeRecorder(gym_env), device=device)
     if name == METAWORLD:
         env.set_info_dict_reader(SuccessReader())
     return env
@@ -225,6 +257,7 @@ def make_env(
     vectorization: str = "parallel",
     max_episode_steps: int | None = None,
     seed: int | None = None,
+    task_seed: int | None = None,
     device: torch.device | str = "cpu",
 ) -> EnvBase:
     """Builds a float32 TorchRL env of ``num_envs`` copies of task ``name``.
@@ -252,6 +285,9 @@ def make_env(
             faster when a step is cheaper than the inter-process hop, as MuJoCo's are).
         max_episode_steps: override of the task's time limit.
         seed: seeds the env(s); copies get consecutive seeds.
+        task_seed: Meta-World's construction seed (see :func:`make_gym_env`); copies get
+            consecutive ones. Defaults to ``seed``. The training script passes the run's seed,
+            so a resumed run, whose env seeds move on, keeps the same goals.
         device: where the env's tensors live.
 
     Examples:
@@ -277,12 +313,18 @@ def make_env(
         seed = None  # given at construction: EnvPool cannot be reseeded in place
     else:
         create = functools.partial(_make_single_env, name, task, max_episode_steps, "cpu")
+        # One function and per-copy arguments: a list of functions would make TorchRL treat
+        # the copies as different tasks.
+        copies = [
+            {"task_seed": copy_seed}
+            for copy_seed in _copy_seeds(seed if task_seed is None else task_seed, num_envs)
+        ]
         if num_envs == 1:
-            base = create()
+            base = create(**copies[0])
         elif vectorization == "parallel":
-            base = ParallelEnv(num_envs, create, mp_start_method="spawn")
+            base = ParallelEnv(num_envs, create, create_env_kwargs=copies, mp_start_method="spawn")
         else:
-            base = SerialEnv(num_envs, create)
+            base = SerialEnv(num_envs, create, create_env_kwargs=copies)
     env = TransformedEnv(base, DoubleToFloat())
     env.append_transform(StepCounter())
     env.append_transform(RewardSum())
@@ -336,7 +378,8 @@ class BatchedEvaluation:
     """Deterministic evaluation episodes stepped together, one actor call per step for all.
 
     ``episodes`` plain gymnasium envs of the task (no TorchRL wrapper: an env
-    step costs what gymnasium's does), reset with seeds ``seed, seed + 1, ...``;
+    step costs what gymnasium's does), reset with seeds ``seed, seed + 1, ...``
+    (:func:`reset_seeded`: an evaluation depends on its seed, not on the ones before it);
     at every step the observations of the episodes still running go through the
     policy in one batch (deterministic action, policy in eval mode), then each
     env steps. An episode ends at termination, truncation (the task's time
@@ -352,6 +395,8 @@ class BatchedEvaluation:
         max_steps: cap on each episode's length.
         task: the Meta-World task.
         max_episode_steps: override of the task's time limit.
+        task_seed: Meta-World's construction seed (see :func:`make_gym_env`); the episodes'
+            envs get consecutive ones.
         observation_key: the policy's observation input key.
         action_key: the policy's action output key.
 
@@ -374,13 +419,17 @@ class BatchedEvaluation:
         max_steps: int,
         task: str | None = None,
         max_episode_steps: int | None = None,
+        task_seed: int | None = None,
         observation_key: str = "observation",
         action_key: str = "action",
     ) -> None:
         if episodes < 1:
             raise ValueError(f"episodes={episodes} must be >= 1")
         check_env(name, task)
-        self.envs = [make_gym_env(name, task, max_episode_steps) for _ in range(episodes)]
+        self.envs = [
+            make_gym_env(name, task, max_episode_steps, task_seed=copy_seed)
+            for copy_seed in _copy_seeds(task_seed, episodes)
+        ]
         self.max_steps = max_steps
         self.observation_key = observation_key
         self.action_key = action_key
@@ -390,7 +439,7 @@ class BatchedEvaluation:
     def __call__(self, policy, *, seed: int) -> EvalResult:
         device = next(iter(policy.parameters()), torch.empty(0)).device
         n = len(self.envs)
-        obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)])
+        obs = np.stack([reset_seeded(env, seed + i)[0] for i, env in enumerate(self.envs)])
         returns, succeeded = np.zeros(n), np.zeros(n, dtype=bool)
         running, reports_success = np.ones(n, dtype=bool), False
         self.steps = 0

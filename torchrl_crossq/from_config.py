@@ -76,6 +76,9 @@ def make_envs_from_config(cfg: DictConfig) -> tuple[Callable[..., EnvBase], EnvB
         env.name,
         num_envs=env.num_envs,
         vectorization=env.vectorization,
+        # The run's seed, not the collector's (which moves on at a resume): a resumed
+        # Meta-World run keeps its goals.
+        task_seed=cfg.seed,
         **env_kwargs,
     )
     eval_env = make_env(env.name, seed=cfg.seed + EVAL_SEED_OFFSET, **env_kwargs)
@@ -335,6 +338,7 @@ class RunEvaluator:
             episodes=cfg.eval.episodes if episodes is None else episodes,
             max_steps=cfg.eval.max_episode_steps,
             max_episode_steps=cfg.env.max_episode_steps,
+            task_seed=cfg.seed + EVAL_SEED_OFFSET,
         )
         self.video_interval = cfg.eval.video_interval  # read with videos off too: every key is read
         if not (cfg.eval.video and run_dir is not None):
@@ -391,4 +395,5 @@ def record_video_from_config(
         max_episode_steps=cfg.env.max_episode_steps,
         max_steps=cfg.eval.max_episode_steps,
         seed=seed,
+        task_seed=cfg.seed + EVAL_SEED_OFFSET,  # the first evaluation episode's
     )

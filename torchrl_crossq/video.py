@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_crossq.envs import check_env, make_gym_env
+from torchrl_crossq.envs import check_env, make_gym_env, reset_seeded
 from torchrl_crossq.modules.networks import set_training_mode
 
 ENCODER_INSTALL = "pip install 'imageio[ffmpeg]'"
@@ -43,6 +43,7 @@ def record_episode(
     max_episode_steps: int | None = None,
     max_steps: int = 1_000,
     seed: int = 0,
+    task_seed: int | None = None,
     fps: int | None = None,
     observation_key: str = "observation",
     action_key: str = "action",
@@ -65,6 +66,7 @@ def record_episode(
         max_episode_steps: override of the task's time limit.
         max_steps: the episode stops after this many steps at most.
         seed: the reset's seed (the episode's initial state).
+        task_seed: Meta-World's construction seed (see :func:`~torchrl_crossq.envs.make_gym_env`).
         fps: frames per second of the video (``None``: the env's ``render_fps``, real time).
         observation_key: the policy's observation input key.
         action_key: the policy's action output key.
@@ -80,10 +82,12 @@ def record_episode(
     path = Path(path)
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless; read when the first frame is rendered
     check_env(env_name, task)
-    env = make_gym_env(env_name, task, max_episode_steps, render_mode="rgb_array")
+    env = make_gym_env(
+        env_name, task, max_episode_steps, task_seed=task_seed, render_mode="rgb_array"
+    )
     device = next(iter(policy.parameters()), torch.empty(0)).device
     try:
-        observation, _ = env.reset(seed=seed)
+        observation, _ = reset_seeded(env, seed)
         frames = [_render(env, env_name)]
         with (
             torch.no_grad(),
