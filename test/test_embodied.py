@@ -342,6 +342,26 @@ def test_tiny_meta_world_run_logs_success_rates(tmp_path, backend):
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
+@needs_metaworld
+def test_a_meta_world_run_is_reproduced_by_its_seed(tmp_path):
+    from test_train_script import run
+
+    overrides = [
+        "env=metaworld",
+        "env.task=reach-v3",
+        "env.backend=gymnasium",
+        "env.num_envs=2",
+        "env.vectorization=serial",
+        "env.max_episode_steps=8",
+        "logger.backend=csv",
+    ]
+    run(overrides, tmp_path / "a")
+    run(overrides, tmp_path / "b")
+    first = (tmp_path / "a" / "eval.csv").read_text()
+    assert first == (tmp_path / "b" / "eval.csv").read_text()
+    assert len(set(first.splitlines()[1:])) > 1  # evaluations that differ: not a constant
+
+
 def test_learning_curve_has_a_success_panel_for_success_tasks(tmp_path):
     from torchrl_crossq.logging import EvalHistory, plot_learning_curve
 
