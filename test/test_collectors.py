@@ -8,7 +8,12 @@ from test_train_script import run
 from torchrl.data import Bounded
 
 from torchrl_crossq import make_actor
-from torchrl_crossq.collectors import PolicyWeightSync, make_collector
+from torchrl_crossq.collectors import (
+    GymCollector,
+    PolicyWeightSync,
+    direct_env_parts,
+    make_collector,
+)
 from torchrl_crossq.envs import make_env
 
 
@@ -149,3 +154,75 @@ def test_reused_batch_holds_what_a_fresh_batch_would(frames_per_batch):
     assert len(reused) == len(fresh) == 30 // frames_per_batch
     for (_, ours), (_, theirs) in zip(reused, fresh, strict=True):
         assert (ours == theirs).all()
+
+
+def collect_all(env_name, direct, frames_per_batch, **env_kwargs):
+    """Every batch of a 60-frame run with init_random_frames=6, and the RNG state after."""
+    torch.manual_seed(0)
+    env = make_env(env_name, seed=3, **env_kwargs)
+    actor = make_actor(
+        env.observation_spec["observation"].shape[-1], env.action_spec, num_cells=(8,)
+    )
+    torch.manual_seed(1)
+    collector = make_collector(
+        lambda seed: env,
+        actor,
+        seed=3,
+        frames_per_batch=frames_per_batch,
+        total_frames=60,
+        init_random_frames=6,
+        direct=direct,
+    )
+    assert isinstance(collector, GymCollector) == direct
+    batches = [batch.clone() for batch in collector]
+    collector.shutdown()
+    return batches, torch.random.get_rng_state()
+
+
+@pytest.mark.parametrize("frames_per_batch", [1, 3])
+@pytest.mark.parametrize(
+    "env_name, env_kwargs",
+    [
+        ("Pendulum-v1", {"max_episode_steps": 25}),  # truncations
+        ("InvertedPendulum-v5", {}),  # terminations
+    ],
+)
+def test_direct_collector_yields_what_torchrls_collector_yields(
+    env_name, env_kwargs, frames_per_batch
+):
+    expected, expected_rng = collect_all(env_name, False, frames_per_batch, **env_kwargs)
+    batches, rng = collect_all(env_name, True, frames_per_batch, **env_kwargs)
+    assert len(batches) == len(expected) == 60 // frames_per_batch
+    ended = 0
+    for batch, reference in zip(batches, expected, strict=True):
+        assert set(batch.keys(True, True)) == set(reference.keys(True, True))
+        for key, value in reference.items(True, True):
+            assert batch[key].dtype == value.dtype, key
+            assert torch.equal(batch[key], value), key
+        ended += int(reference["next", "done"].sum())
+    assert ended >= 2  # episode ends and resets were compared too
+    assert torch.equal(rng, expected_rng)  # the same random draws, in the same order
+
+
+def test_direct_is_for_one_gymnasium_env_only():
+    serial = make_env("Pendulum-v1", num_envs=2, vectorization="serial", seed=0)
+    assert direct_env_parts(serial) is None
+    collector = make_collector(
+        lambda seed: serial, None, seed=0, frames_per_batch=2, total_frames=4, direct=True
+    )
+    assert not isinstance(collector, GymCollector)
+    collector.shutdown()
+    with pytest.raises(ValueError, match="one gymnasium env built by make_env"):
+        GymCollector(
+            make_env("Pendulum-v1", num_envs=2, seed=0), None, frames_per_batch=1, total_frames=1
+        )
+
+
+def test_direct_and_torchrl_collection_train_the_same_run(tmp_path):
+    # The script's default (direct) against TorchRL's collector: the same losses, bit for bit.
+    logs = []
+    for direct in ("true", "false"):
+        run_dir = run([f"collector.direct={direct}", "logger.backend=csv"], tmp_path / direct)
+        logs.append(next(run_dir.rglob("scalars/train/loss_qvalue.csv")).read_text())
+    assert len(logs[0].splitlines()) >= 2
+    assert logs[0] == logs[1]

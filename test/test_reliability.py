@@ -84,14 +84,17 @@ def logged(run_dir, name="train/loss_qvalue"):
 
 
 @pytest.mark.parametrize(
-    "envs",
+    "envs, resumed_with",
     [
-        ["env.num_envs=1"],
-        ["env.num_envs=2", "env.vectorization=serial"],
-        ["env=halfcheetah", "env.num_envs=1"],  # MuJoCo: replayed to the same qpos/qvel/warm start
+        (["env.num_envs=1"], []),
+        (["env.num_envs=2", "env.vectorization=serial"], []),
+        (["env=halfcheetah", "env.num_envs=1"], []),  # MuJoCo: the same qpos/qvel/warm start
+        # Checkpoints of either single-env collector resume with the other.
+        (["env.num_envs=1", "collector.direct=false"], ["collector.direct=true"]),
+        (["env.num_envs=1"], ["collector.direct=false"]),
     ],
 )
-def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, envs):
+def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, envs, resumed_with):
     overrides = [
         *envs,
         "seed=7",
@@ -113,7 +116,8 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, env
         whole / "checkpoints" / "ckpt_000000000048",
         killed / "checkpoints" / "ckpt_000000000048",
     )
-    load_script().train(compose_config([f"resume={killed}"]))
+    typed = [f"resume={killed}", *resumed_with]
+    load_script().train(compose_config(typed), overrides=typed)
     expected = {step: v for step, v in logged(whole).items() if step > 48}
     assert len(expected) >= 6  # every round after the checkpoint
     for name in ("train/loss_qvalue", "train/loss_actor", "train/alpha", "eval/return"):

@@ -60,6 +60,9 @@ class CollectorConfig:
     backend: str = "sync"  # sync (one process) | multi_sync | multi_async (worker processes) | ray
     num_workers: int = 2  # worker processes / Ray collectors (multi_* and ray backends)
     sync_every: int = 1  # collection rounds between policy-weight syncs to the workers
+    # sync backend, one gymnasium env: step it directly (GymCollector: TorchRL's Collector's
+    # batches and random draws, without its env machinery); false: TorchRL's Collector
+    direct: bool = True
 
 
 @dataclass
@@ -382,6 +385,7 @@ def _validate_replay_buffer(rb: DictConfig) -> None:
 # and what it runs on, not what it learns. A key under one of these prefixes counts too.
 RESUMABLE_KEYS = (
     "collector.total_frames",  # to train a finished run further
+    "collector.direct",  # the same batches either way
     "eval",
     "logger.mode",
     "logger.log_interval",

@@ -291,6 +291,7 @@ def make_collector_from_config(
         ray_num_cpus=cfg.ray.num_cpus,
         seed=cfg.seed + frames,  # a resumed run gets fresh, reproducible env seeds
         reuse_batch=True,  # the loop stores each batch before it collects the next
+        direct=col.direct,
     )
     return collector, PolicyWeightSync(collector, backend=col.backend, every=col.sync_every)
 
