@@ -156,13 +156,14 @@ def test_reused_batch_holds_what_a_fresh_batch_would(frames_per_batch):
         assert (ours == theirs).all()
 
 
-def collect_all(env_name, direct, frames_per_batch, **env_kwargs):
+def collect_all(env_name, direct, frames_per_batch, policy=True, **env_kwargs):
     """Every batch of a 60-frame run with init_random_frames=6, and the RNG state after."""
     torch.manual_seed(0)
     env = make_env(env_name, seed=3, **env_kwargs)
-    actor = make_actor(
-        env.observation_spec["observation"].shape[-1], env.action_spec, num_cells=(8,)
-    )
+    actor = None
+    if policy:
+        obs_size = env.observation_spec["observation"].shape[-1]
+        actor = make_actor(obs_size, env.action_spec, num_cells=(8,))
     torch.manual_seed(1)
     collector = make_collector(
         lambda seed: env,
@@ -202,6 +203,14 @@ def test_direct_collector_yields_what_torchrls_collector_yields(
         ended += int(reference["next", "done"].sum())
     assert ended >= 2  # episode ends and resets were compared too
     assert torch.equal(rng, expected_rng)  # the same random draws, in the same order
+
+
+def test_direct_collector_without_a_policy_draws_what_torchrls_random_policy_draws():
+    expected, expected_rng = collect_all("Pendulum-v1", False, 3, policy=False)
+    batches, rng = collect_all("Pendulum-v1", True, 3, policy=False)
+    for batch, reference in zip(batches, expected, strict=True):
+        assert (batch == reference).all()
+    assert torch.equal(rng, expected_rng)
 
 
 def test_direct_is_for_one_gymnasium_env_only():

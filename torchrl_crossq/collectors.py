@@ -98,6 +98,7 @@ def make_collector(
                 total_frames=total_frames,
                 init_random_frames=init_random_frames,
                 policy_device=policy_device,
+                reuse_batch=reuse_batch,
             )
         return Collector(
             env,
@@ -171,6 +172,7 @@ def direct_env_parts(env: EnvBase):
     Those are the envs :class:`GymCollector` can step without TorchRL's env machinery
     and still yield what TorchRL's ``Collector`` yields.
     """
+    import gymnasium as gym
     from torchrl.envs import DoubleToFloat, GymWrapper, RewardSum, StepCounter, TransformedEnv
 
     from torchrl_crossq.checkpoint import EpisodeRecorder
@@ -193,23 +195,21 @@ def direct_env_parts(env: EnvBase):
         return None
     if env.device is not None and env.device.type != "cpu":
         return None
+    if not isinstance(base._env.observation_space, gym.spaces.Box):
+        return None  # dict observations: TorchRL splits them into several keys
     return base._env, reads_success
 
 
-def _batched(steps: list[dict]) -> dict:
-    """Nested dicts of tensors, one per step, as one nested dict of ``[len(steps), ...]``."""
-    first = steps[0]
-    if len(steps) == 1:
-        return {
-            key: _batched([value]) if isinstance(value, dict) else value.unsqueeze(0)
-            for key, value in first.items()
-        }
-    return {
-        key: _batched([step[key] for step in steps])
-        if isinstance(value, dict)
-        else torch.stack([step[key] for step in steps])
-        for key, value in first.items()
-    }
+def _nested(flat: dict) -> dict:
+    """``{("next", "reward"): x}`` as ``{"next": {"reward": x}}``."""
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, name = (key,) if isinstance(key, str) else key
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = value
+    return nested
 
 
 class GymCollector(BaseCollector):
@@ -240,6 +240,8 @@ class GymCollector(BaseCollector):
         init_random_frames: the first frames are drawn from the action spec (whole
             batches, as TorchRL's collector: a batch is random when it starts before them).
         policy_device: where the policy's inputs go; its outputs come back to the CPU.
+        reuse_batch: yield the same TensorDict every batch, overwritten by the next (as
+            :func:`make_collector`'s ``reuse_batch``); else a copy per batch.
 
     Examples:
         >>> from torchrl_crossq.envs import make_env
@@ -259,6 +261,7 @@ class GymCollector(BaseCollector):
         total_frames: int,
         init_random_frames: int = 0,
         policy_device: torch.device | str | None = None,
+        reuse_batch: bool = False,
     ) -> None:
         super().__init__()
         parts = direct_env_parts(env)
@@ -281,46 +284,63 @@ class GymCollector(BaseCollector):
         self._frames = 0
         self._next_traj_id = 0
         self._obs_dtype = env.observation_spec["observation"].dtype
+        self._reward_dtype = env.reward_spec.dtype
+        self.reuse_batch = reuse_batch
+        self._batch = None  # the batch's TensorDict, built on the first step
         with torch.no_grad():
-            self._carrier = self._reset_carrier(self._gym_env.reset()[0])
+            self._state = self._reset_state(self._gym_env.reset()[0])
             # TorchRL's collector calls the policy once on the first observation, to learn
             # its output keys: the same call here, so the random draws stay in step.
+            self._policy_input = TensorDict(device=self.policy_device)
             self._policy_keys = self._policy_output_keys()
 
     # -- state ---------------------------------------------------------------------------
-    def _reset_carrier(self, observation) -> TensorDictBase:
+    @property
+    def _carrier(self) -> TensorDictBase:
+        """The next step's input, in the layout of TorchRL's collector's carrier (the
+        checkpoint's :func:`~torchrl_crossq.checkpoint.collector_state` reads it)."""
+        return TensorDict(_nested(self._state), batch_size=[])
+
+    @_carrier.setter
+    def _carrier(self, carrier: TensorDictBase) -> None:
+        # (a carrier saved by TorchRL's collector also holds the last action and its
+        # loc/scale: each step overwrites those)
+        self._state = dict(carrier.items(True, True))
+
+    def _reset_state(self, observation) -> dict:
         """The first step's input of a new episode: what TorchRL's reset writes."""
         false = torch.zeros(1, dtype=torch.bool)
-        carrier = {
+        state = {
             "observation": torch.as_tensor(observation).to(self._obs_dtype),
             "step_count": torch.zeros(1, dtype=torch.long),
             "episode_reward": torch.zeros(1),
-            "collector": TensorDict({"traj_ids": torch.tensor(self._next_traj_id)}, batch_size=[]),
+            ("collector", "traj_ids"): torch.tensor(self._next_traj_id),
         }
-        carrier.update((flag, false) for flag in _RESULT_FLAGS)
+        state.update((flag, false) for flag in _RESULT_FLAGS)
         if self._reads_success:
-            carrier.update(success=false, episode_success=false)
+            state.update(success=false, episode_success=false)
         self._next_traj_id += 1
-        return TensorDict(carrier, batch_size=[])
+        return state
+
+    def _act(self) -> TensorDictBase:
+        observation = self._state["observation"]
+        if self.policy_device is not None:
+            observation = observation.to(self.policy_device)
+        return self.policy(self._policy_input.set("observation", observation))
 
     def _policy_output_keys(self) -> list:
-        if self.policy is None:
-            self._random_extras = {}
+        self._random_extras = {}
+        if self.policy is None:  # TorchRL's collector acts with a RandomPolicy: one draw
+            self.env.full_action_spec.rand()
             return ["action"]
         with set_exploration_type(ExplorationType.RANDOM):
-            out = self.policy(self._policy_input(self._carrier))
+            out = self._act()
         keys = [key for key in out.keys(True, True) if key != "observation"]
         # Random frames carry the policy's other outputs as zeros, as in TorchRL's batches.
         self._random_extras = {
             key: torch.zeros_like(out.get(key), device="cpu") for key in keys if key != "action"
         }
         return keys
-
-    def _policy_input(self, carrier: TensorDictBase) -> TensorDictBase:
-        observation = carrier.get("observation")
-        if self.policy_device is not None:
-            observation = observation.to(self.policy_device)
-        return TensorDict({"observation": observation}, batch_size=[], device=self.policy_device)
 
     # -- collection ----------------------------------------------------------------------
     def iterator(self) -> Iterator[TensorDictBase]:
@@ -331,56 +351,60 @@ class GymCollector(BaseCollector):
 
     @torch.no_grad()
     def rollout(self) -> TensorDictBase:
-        """One batch of ``frames_per_batch`` transitions."""
+        """One batch of ``frames_per_batch`` transitions (the same TensorDict every time with
+        ``reuse_batch``, else a new one)."""
         random = self._frames < self.init_random_frames
         with set_exploration_type(ExplorationType.RANDOM):
-            steps = [self._step(random) for _ in range(self.frames_per_batch)]
-        # Plain tensors batched once (a TensorDict per step and torch.stack of them cost
-        # about 0.3 ms per frame).
-        return TensorDict(_batched(steps), batch_size=[len(steps)])
+            for t in range(self.frames_per_batch):
+                step = self._step(random)
+                if self._batch is None:
+                    self._make_batch(step)
+                for key, row in self._rows[t]:
+                    row.copy_(step[key])
+        return self._batch if self.reuse_batch else self._batch.clone()
+
+    def _make_batch(self, step: dict) -> None:
+        """The batch's tensors, laid out after the first step; each step is copied into a row."""
+        size = self.frames_per_batch
+        flat = {key: value.new_empty((size, *value.shape)) for key, value in step.items()}
+        self._batch = TensorDict(_nested(flat), batch_size=[size], device="cpu")
+        self._rows = [[(key, buffer[t]) for key, buffer in flat.items()] for t in range(size)]
 
     def _step(self, random: bool) -> dict:
-        """One transition, as nested dicts of tensors: the carrier, the action, ``next``."""
-        carrier = self._carrier
-        if random or self.policy is None:
+        """One transition, as a flat dict of tensors: the carrier, the action, ``next``."""
+        state = self._state
+        if random or self.policy is None:  # TorchRL's rand_action, or its RandomPolicy
             acted = {
                 **self._random_extras,
                 "action": self.env.full_action_spec.rand().get("action"),
             }
         else:
-            out = self.policy(self._policy_input(carrier))
+            out = self._act()
             acted = {key: out.get(key).cpu() for key in self._policy_keys}
         observation, reward, terminated, truncated, info = self._gym_env.step(
             acted["action"].numpy()
         )
-        reward = torch.tensor([reward], dtype=torch.float32)
+        reward = torch.tensor([reward], dtype=self._reward_dtype)
         terminated = torch.tensor([bool(terminated)])
         truncated = torch.tensor([bool(truncated)])
         done = terminated | truncated
         following = {
             "observation": torch.as_tensor(observation).to(self._obs_dtype),
-            "reward": reward,
             "done": done,
             "terminated": terminated,
             "truncated": truncated,
-            "step_count": carrier.get("step_count") + 1,
-            "episode_reward": carrier.get("episode_reward") + reward,
+            "step_count": state["step_count"] + 1,
+            "episode_reward": state["episode_reward"] + reward,
         }
         if self._reads_success:
             success = torch.tensor([bool(info.get("success", 0.0) > 0)])
-            following.update(
-                success=success, episode_success=carrier.get("episode_success") | success
-            )
-        step = carrier.to_dict()
-        step.update(acted)
-        step["next"] = following
+            following.update(success=success, episode_success=state["episode_success"] | success)
+        step = {**state, **acted, ("next", "reward"): reward}
+        step.update((("next", key), value) for key, value in following.items())
         if done:
-            self._carrier = self._reset_carrier(self._gym_env.reset()[0])
+            self._state = self._reset_state(self._gym_env.reset()[0])
         else:
-            kept = {key: value for key, value in following.items() if key != "reward"}
-            self._carrier = TensorDict(
-                {**kept, "collector": carrier.get("collector")}, batch_size=[]
-            )
+            self._state = {**following, ("collector", "traj_ids"): state["collector", "traj_ids"]}
         return step
 
     # -- BaseCollector -------------------------------------------------------------------
