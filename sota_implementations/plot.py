@@ -13,7 +13,8 @@ names the task, needed when the run dirs hold several.
 
 Per task, ``<out>/<task>.png``: the mean over seeds with a 95% bootstrap confidence band
 against frames, and against training wall-clock time on a second panel (from ``eval.csv``'s
-``wall_s`` or the CSV logger's ``perf/frames_per_s``); ``<out>/<task>_summary.csv``: per
+``wall_s`` or the CSV logger's ``perf/frames_per_s``; no second panel when no run has either);
+``<out>/<task>_summary.csv``: per
 method, the final value's mean and IQM across seeds with their 95% stratified-bootstrap CIs
 (rliable's definitions, torchrl_crossq/analysis.py). The metric is the success rate for tasks
 that report it (Meta-World), else the return; ``--metric`` picks one.
@@ -152,37 +153,43 @@ def plot_task(
     import matplotlib.pyplot as plt
 
     metric = choose_metric(methods, metric)
-    fig, (by_frames, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
-    rows, without_time = [], []
+    aggregated = {}
     for method in sorted(methods):
         curves = read_curves(methods[method], metric)
-        agg = aggregate(curves, reps=reps)
-        label = f"{method} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+        aggregated[method] = (len(curves), aggregate(curves, reps=reps))
+    without_time = [m for m, (_, agg) in aggregated.items() if agg.wall_s is None]
+    # The wall-clock panel only when some method has the data (bench/learning.py's runs log none).
+    timed = len(without_time) < len(aggregated)
+    fig, axes = plt.subplots(
+        1, 2 if timed else 1, figsize=(12 if timed else 6.5, 4.5), squeeze=False
+    )
+    by_frames, by_time = axes[0][0], axes[0][1] if timed else None
+    rows = []
+    for method, (seeds, agg) in aggregated.items():
+        label = f"{method} ({seeds} seed{'s' * (seeds > 1)})"
         (line,) = by_frames.plot(agg.frames, agg.mean, label=label)
         by_frames.fill_between(agg.frames, agg.low, agg.high, alpha=0.2, color=line.get_color())
-        if agg.wall_s is None:
-            without_time.append(method)
-        else:
+        if by_time is not None and agg.wall_s is not None:
             by_time.plot(agg.wall_s, agg.mean, label=label, color=line.get_color())
             by_time.fill_between(agg.wall_s, agg.low, agg.high, alpha=0.2, color=line.get_color())
         rows.append(summarize(method, metric, agg.values, agg.frames, reps))
     by_frames.set_xlabel("frames")
-    by_time.set_xlabel("training wall-clock time (s, mean over seeds)")
-    if without_time:
-        by_time.text(
-            0.02,
-            0.02,
-            f"no wall-clock data: {', '.join(without_time)}",
-            transform=by_time.transAxes,
-            fontsize=8,
-        )
-    for ax in (by_frames, by_time):
+    if by_time is not None:
+        by_time.set_xlabel("training wall-clock time (s, mean over seeds)")
+        if without_time:
+            by_time.text(
+                0.02,
+                0.02,
+                f"no wall-clock data: {', '.join(without_time)}",
+                transform=by_time.transAxes,
+                fontsize=8,
+            )
+        by_time.legend()
+    for ax in axes[0]:
         ax.set_ylabel(METRIC_LABELS[metric])
         ax.grid(alpha=0.3)
     by_frames.set_title(f"{task}: mean and 95% bootstrap CI over seeds")
     by_frames.legend()
-    if len(without_time) < len(methods):
-        by_time.legend()
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     figure, summary = out / f"{task}.png", out / f"{task}_summary.csv"

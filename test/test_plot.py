@@ -100,3 +100,18 @@ def test_a_folder_of_runs_stands_for_its_runs(tmp_path):
 def test_a_folder_without_runs_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: .* is not a run directory .* holds none$"):
         load_plot().main([str(tmp_path)])
+
+
+def test_the_wall_clock_panel_is_drawn_only_when_some_run_has_wall_clock_data(tmp_path):
+    import matplotlib.image
+
+    untimed = [make_run(tmp_path / f"u{s}", [0, s]) for s in range(2)]
+    timed = tmp_path / "timed"
+    timed.mkdir()
+    (timed / "eval.csv").write_text(f"{HEADER},wall_s\n100,0.0,0.0,nan,5.0\n200,1.0,0.0,nan,9.0\n")
+    widths = {}
+    for name, baseline in (("untimed", []), ("timed", ["--baseline", str(timed / "eval.csv")])):
+        out = tmp_path / name
+        load_plot().main([*map(str, untimed), *baseline, "--out", str(out), "--reps", "50"])
+        widths[name] = matplotlib.image.imread(out / "Pendulum-v1.png").shape[1]
+    assert widths["untimed"] < widths["timed"]  # one panel (frames) against two
