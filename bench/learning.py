@@ -154,15 +154,19 @@ def sb3_run(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     hp = hyperparameters(task)
 
-    def make() -> gym.Env:
+    def make(task_seed: int) -> gym.Env:
         if not task.env_task:
             return gym.make(task.env_id)
         import metaworld  # noqa: F401  (registers Meta-World/MT1)
 
-        return gym.make(task.env_id, env_name=task.env_task, disable_env_checker=True)
+        # MT1 draws its goals when built: seeded as the script seeds ours (the run's seed for
+        # training, the eval seed for evaluation), or no two runs of a seed would match.
+        return gym.make(
+            task.env_id, env_name=task.env_task, disable_env_checker=True, seed=task_seed
+        )
 
     model = sb3_model(
-        make(),
+        make(seed),
         hp,
         critic_width=task.critic_width,
         learning_starts=task.init_random_frames,
@@ -172,7 +176,7 @@ def sb3_run(spec: dict) -> None:
         threads=spec["threads"],
     )
 
-    eval_env = make()
+    eval_env = make(seed + EVAL_SEED_OFFSET)
     eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
     rows: list[dict] = []
 
