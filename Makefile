@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(BENCH_ENV) $(PY) bench/update.py --precision bf16 --compile --write-results $(ARGS)
 	$(BENCH_ENV) $(PY) bench/e2e.py --write-results
+	$(BENCH_ENV) $(PY) bench/phases.py --write-results
 	$(BENCH_ENV) $(PY) bench/replay.py
 	$(BENCH_ENV) $(PY) bench/collect.py
 	$(BENCH_ENV) $(PY) bench/learning.py --impls ours sb3 ours_bf16
