@@ -7,10 +7,11 @@ UTD 1, evaluation and checkpoints off), and times around the script's own object
 of its loop: the collector's ``next`` (collect), the replay buffer's ``extend`` (buffer write)
 and ``sample`` (sample), the updater's call (update: critic every frame, actor and temperature
 every third), and the rest of the iteration (other: the metrics window, weight sync, logging).
-Only frames after the random ones and a warm-up (``torch.compile`` compiles there) are timed.
+Only frames after the random ones and a warm-up (``torch.compile`` compiles there) are timed;
+the budgets per width are bench/e2e.py's, so a run here is one of its runs, instrumented.
 
-    python bench/phases.py                       # width 256, fp32 / compile / bf16 + compile
-    python bench/phases.py --widths 256 2048 --settings fp32
+    python bench/phases.py                       # widths 256 and 2048, fp32 / compile / bf16
+    python bench/phases.py --widths 256 --settings fp32
     python bench/phases.py --quick               # smoke run
 """
 
@@ -25,11 +26,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is not a package
 import harness  # bench/ is on sys.path
-from e2e import ENV_ID, OURS, OUT_DIR, ROOT, SCRIPT, Budget, ours_command, subprocess_env
+from e2e import ENV_ID, OURS, OUT_DIR, ROOT, SCRIPT, budget_for, ours_command, subprocess_env
 
 SETTINGS = {
     "fp32": OURS["ours"],
@@ -96,7 +98,7 @@ class PhaseClock:
 
     def result(self) -> dict:
         if not self.totals:
-            raise RuntimeError("no timed iteration: raise --frames")
+            raise RuntimeError("no timed iteration: raise --measured-frames")
         ms = {phase: 1e3 * statistics.fmean(values) for phase, values in self.times.items()}
         total = 1e3 * statistics.fmean(self.totals)
         ms["other"] = total - sum(ms.values())
@@ -172,8 +174,7 @@ def run_one(spec: dict) -> dict:
 # -- the runs ------------------------------------------------------------------------------------
 def overrides_for(width: int, setting: str, args: argparse.Namespace, run_dir: Path) -> list[str]:
     """bench/e2e.py's command line for this run, without the interpreter and the script."""
-    budget = Budget(args.warmup_frames, args.frames, args.log_interval)
-    command = ours_command(width, budget, args, run_dir, SETTINGS[setting])
+    command = ours_command(width, budget_for(width, args), args, run_dir, SETTINGS[setting])
     return command[2:]
 
 
@@ -183,7 +184,7 @@ def measure(width: int, setting: str, args: argparse.Namespace) -> dict:
     spec = {
         "overrides": overrides_for(width, setting, args, run_dir),
         "init_random_frames": args.init_random_frames,
-        "warmup_frames": args.warmup_frames,
+        "warmup_frames": budget_for(width, args).warmup_frames,
     }
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--one-run", json.dumps(spec)],
@@ -248,10 +249,14 @@ def write_results(saved: dict) -> None:
         info,
         f"{settings['threads']} torch thread(s), device {settings['device']}, one run at a time",
         notes=[
-            f"- settings: {ENV_ID}, bench/e2e.py's matched settings (one env, UTD 1, batch 256, "
-            f"actor 256 x 2), {settings['init_random_frames']:,} random frames, then "
-            f"{settings['warmup_frames']:,} learning frames not timed and "
-            f"{settings['frames']:,} timed; evaluation and checkpoints off"
+            f"- settings: {ENV_ID}, bench/e2e.py's command line (matched settings, one env, "
+            f"UTD 1, batch 256, actor 256 x 2, evaluation and checkpoints off), "
+            f"{settings['init_random_frames']:,} random frames, then per critic width: "
+            + "; ".join(
+                f"{width}: {b['warmup_frames']:,} learning frames not timed, "
+                f"{b['measured_frames']:,} timed"
+                for width, b in settings["budgets"].items()
+            )
         ],
         warning=info.get("warning"),
     )
@@ -264,8 +269,8 @@ def write_results(saved: dict) -> None:
         "(our actor included), buffer write the replay buffer's `extend`, sample its `sample`, "
         "update the updater's call (the critic every frame, actor and temperature every third: "
         "the median is a critic-only update), other the rest of the iteration (metrics window, "
-        "weight sync, logging). Total is the wall time per iteration, so frames/s is what "
-        "bench/e2e.py would measure for one run of this length:",
+        "weight sync, logging). Total is the mean wall time per iteration and frames/s its "
+        "inverse (bench/e2e.py reports the median of its windows' rates instead):",
         "",
         *harness.markdown_table(COLUMNS, rows(saved["runs"])),
     ]
@@ -279,23 +284,24 @@ def summary_lines(summary: dict) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[256], help="critic widths")
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 2048])
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (as bench/e2e.py)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--init-random-frames", type=int, default=1_000)
-    parser.add_argument("--warmup-frames", type=int, default=300, help="learning frames not timed")
-    parser.add_argument("--frames", type=int, default=1_500, help="learning frames timed")
-    parser.add_argument("--log-interval", type=int, default=500, help="as bench/e2e.py's")
+    parser.add_argument("--warmup-frames", type=int, help="learning frames not timed (per width)")
+    parser.add_argument("--measured-frames", type=int, help="learning frames timed (per width)")
+    parser.add_argument("--log-interval", type=int, help="the script's log interval (per width)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "phases", help="run directories")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
     harness.add_output_args(parser)
     parser.add_argument("--one-run", help=argparse.SUPPRESS)  # internal: one instrumented run
     args = parser.parse_args(argv)
-    if args.quick:
-        args.init_random_frames, args.warmup_frames, args.frames = 100, 20, 60
-        args.log_interval = 20
-    harness.require_at_least(parser, args, 1, "widths", "threads", "frames", "log_interval")
+    if args.quick:  # and bench/e2e.py's quick budgets
+        args.init_random_frames = min(args.init_random_frames, 100)
+    harness.require_at_least(
+        parser, args, 1, "widths", "threads", "measured_frames", "log_interval"
+    )
     harness.require_at_least(parser, args, 0, "init_random_frames", "warmup_frames")
     return args
 
@@ -315,8 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "device": args.device,
         "init_random_frames": args.init_random_frames,
-        "warmup_frames": args.warmup_frames,
-        "frames": args.frames,
+        "budgets": {w: asdict(budget_for(w, args)) for w in args.widths},
         "quick": args.quick,
     }
     harness.console_header(info, f"{args.threads} torch thread(s), one run at a time")

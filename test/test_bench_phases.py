@@ -54,7 +54,7 @@ def test_each_timed_iteration_splits_into_its_phases(monkeypatch):
 
 
 def test_a_run_too_short_to_time_says_so():
-    with pytest.raises(RuntimeError, match="raise --frames"):
+    with pytest.raises(RuntimeError, match="raise --measured-frames"):
         phases.PhaseClock(first_timed_frame=10).result()
 
 
@@ -62,7 +62,7 @@ def test_the_script_runs_instrumented(tmp_path):
     # The script's own loop, timed through its replay buffer, collector and updater.
     dump = tmp_path / "phases.json"
     phases.main(["--settings", "fp32", "--widths", "16", "--init-random-frames", "50",
-                 "--warmup-frames", "5", "--frames", "10", "--log-interval", "5", "--threads",
+                 "--warmup-frames", "5", "--measured-frames", "10", "--log-interval", "5", "--threads",
                  "1", "--out", str(tmp_path / "runs"), "--json", str(dump)])  # fmt: skip
     (run,) = json.loads(dump.read_text())["runs"]
     assert run["timed_frames"] == 10
