@@ -38,8 +38,8 @@ SETTINGS = {
     "compile": OURS["ours_compiled"],
     "bf16_compile": OURS["ours_bf16_compiled"],
 }
-PHASES = ("collect", "write", "sample", "update", "other")
-PHASE_NAMES = {
+# Each phase and its name in the tables, in table order.
+PHASES = {
     "collect": "collect",
     "write": "buffer write",
     "sample": "sample",
@@ -134,16 +134,14 @@ def run_one(spec: dict) -> dict:
 
     def make_replay_buffer(*args, **kwargs):
         buffer = build_buffer(*args, **kwargs)
-        extend = buffer.extend
+        timed_extend = clock.timed("write", buffer.extend)
 
-        def timed_extend(data, *a, **k):
-            start = time.perf_counter()
-            index = extend(data, *a, **k)
-            clock.record("write", time.perf_counter() - start)
+        def extend(data, *a, **k):
+            index = timed_extend(data, *a, **k)
             clock.frames += data.numel()
             return index
 
-        buffer.extend = timed_extend
+        buffer.extend = extend
         buffer.sample = clock.timed("sample", buffer.sample)
         return buffer
 
@@ -172,19 +170,16 @@ def run_one(spec: dict) -> dict:
 
 
 # -- the runs ------------------------------------------------------------------------------------
-def overrides_for(width: int, setting: str, args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """bench/e2e.py's command line for this run, without the interpreter and the script."""
-    command = ours_command(width, budget_for(width, args), args, run_dir, SETTINGS[setting])
-    return command[2:]
-
-
 def measure(width: int, setting: str, args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(dir=args.out)) / "run"
+    budget = budget_for(width, args)
+    # bench/e2e.py's command line for this run, without the interpreter and the script.
+    overrides = ours_command(width, budget, args, run_dir, SETTINGS[setting])[2:]
     spec = {
-        "overrides": overrides_for(width, setting, args, run_dir),
+        "overrides": overrides,
         "init_random_frames": args.init_random_frames,
-        "warmup_frames": budget_for(width, args).warmup_frames,
+        "warmup_frames": budget.warmup_frames,
     }
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--one-run", json.dumps(spec)],
@@ -200,7 +195,7 @@ def measure(width: int, setting: str, args: argparse.Namespace) -> dict:
         )
     result = {"width": width, "setting": setting, **json.loads(lines[-1])}
     print(f"  width {width:<5} {setting:<13} " + "  ".join(
-        f"{PHASE_NAMES[p]} {result['ms_per_frame'][p]:.3f}" for p in PHASES
+        f"{name} {result['ms_per_frame'][p]:.3f}" for p, name in PHASES.items()
     ) + f"  total {result['total_ms']:.3f} ms ({result['frames_per_s']:.1f} frames/s)",
         flush=True)  # fmt: skip
     return result
@@ -208,7 +203,7 @@ def measure(width: int, setting: str, args: argparse.Namespace) -> dict:
 
 # -- summary and RESULTS.md ----------------------------------------------------------------------
 COLUMNS = (
-    "critic width", "setting", *(f"{PHASE_NAMES[p]} ms" for p in PHASES), "update median ms",
+    "critic width", "setting", *(f"{name} ms" for name in PHASES.values()), "update median ms",
     "total ms", "outside the update", "frames/s", "timed frames",
 )  # fmt: skip
 
