@@ -11,8 +11,9 @@ bench/README.md has the details.
 Run: ``.venv/bin/python bench/learning.py`` (``--quick``: smoke run). The last lines are
 ``final_<task>_<impl>: mean +- std`` across seeds, ``stats_<task>_<impl>`` (final and AUC:
 mean, IQM, 95% CI), ``ours_vs_sb3_<task>`` (within one std, above or below) and
-``ours_vs_sb3_ci_<task>`` (ours' mean not below sb3's 95% CI); ``--impls ours sb3 ours_bf16``
-adds ``ours_bf16_vs_sb3_<task>``.
+``ours_vs_sb3_ci_<task>`` (ours' mean not below sb3's 95% CI); each of our other settings in
+``--impls`` (``ours_bf16``, ``ours_compile``, ``ours_bf16_compile``) adds its own
+``<impl>_vs_sb3_<task>`` and ``<impl>_vs_sb3_ci_<task>``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,16 @@ from torchrl_crossq.analysis import bootstrap_ci, iqm
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sota_implementations" / "crossq.py"
 OUT_DIR = Path(__file__).with_name("out")
-IMPLS = ("ours", "sb3", "ours_bf16")
 DEFAULT_IMPLS = ("ours", "sb3")
-# ours_bf16: the same command with precision=bf16 (bfloat16 autocast of the losses)
-OURS = {"ours": [], "ours_bf16": ["precision=bf16"]}
+# Our script's settings: the same command plus these overrides (bf16: bfloat16 autocast of the
+# losses; compile: torch.compile of the loss computations).
+OURS = {
+    "ours": [],
+    "ours_bf16": ["precision=bf16"],
+    "ours_compile": ["compile=true"],
+    "ours_bf16_compile": ["precision=bf16", "compile=true"],
+}
+IMPLS = ("ours", "sb3", *(impl for impl in OURS if impl != "ours"))
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -61,7 +68,7 @@ def run_one(name: str, impl: str, task: Task, seed: int, args: argparse.Namespac
     wall_s = harness.run_logged(command, run_dir, env, f"{impl} {name} seed {seed}")
     rows = read_eval_csv(run_dir / "eval.csv")
     print(
-        f"  {name:<17} {impl:<9} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
+        f"  {name:<17} {impl:<17} seed {seed}: final {task.metric} {rows[-1][task.metric]:9.2f} "
         f"at {rows[-1]['frames']:.0f} frames ({wall_s:.0f} s)",
         flush=True,
     )
@@ -505,7 +512,12 @@ LABELS = {
     "ours": "ours (crossq.py)",
     "sb3": "sb3-contrib CrossQ",
     "ours_bf16": "ours, precision=bf16",
+    "ours_compile": "ours, compile=true",
+    "ours_bf16_compile": "ours, precision=bf16 compile=true",
 }
+
+
+COLORS = tuple(f"C{i}" for i in range(len(IMPLS)))  # one per implementation, none dropped
 
 
 def plot(summary: dict, runs: list[dict], path: Path) -> Path:
@@ -516,7 +528,7 @@ def plot(summary: dict, runs: list[dict], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(summary), figsize=(5.5 * len(summary), 4), squeeze=False)
     for ax, (name, by_impl) in zip(axes[0], summary.items(), strict=True):
-        for color, (impl, s) in zip(("C0", "C1", "C2"), by_impl.items(), strict=False):
+        for color, (impl, s) in zip(COLORS, by_impl.items(), strict=False):
             frames = [c[0] for c in s["curve"]]
             mean = [c[1] for c in s["curve"]]
             std = [c[2] for c in s["curve"]]
@@ -756,7 +768,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS))
     parser.add_argument(
         "--impls", nargs="+", choices=IMPLS, default=list(DEFAULT_IMPLS),
-        help="ours_bf16: our script with precision=bf16 (not run by default)",
+        help="our other settings (not run by default): ours_bf16 precision=bf16, ours_compile "
+        "compile=true, ours_bf16_compile both",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frames", type=int, help="frames per run (default: per task)")
