@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from helpers import (
@@ -144,6 +146,41 @@ def test_bf16_update_tracks_the_float32_update(action_spec):
     # Adam's steps (critic, actor, temperature) point the same way in both precisions.
     cosine = torch.nn.functional.cosine_similarity(steps["bf16"], steps["fp32"], dim=0)
     assert cosine > 0.95, cosine
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["emulated", "native"])
+def test_bf16_warns_where_the_cpu_has_no_bfloat16_matmul(action_spec, monkeypatch, native):
+    # An AVX2-only CPU runs bfloat16 matmuls hundreds of times slower than float32.
+    import torchrl_crossq.objectives.update as update_module
+
+    monkeypatch.setattr(update_module, "has_native_bf16_matmul", lambda device_type: native)
+    loss = build(action_spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CrossQUpdater(loss, make_optimizers(loss), precision="bf16")
+        CrossQUpdater(loss, make_optimizers(loss), precision="fp32")
+    messages = [str(w.message) for w in caught]
+    if native:
+        assert not any("bf16" in m for m in messages), messages
+    else:
+        assert len(messages) == 1, messages
+        assert "precision='bf16'" in messages[0] and "AVX512-BF16 nor AMX" in messages[0]
+        assert "precision='fp32'" in messages[0]
+
+
+def test_native_bf16_probe_reads_the_cpu_flags(monkeypatch):
+    import torchrl_crossq.objectives.update as update_module
+
+    for avx512_bf16, amx, expected in [
+        (False, False, False),
+        (True, False, True),
+        (False, True, True),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert update_module.has_native_bf16_matmul("cpu") is expected
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe
+    assert update_module.has_native_bf16_matmul("cpu") is True
 
 
 def test_unknown_precision_is_rejected(action_spec):

@@ -14,6 +14,7 @@ from torchrl_crossq.objectives import (
     NonFiniteLossError,
     PeriodicSoftUpdate,
     Temperature,
+    has_native_bf16_matmul,
     make_optimizers,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "NonFiniteLossError",
     "PeriodicSoftUpdate",
     "Temperature",
+    "has_native_bf16_matmul",
     "make_actor",
     "make_critic",
     "make_optimizers",

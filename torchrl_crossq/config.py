@@ -175,7 +175,7 @@ class CheckpointConfig:
 class Config:
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 (fast with AVX512-BF16 / AMX or CUDA sm80+ only)
     compile: bool = False
     cudagraphs: bool = False
     run_dir: str | None = None  # None: runs/<date>-<time>-<env>

@@ -5,6 +5,7 @@ from torchrl_crossq.objectives.update import (
     CrossQUpdater,
     NonFiniteLossError,
     PeriodicSoftUpdate,
+    has_native_bf16_matmul,
     make_optimizers,
 )
 
@@ -15,6 +16,7 @@ __all__ = [
     "NonFiniteLossError",
     "PeriodicSoftUpdate",
     "Temperature",
+    "has_native_bf16_matmul",
     "make_optimizers",
     "squashed_log_prob",
 ]
