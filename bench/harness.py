@@ -54,6 +54,7 @@ def machine_info(extra_packages: Sequence[str] = (), **run) -> dict:
     commit = _commit()
     return {
         "cpu": cpu,
+        "isa": cpu_isa(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -65,6 +66,25 @@ def machine_info(extra_packages: Sequence[str] = (), **run) -> dict:
         **run,
         "loadavg_start": loadavg(),
     }
+
+
+def cpu_isa() -> str:
+    """The vector instructions torch's CPU kernels use, and whether bfloat16 matmuls are native.
+
+    Hosts of one name differ here (AVX-512 with AVX512-BF16, or AVX2 only), and with them the
+    float32 matmul peak and, by orders of magnitude, the bfloat16 one.
+    """
+    import torch
+
+    from torchrl_crossq import has_native_bf16_matmul
+
+    native = "native" if has_native_bf16_matmul("cpu") else "emulated"
+    return f"{torch.backends.cpu.get_cpu_capability()}, bfloat16 matmul {native}"
+
+
+def _cpu(info: dict) -> str:
+    # Dumps written before the ISA was recorded lack it.
+    return f"{info['cpu']} ({info['isa']})" if "isa" in info else info["cpu"]
 
 
 def _commit() -> str:
@@ -112,7 +132,7 @@ def loadavg() -> str:
 def console_header(info: dict, threads: str) -> None:
     """Prints the machine, versions and allocator; ``threads`` says how the script uses torch's."""
     allocator = ", ".join(f"{k}={v or 'unset'}" for k, v in info["allocator"].items())
-    print(f"# {info['cpu']}, {info['cores']} cores, {threads}")
+    print(f"# {_cpu(info)}, {info['cores']} cores, {threads}")
     print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print(f"# allocator: {allocator}; load average {info['loadavg_start']} at start", flush=True)
     if not all(info["allocator"].values()):
@@ -146,7 +166,7 @@ def header_lines(
     return [
         *(f"- date: {p['date']}; commit {p['commit']}{n}" for p, n in zip(parts, named)),
         *(f"- command: `{p['command']}`{n}" for p, n in zip(parts, named)),
-        f"- machine: {info['cpu']}, {info['cores']} cores, {threads}; load average "
+        f"- machine: {_cpu(info)}, {info['cores']} cores, {threads}; load average "
         + "; ".join(
             f"{p['loadavg_start']} at start, {p['loadavg_end']} at end{n}"
             for p, n in zip(parts, named)

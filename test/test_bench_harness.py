@@ -1,0 +1,30 @@
+"""bench/harness.py's machine line: which vector instructions the host has, when recorded."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+harness = pytest.importorskip("harness")
+
+
+def info(**extra):
+    return {
+        "cpu": "AMD EPYC", "cores": 2, "python": "3.11.7", "versions": {"torch": "2.13.0"},
+        "allocator": {"MALLOC_MMAP_MAX_": None}, "commit": "abc1234", "command": "python x.py",
+        "date": "2026-12-01 10:00 UTC", "loadavg_start": "0.1", "loadavg_end": "0.2", **extra,
+    }  # fmt: skip
+
+
+def test_the_machine_line_names_the_cpus_vector_instructions():
+    recorded = harness.machine_info()
+    assert recorded["isa"] == harness.cpu_isa()
+    assert "bfloat16 matmul " in recorded["isa"]
+    line = harness.header_lines(info(isa="AVX2, bfloat16 matmul emulated"), "2 torch threads")[2]
+    assert line.startswith("- machine: AMD EPYC (AVX2, bfloat16 matmul emulated), 2 cores")
+
+
+def test_a_dump_from_before_the_isa_was_recorded_renders_as_it_did():
+    line = harness.header_lines(info(), "2 torch threads")[2]
+    assert line.startswith("- machine: AMD EPYC, 2 cores, 2 torch threads; load average")
