@@ -36,12 +36,14 @@ def cuda_batches(n: int = 12) -> list:
 
 
 @pytest.fixture(autouse=True)
-def eager_random_numbers(monkeypatch):
+def eager_random_numbers():
     # Inductor draws its own random numbers unless told to call ATen's: the compiled and
-    # eager runs then sample the same actions from the same seed.
+    # eager runs then sample the same actions from the same seed. The config's own patch, not
+    # pytest's monkeypatch: undoing that deletes the option, and the next compile fails.
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
 
 
 def test_compiled_update_on_cuda_gives_the_eager_losses():

@@ -240,6 +240,13 @@ def test_an_ensemble_writing_the_wrong_number_of_columns_is_named_with_both_shap
         loss.qvalue_loss(transitions())
 
 
+def test_a_wrong_critic_output_is_named_under_compile_too():
+    torch._dynamo.reset()
+    loss = CrossQLoss(torchrl_actor(), qnet_critic(out_features=3, num_qvalue_nets=2))
+    with pytest.raises(ValueError, match=r"of shape \(16, 3\); expected \[16, 2\]"):
+        torch.compile(loss.qvalue_loss)(transitions())
+
+
 def test_an_ensemble_of_the_right_width_needs_no_expansion():
     loss = CrossQLoss(torchrl_actor(), qnet_critic(out_features=2, num_qvalue_nets=2))
     assert loss.num_qvalue_nets == 2

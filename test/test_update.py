@@ -191,11 +191,10 @@ def test_unknown_precision_is_rejected(action_spec):
         CrossQUpdater(loss, make_optimizers(loss), precision="fp8")
 
 
-def test_compiled_update_gives_the_eager_update_on_cpu(action_spec, monkeypatch):
+def test_compiled_update_gives_the_eager_update_on_cpu(action_spec):
     # The CPU twin of test_cuda's compile test: same losses and statistics, state by state.
+    # (The inductor config's own patch: pytest's monkeypatch deletes the option on undo.)
     import torch._inductor.config
-
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
 
     def updater(**kwargs):
         loss = build(action_spec)
@@ -203,7 +202,11 @@ def test_compiled_update_gives_the_eager_update_on_cpu(action_spec, monkeypatch)
         return CrossQUpdater(loss, sgd_optimizers(loss), policy_delay=3, **kwargs)
 
     batches = [make_batch(16, seed=step) for step in range(6)]
-    compare_updaters_state_by_state(updater(), updater(compile=True), batches, rtol=1e-4, atol=1e-5)
+    with torch._inductor.config.patch(fallback_random=True):
+        compare_updaters_state_by_state(
+            updater(), updater(compile=True), batches, rtol=1e-4, atol=1e-5
+        )
+    assert torch._inductor.config.fallback_random is False  # put back, not deleted
 
 
 def test_cudagraphs_need_compile(action_spec):
@@ -230,6 +233,20 @@ def test_cudagraphs_on_cpu_warn_and_run_compiled(action_spec):
     assert changed(critic, loss.qvalue_network_params)
     # Each loss compiles whole: no graph break (one on the parameter check cost recompiles).
     assert not counters["graph_break"], list(counters["graph_break"])
+
+
+def test_each_compiled_loss_is_traced_once(action_spec):
+    # The critic-output check runs on the first call only; under compile a guard on its flag
+    # traced the critic loss a second time (three graphs where two do).
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # graphs compiled by earlier tests are reused, not counted
+    loss = build(action_spec)
+    update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=1, compile=True)
+    counters.clear()
+    for step in range(4):
+        update(make_batch(16, seed=step))
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
 
 
 def train_pendulum(frames: int = 96, slow: bool = False, monkeypatch=None) -> list[dict]:

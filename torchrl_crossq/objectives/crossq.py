@@ -544,7 +544,9 @@ class CrossQLoss(LossModule):
             set_training_mode(self.qvalue_network, training),
         ):
             q = module_output(self.qvalue_network, td, self.tensor_keys.state_action_value)
-        if not self._critic_output_checked:
+        # Under torch.compile the check runs while tracing, and the flag is not read: a guard
+        # on it would compile the critic loss a second time, once the flag flipped.
+        if torch.compiler.is_compiling() or not self._critic_output_checked:
             self._check_critic_output(q, td.batch_size)
         # At least float32 even when the critic's last matmul ran under bfloat16 autocast:
         # TD errors are small differences of large values.
