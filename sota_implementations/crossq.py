@@ -125,7 +125,10 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     log_due = Every(log_interval, frames)
     eval_due = Every(cfg.eval.interval, frames)
     checkpoint_due = Every(cfg.checkpoint.interval, frames)
-    learning_from, estimate_due = max(frames, random_frames), True
+    # The estimate comes from the first log window spent learning; with compile, the one after
+    # (the first holds the compilation and would overstate the time left several times over).
+    learning_from = max(frames, random_frames) + (log_interval if cfg.compile else 0)
+    estimate_due = True
     with StopOnSignal() as stop:
         try:
             for data in collector:

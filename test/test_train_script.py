@@ -276,3 +276,12 @@ def test_the_first_window_spent_learning_prints_the_remaining_time(tmp_path, cap
     lines = [line for line in capsys.readouterr().out.splitlines() if "estimate:" in line]
     # Learning starts after 32 random frames: the window 32-64 is the first spent learning.
     assert len(lines) == 1 and "left for 32 frames at" in lines[0]
+
+
+def test_with_compile_the_estimate_waits_out_the_compiling_window(tmp_path, capsys, monkeypatch):
+    # torch.compile made an identity here: the rule reads the config, not the clock.
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    run(["logger.log_interval=16", "logger.backend=none", "compile=true"], tmp_path)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "estimate:" in line]
+    # Learning starts after 32 random frames; 32-48 compiles, 48-64 is the first measured.
+    assert len(lines) == 1 and "left for 32 frames at" in lines[0]
