@@ -826,7 +826,7 @@ def main(argv: list[str] | None = None) -> None:
     training: list[dict] = []
     if "train" in args.parts:
         print(f"# training frames/s, evaluation off, {args.rounds} round(s)")
-        contestants = list(args.contestants)
+        contestants = harness.without_emulated_bf16(args.contestants, args.device)
         for round_ in range(args.rounds):
             shift = round_ % len(contestants)
             order = contestants[shift:] + contestants[:shift]  # rotates from round to round

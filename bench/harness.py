@@ -82,6 +82,29 @@ def cpu_isa() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}, bfloat16 matmul {native}"
 
 
+EMULATED_BF16_VAR = "BENCH_EMULATED_BF16"  # =1: measure bfloat16 settings anyway
+
+
+def without_emulated_bf16(names: Sequence[str], device: str = "cpu") -> list[str]:
+    """``names`` less its bfloat16 settings (``bf16`` in the name) where ``device`` has no
+    native bfloat16 matmul, saying which it left out: on an AVX2-only CPU one such update
+    takes minutes, and ``make bench`` would run for days. ``BENCH_EMULATED_BF16=1`` keeps them.
+    """
+    from torchrl_crossq import has_native_bf16_matmul
+
+    device_type = device.split(":")[0]
+    if os.environ.get(EMULATED_BF16_VAR) == "1" or has_native_bf16_matmul(device_type):
+        return list(names)
+    skipped = [name for name in names if "bf16" in name]
+    if skipped:
+        print(
+            f"# not measured: {', '.join(skipped)} (this {device_type} has no native bfloat16 "
+            f"matmul: {cpu_isa() if device_type == 'cpu' else device}; "
+            f"{EMULATED_BF16_VAR}=1 measures them anyway)"
+        )
+    return [name for name in names if "bf16" not in name]
+
+
 def _cpu(info: dict) -> str:
     # Dumps written before the ISA was recorded lack it.
     return f"{info['cpu']} ({info['isa']})" if "isa" in info else info["cpu"]

@@ -848,7 +848,8 @@ def main(argv: list[str] | None = None) -> None:
             f"episodes, seeds {args.seeds}"
         )
     # ours and sb3 of one seed side by side, so both meet the same machine load
-    jobs = [(name, impl, seed) for name in tasks for seed in args.seeds for impl in args.impls]
+    impls = harness.without_emulated_bf16(args.impls, args.device)
+    jobs = [(name, impl, seed) for name in tasks for seed in args.seeds for impl in impls]
     pool = ThreadPoolExecutor(max_workers=args.jobs)
     try:
         futures = [

@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick,
     }
     harness.console_header(info, f"{args.threads} torch thread(s), one run at a time")
-    runs = [measure(w, s, args) for w in args.widths for s in args.settings]
+    measured = harness.without_emulated_bf16(args.settings, args.device)
+    runs = [measure(w, s, args) for w in args.widths for s in measured]
     harness.end_of_run(info)
     info["warning"] = harness.busy_warning(info, [])
     if info["warning"]:

@@ -717,6 +717,10 @@ def main(argv: list[str] | None = None) -> None:
         f"# batch {BATCH_SIZE}, obs {OBS_DIM}, action {ACTION_DIM}, policy delay {POLICY_DELAY}, "
         f"buffer {BUFFER_SIZE}; sampling from the replay buffer INCLUDED in every time"
     )
+    if args.precision == "bf16" and not harness.without_emulated_bf16(
+        ["precision=bf16"], args.device
+    ):
+        args.precision = "fp32"
     data = random_transitions(BUFFER_SIZE, seed=0)
     results = []
     for width in args.widths:

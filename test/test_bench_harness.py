@@ -28,3 +28,23 @@ def test_the_machine_line_names_the_cpus_vector_instructions():
 def test_a_dump_from_before_the_isa_was_recorded_renders_as_it_did():
     line = harness.header_lines(info(), "2 torch threads")[2]
     assert line.startswith("- machine: AMD EPYC, 2 cores, 2 torch threads; load average")
+
+
+@pytest.mark.parametrize("native, forced", [(False, False), (False, True), (True, False)])
+def test_bf16_settings_are_left_out_where_bfloat16_is_emulated(monkeypatch, capsys, native, forced):
+    import torchrl_crossq
+
+    monkeypatch.setattr(torchrl_crossq, "has_native_bf16_matmul", lambda device_type: native)
+    monkeypatch.setattr(harness, "cpu_isa", lambda: "AVX2, bfloat16 matmul emulated")
+    if forced:
+        monkeypatch.setenv(harness.EMULATED_BF16_VAR, "1")
+    else:
+        monkeypatch.delenv(harness.EMULATED_BF16_VAR, raising=False)
+    names = ["ours", "ours_compiled", "ours_bf16_compiled"]
+    kept = harness.without_emulated_bf16(names, "cpu")
+    if native or forced:
+        assert kept == names and capsys.readouterr().out == ""
+    else:
+        assert kept == ["ours", "ours_compiled"]
+        note = capsys.readouterr().out
+        assert "not measured: ours_bf16_compiled" in note and "BENCH_EMULATED_BF16=1" in note
