@@ -667,11 +667,15 @@ def write_results(saved: dict) -> None:
                 ("metric", "measured", "target", "met"), target_rows(saved["targets"])
             ),
         ]
+    name, where = "bench/e2e.py", ""
+    if device != "cpu":
+        name, where = f"bench/e2e.py --device {device}", f", {device}"
+    elif host := harness.emulated_bf16_host(info):
+        # A host kind of its own (no bf16 rows, another float32 peak): its own section.
+        name, where = f"bench/e2e.py ({host} host)", f", an {host} host without native bfloat16"
     harness.write_section(
-        "bench/e2e.py" if device == "cpu" else f"bench/e2e.py --device {device}",
-        "End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`"
-        + ("" if device == "cpu" else f", {device}")
-        + ")",
+        name,
+        f"End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`{where})",
         lines,
         summary_lines(saved["summary"]),
     )

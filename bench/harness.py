@@ -105,6 +105,13 @@ def without_emulated_bf16(names: Sequence[str], device: str = "cpu") -> list[str
     return [name for name in names if "bf16" not in name]
 
 
+def emulated_bf16_host(info: dict) -> str | None:
+    """The CPU capability (``"AVX2"``) of a run's host without native bfloat16 matmuls, else
+    ``None`` (and for dumps from before the ISA was recorded)."""
+    isa = info.get("isa", "")
+    return isa.split(",")[0] if "bfloat16 matmul emulated" in isa else None
+
+
 def _cpu(info: dict) -> str:
     # Dumps written before the ISA was recorded lack it.
     return f"{info['cpu']} ({info['isa']})" if "isa" in info else info["cpu"]

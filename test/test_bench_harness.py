@@ -48,3 +48,9 @@ def test_bf16_settings_are_left_out_where_bfloat16_is_emulated(monkeypatch, caps
         assert kept == ["ours", "ours_compiled"]
         note = capsys.readouterr().out
         assert "not measured: ours_bf16_compiled" in note and "BENCH_EMULATED_BF16=1" in note
+
+
+def test_a_host_without_native_bfloat16_is_named_by_its_capability():
+    assert harness.emulated_bf16_host(info(isa="AVX2, bfloat16 matmul emulated")) == "AVX2"
+    assert harness.emulated_bf16_host(info(isa="AVX512, bfloat16 matmul native")) is None
+    assert harness.emulated_bf16_host(info()) is None  # a dump from before the ISA was recorded
