@@ -171,6 +171,7 @@ def test_bf16_warns_where_the_cpu_has_no_bfloat16_matmul(action_spec, monkeypatc
 def test_native_bf16_probe_reads_the_cpu_flags(monkeypatch):
     import torchrl_crossq.objectives.update as update_module
 
+    monkeypatch.setattr(update_module.platform, "machine", lambda: "x86_64")
     for avx512_bf16, amx, expected in [
         (False, False, False),
         (True, False, True),
@@ -179,6 +180,9 @@ def test_native_bf16_probe_reads_the_cpu_flags(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
         assert update_module.has_native_bf16_matmul("cpu") is expected
+    monkeypatch.setattr(update_module.platform, "machine", lambda: "aarch64")
+    assert update_module.has_native_bf16_matmul("cpu") is True  # x86 probes say nothing there
+    monkeypatch.setattr(update_module.platform, "machine", lambda: "x86_64")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe
     assert update_module.has_native_bf16_matmul("cpu") is True
 

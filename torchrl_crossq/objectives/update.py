@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import warnings
 from collections.abc import Iterable
 
@@ -122,7 +123,8 @@ def has_native_bf16_matmul(device_type: str = "cpu") -> bool:
     them the bfloat16 matmul is emulated, and on a CPU without AVX-512 (AVX2 only) torch falls
     back to a generic kernel: a (512 x 2048) @ (2048 x 2048) product ran at 0.3 GFLOP/s in
     bfloat16 against 100 GFLOP/s in float32 on a 2-core AVX2 AMD EPYC. On CUDA: compute
-    capability 8.0 or newer. Other devices, and CPUs torch cannot query, count as having it.
+    capability 8.0 or newer. Other devices, non-x86 CPUs and CPUs torch cannot query count
+    as having it.
 
     Examples:
         >>> isinstance(has_native_bf16_matmul("cpu"), bool)
@@ -130,8 +132,8 @@ def has_native_bf16_matmul(device_type: str = "cpu") -> bool:
     """
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device_type != "cpu":
-        return True
+    if device_type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return True  # the probes below are x86's (an Arm CPU may have BF16 instructions)
     probes = [
         getattr(torch.cpu, name, None)
         for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
