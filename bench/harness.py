@@ -85,24 +85,34 @@ def cpu_isa() -> str:
 EMULATED_BF16_VAR = "BENCH_EMULATED_BF16"  # =1: measure bfloat16 settings anyway
 
 
-def without_emulated_bf16(names: Sequence[str], device: str = "cpu") -> list[str]:
-    """``names`` less its bfloat16 settings (``bf16`` in the name) where ``device`` has no
-    native bfloat16 matmul, saying which it left out: on an AVX2-only CPU one such update
-    takes minutes, and ``make bench`` would run for days. ``BENCH_EMULATED_BF16=1`` keeps them.
+def measures_bf16(device: str = "cpu", what: str = "the bf16 settings") -> bool:
+    """Whether to measure bfloat16 settings on ``device``: where its bfloat16 matmuls are not
+    native, not (it prints why, naming ``what``): on an AVX2-only CPU one such update takes
+    minutes, and ``make bench`` would run for days. ``BENCH_EMULATED_BF16=1`` measures them.
     """
     from torchrl_crossq import has_native_bf16_matmul
 
     device_type = device.split(":")[0]
     if os.environ.get(EMULATED_BF16_VAR) == "1" or has_native_bf16_matmul(device_type):
-        return list(names)
+        return True
+    print(
+        f"# not measured: {what} (this {device_type} has no native bfloat16 matmul: "
+        f"{cpu_isa() if device_type == 'cpu' else device}; {EMULATED_BF16_VAR}=1 measures "
+        "them anyway)"
+    )
+    return False
+
+
+def without_emulated_bf16(names: Sequence[str], device: str = "cpu") -> list[str]:
+    """``names`` less its bfloat16 settings (``bf16`` in the name) unless
+    :func:`measures_bf16`; exits when that leaves nothing to measure."""
     skipped = [name for name in names if "bf16" in name]
-    if skipped:
-        print(
-            f"# not measured: {', '.join(skipped)} (this {device_type} has no native bfloat16 "
-            f"matmul: {cpu_isa() if device_type == 'cpu' else device}; "
-            f"{EMULATED_BF16_VAR}=1 measures them anyway)"
-        )
-    return [name for name in names if "bf16" not in name]
+    if not skipped or measures_bf16(device, ", ".join(skipped)):
+        return list(names)
+    kept = [name for name in names if "bf16" not in name]
+    if not kept:
+        raise SystemExit(f"error: nothing left to measure on this {device} without bf16")
+    return kept
 
 
 def emulated_bf16_host(info: dict) -> str | None:

@@ -717,9 +717,7 @@ def main(argv: list[str] | None = None) -> None:
         f"# batch {BATCH_SIZE}, obs {OBS_DIM}, action {ACTION_DIM}, policy delay {POLICY_DELAY}, "
         f"buffer {BUFFER_SIZE}; sampling from the replay buffer INCLUDED in every time"
     )
-    if args.precision == "bf16" and not harness.without_emulated_bf16(
-        ["precision=bf16"], args.device
-    ):
+    if args.precision == "bf16" and not harness.measures_bf16(args.device, "precision=bf16"):
         args.precision = "fp32"
     data = random_transitions(BUFFER_SIZE, seed=0)
     results = []

@@ -54,3 +54,17 @@ def test_a_host_without_native_bfloat16_is_named_by_its_capability():
     assert harness.emulated_bf16_host(info(isa="AVX2, bfloat16 matmul emulated")) == "AVX2"
     assert harness.emulated_bf16_host(info(isa="AVX512, bfloat16 matmul native")) is None
     assert harness.emulated_bf16_host(info()) is None  # a dump from before the ISA was recorded
+
+
+def test_nothing_left_to_measure_is_an_error(monkeypatch, capsys):
+    import torchrl_crossq
+
+    monkeypatch.setattr(torchrl_crossq, "has_native_bf16_matmul", lambda device_type: False)
+    monkeypatch.setattr(harness, "cpu_isa", lambda: "AVX2, bfloat16 matmul emulated")
+    monkeypatch.delenv(harness.EMULATED_BF16_VAR, raising=False)
+    with pytest.raises(SystemExit, match="nothing left to measure"):
+        harness.without_emulated_bf16(["ours_bf16_compiled"], "cpu")
+    assert harness.without_emulated_bf16(["ours", "sb3"], "cpu") == ["ours", "sb3"]
+    assert capsys.readouterr().out.count("not measured") == 1  # only the call that skipped
+    assert not harness.measures_bf16("cpu", "precision=bf16")
+    assert "not measured: precision=bf16" in capsys.readouterr().out
