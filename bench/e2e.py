@@ -667,18 +667,13 @@ def write_results(saved: dict) -> None:
                 ("metric", "measured", "target", "met"), target_rows(saved["targets"])
             ),
         ]
-    name, where = "bench/e2e.py", ""
-    if device != "cpu":
-        name, where = f"bench/e2e.py --device {device}", f", {device}"
-    elif host := harness.emulated_bf16_host(info):
-        # A host kind of its own (no bf16 rows, another float32 peak): its own section.
-        name, where = f"bench/e2e.py ({host} host)", f", an {host} host without native bfloat16"
-    harness.write_section(
-        name,
-        f"End to end: training frames/s, evaluation and collection cost (`bench/e2e.py`{where})",
-        lines,
-        summary_lines(saved["summary"]),
+    name, title = harness.section_of(
+        "bench/e2e.py",
+        "End to end: training frames/s, evaluation and collection cost",
+        device,
+        info,
     )
+    harness.write_section(name, title, lines, summary_lines(saved["summary"]))
 
 
 def combine_dumps(dumps: list[dict]) -> dict:

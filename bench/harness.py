@@ -122,6 +122,23 @@ def emulated_bf16_host(info: dict) -> str | None:
     return isa.split(",")[0] if "bfloat16 matmul emulated" in isa else None
 
 
+def section_of(script: str, title: str, device: str, info: dict) -> tuple[str, str]:
+    """The section name and title of a run of ``script`` on ``device``.
+
+    One section per device, and on CPU one more per host kind without native bfloat16
+    matmuls (``"bench/e2e.py (AVX2 host)"``): another float32 peak and no bf16 rows make
+    another table, not a replacement for the main one. ``title`` ends in the script's name.
+    """
+    if device != "cpu":
+        return f"{script} --device {device}", f"{title} (`{script}`, {device})"
+    if host := emulated_bf16_host(info):
+        return (
+            f"{script} ({host} host)",
+            f"{title} (`{script}`, an {host} host without native bfloat16)",
+        )
+    return script, f"{title} (`{script}`)"
+
+
 def _cpu(info: dict) -> str:
     # Dumps written before the ISA was recorded lack it.
     return f"{info['cpu']} ({info['isa']})" if "isa" in info else info["cpu"]

@@ -657,12 +657,8 @@ def write_results(saved: dict) -> None:
             "",
             *harness.markdown_table(VARIANT_COLUMNS, variant_rows),
         ]
-    harness.write_section(
-        "bench/update.py" if device == "cpu" else f"bench/update.py --device {device}",
-        "Per-update time (`bench/update.py`" + ("" if device == "cpu" else f", {device}") + ")",
-        body,
-        summary_lines(results),
-    )
+    name, title = harness.section_of("bench/update.py", "Per-update time", device, info)
+    harness.write_section(name, title, body, summary_lines(results))
 
 
 # -- command line --------------------------------------------------------------------------

@@ -68,3 +68,21 @@ def test_nothing_left_to_measure_is_an_error(monkeypatch, capsys):
     assert capsys.readouterr().out.count("not measured") == 1  # only the call that skipped
     assert not harness.measures_bf16("cpu", "precision=bf16")
     assert "not measured: precision=bf16" in capsys.readouterr().out
+
+
+def test_each_device_and_host_kind_has_its_own_section():
+    avx2 = info(isa="AVX2, bfloat16 matmul emulated")
+    native = info(isa="AVX512, bfloat16 matmul native")
+    assert harness.section_of("bench/e2e.py", "End to end", "cpu", native) == (
+        "bench/e2e.py", "End to end (`bench/e2e.py`)"
+    )  # fmt: skip
+    assert harness.section_of("bench/e2e.py", "End to end", "cpu", info()) == (
+        "bench/e2e.py", "End to end (`bench/e2e.py`)"
+    )  # fmt: skip
+    assert harness.section_of("bench/update.py", "Per-update time", "cpu", avx2) == (
+        "bench/update.py (AVX2 host)",
+        "Per-update time (`bench/update.py`, an AVX2 host without native bfloat16)",
+    )
+    assert harness.section_of("bench/update.py", "Per-update time", "cuda", avx2) == (
+        "bench/update.py --device cuda", "Per-update time (`bench/update.py`, cuda)"
+    )  # fmt: skip
