@@ -269,8 +269,10 @@ def write_results(saved: dict) -> None:
         "",
         *harness.markdown_table(COLUMNS, rows(saved["runs"])),
     ]
-    harness.write_section(SECTION, "Where a training frame goes (`bench/phases.py`)", lines,
-                          summary_lines(saved["summary"]))  # fmt: skip
+    name, title = harness.section_of(
+        SECTION, "Where a training frame goes", settings["device"], info
+    )
+    harness.write_section(name, title, lines, summary_lines(saved["summary"]))
 
 
 def summary_lines(summary: dict) -> list[str]:
