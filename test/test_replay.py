@@ -10,6 +10,7 @@ from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayB
 from torchrl_crossq.data import (
     CachedStorage,
     SlidingWindowSampler,
+    TransitionStorage,
     WindowReplayBuffer,
     make_replay_buffer,
 )
@@ -588,6 +589,103 @@ def test_loading_state_saved_with_another_window_raises():
     other = make_replay_buffer(40, batch_size=8, sample_window_size=4)
     with pytest.raises(ValueError, match="sample_window_size=3"):
         other.load_state_dict(original.state_dict())
+
+
+# ----- the memory storage ----------------------------------------------------------------------
+
+
+def transitions(rows: int, start: int = 0) -> TensorDict:
+    """HalfCheetah-shaped transitions (nested keys, float, bool and int entries), numbered."""
+    step = torch.arange(start, start + rows)
+    return TensorDict(
+        {
+            "observation": step[:, None] + torch.zeros(rows, 17),
+            "action": -step[:, None] + torch.zeros(rows, 6),
+            "collector": {"traj_ids": step // 3},
+            "next": {
+                "observation": step[:, None] + torch.ones(rows, 17),
+                "reward": step[:, None].float(),
+                "done": (step % 3 == 2)[:, None],
+            },
+        },
+        [rows],
+    )
+
+
+def assert_same_tensordicts(first, second) -> None:
+    assert first.batch_size == second.batch_size and first.device == second.device
+    assert_same_samples(first, second)
+    for key, value in first.items(True):
+        if isinstance(value, TensorDict):
+            assert value.batch_size == second[key].batch_size
+
+
+def test_transition_storage_reads_and_writes_what_lazy_tensor_storage_does():
+    ours, torchrl = TransitionStorage(20), LazyTensorStorage(20)
+    position = 0
+    for rows in (1, 4, 1, 7, 5, 9, 1, 13):  # fills, then wraps around twice
+        index = torch.arange(position, position + rows) % 20
+        data = transitions(rows, position)
+        ours.set(index, data.clone())
+        torchrl.set(index, data.clone())
+        position += rows
+        assert len(ours) == len(torchrl) and ours._last_cursor is not None
+        assert torch.equal(
+            torch.as_tensor(ours._last_cursor), torch.as_tensor(torchrl._last_cursor)
+        )
+        for read in (torch.randint(len(torchrl), (32,)), torch.tensor([0]), index):
+            assert_same_tensordicts(ours.get(read), torchrl.get(read))
+    assert_same_tensordicts(
+        ours.get(torch.arange(20, dtype=torch.int32)), torchrl.get(torch.arange(20))
+    )
+
+
+def test_transition_storage_reads_and_writes_tensor_by_tensor(monkeypatch):
+    storage = TransitionStorage(10)
+    storage.set(torch.arange(4), transitions(4))  # the first write initialises: TorchRL's path
+
+    def generic_indexing(*args, **kwargs):
+        raise AssertionError("TensorDict indexing used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TensorDict, "__setitem__", generic_indexing)
+        patch.setattr(TensorDict, "__getitem__", generic_indexing)
+        storage.set(torch.arange(4, 6), transitions(2, 4))
+        sample = storage.get(torch.tensor([5, 0]))
+    assert sample["next", "reward"].flatten().tolist() == [5.0, 0.0]
+
+
+def test_transition_storage_leaves_other_reads_and_writes_to_torchrl():
+    ours, torchrl = TransitionStorage(10), LazyTensorStorage(10)
+    for storage in (ours, torchrl):
+        storage.set(torch.arange(4), transitions(4))
+        # A new key: TorchRL's path adds it to the storage.
+        extra = transitions(2, 4).set("extra", torch.ones(2, 3))
+        storage.set(torch.arange(4, 6), extra)
+        storage.set(6, transitions(1, 6)[0].set("extra", torch.ones(3)))  # an int cursor
+    assert "extra" in ours._storage.keys()
+    for read in (
+        torch.tensor([-1, 0, -3]),
+        slice(1, 5),
+        2,
+        torch.tensor([True, False] * 3 + [True]),
+    ):
+        assert_same_tensordicts(ours.get(read), torchrl.get(read))
+    for storage in (ours, torchrl):
+        with pytest.raises(IndexError):
+            storage.get(torch.tensor([7]))  # past what is stored
+
+
+def test_transition_storage_reads_non_tensor_entries_through_torchrl():
+    ours, torchrl = TransitionStorage(10), LazyTensorStorage(10)
+    for storage in (ours, torchrl):
+        storage.set(torch.arange(3), transitions(3).set("task", "reach"))
+    sample = ours.get(torch.tensor([2, 0]))
+    assert sample["task"] == torchrl.get(torch.tensor([2, 0]))["task"] == ["reach", "reach"]
+
+
+def test_memory_replay_buffer_stores_in_a_transition_storage():
+    assert isinstance(make_replay_buffer(10, batch_size=4)._storage, TransitionStorage)
 
 
 # ----- memory vs disk, prefetch ----------------------------------------------------------------

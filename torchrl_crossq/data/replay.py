@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from tensordict import LazyStackedTensorDict, NestedKey, TensorDictBase
 from tensordict.utils import unravel_key_list
-from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data import LazyMemmapStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Storage
 
 from torchrl_crossq.data.sampler import _DONE_KEY, _PLURAL, SlidingWindowSampler, _check_int
-from torchrl_crossq.data.storage import CachedStorage
+from torchrl_crossq.data.storage import CachedStorage, TransitionStorage
 
 STORAGE_KINDS = ("memory", "disk")
 
@@ -57,6 +57,8 @@ def _flatten_trajectories(
     if traj_ids is None or data.shape[0] == 0:
         return data, torch.tensor([data.shape[0]]), torch.zeros(1, dtype=torch.long), None
     traj_ids = traj_ids.reshape(-1)
+    if data.shape[0] == 1:  # the training script's batches: one frame, one trajectory
+        return data, torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), traj_ids
     starts = torch.cat(
         [torch.zeros(1, dtype=torch.long), (traj_ids[1:] != traj_ids[:-1]).nonzero()[:, 0] + 1]
     )
@@ -306,7 +308,7 @@ def make_replay_buffer(
 
     Keyword Args:
         batch_size (int): transitions per sample. Paper: 256.
-        storage (str): ``"memory"`` (:class:`~torchrl.data.LazyTensorStorage`, on ``device``)
+        storage (str): ``"memory"`` (:class:`TransitionStorage`, on ``device``)
             or ``"disk"`` (:class:`~torchrl.data.LazyMemmapStorage` in ``scratch_dir``).
             Defaults to ``"memory"``.
         scratch_dir (str, optional): directory of the disk storage; ``None`` uses a temporary
@@ -387,7 +389,7 @@ def make_replay_buffer(
                 "already in memory",
                 stacklevel=2,
             )
-        buffer_storage = LazyTensorStorage(capacity, device=device or "cpu")
+        buffer_storage = TransitionStorage(capacity, device=device or "cpu")
         sample_device = None
     else:
         # existsok: a resumed run finds the memmap of the process before it in scratch_dir;

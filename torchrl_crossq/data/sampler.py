@@ -211,8 +211,9 @@ class SlidingWindowSampler(Sampler):
         if self.window_unit == "episode":  # validates done and the ids before any change
             starts, pieces, units = self._split_episodes(first, lengths, done, stream_ids, traj_ids)
         elif self.window_unit == "trajectory":
-            starts, pieces = first + torch.cumsum(lengths, 0) - lengths, lengths
-            units = self._next_unit + torch.arange(lengths.numel())
+            if self.bounded:  # else no record is kept (below)
+                starts, pieces = first + torch.cumsum(lengths, 0) - lengths, lengths
+                units = self._next_unit + torch.arange(lengths.numel())
             self._next_unit += lengths.numel()
         self._num_written += int(lengths.sum())
         self._num_trajectories += lengths.numel()

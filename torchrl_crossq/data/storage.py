@@ -1,4 +1,5 @@
-"""A disk storage with its newest trajectories cached in memory (see :mod:`.sampler`'s vocabulary)."""
+"""Storages: in memory with direct per-tensor reads and writes, and a disk storage with its newest
+trajectories cached in memory (see :mod:`.sampler`'s vocabulary)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,142 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyTensorStorage
 from torchrl.data.replay_buffers import Storage
 
 from torchrl_crossq.data.sampler import _check_int
 
 
+class TransitionStorage(LazyTensorStorage):
+    """TorchRL's :class:`~torchrl.data.LazyTensorStorage`, reading and writing tensor by tensor.
+
+    A replay buffer writes each collector batch at a 1-D tensor of storage indices and reads
+    each sample at one. TensorDict's generic indexing takes about 0.25 ms per call either
+    way for a HalfCheetah transition on 2 CPU cores, which is a few percent of a training
+    frame at critic width 256. Here, for such an index and data whose every entry is a plain
+    tensor (nested TensorDicts of them included), each stored tensor is indexed directly:
+    ``stored[index] = value`` for a write, ``stored[:len(self)][index]`` for a read (with
+    ``index_select`` on the CPU), the operations TorchRL's path ends in, with the same
+    results: the same values, batch size and device. Anything else (integer or slice
+    indices, negative indices on the CPU, non-tensor data, another key set, dtype or shape, a
+    ``compilable`` or shared storage, several storage dimensions) takes TorchRL's path.
+
+    Takes :class:`~torchrl.data.LazyTensorStorage`'s arguments; :func:`make_replay_buffer`
+    builds the memory storage with it.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> storage = TransitionStorage(100)
+        >>> batch = TensorDict({"observation": torch.arange(8.0).reshape(4, 2),
+        ...                     "next": {"reward": torch.ones(4, 1)}}, [4])
+        >>> storage.set(torch.arange(4), batch)
+        >>> sample = storage.get(torch.tensor([3, 0]))
+        >>> sample["observation"].tolist(), sample["next", "reward"].shape, len(storage)
+        ([[6.0, 7.0], [0.0, 1.0]], torch.Size([2, 1]), 4)
+    """
+
+    def _indexable(self, index: Any) -> bool:
+        """Whether ``index`` and this storage allow the tensor-by-tensor path."""
+        return (
+            isinstance(index, torch.Tensor)
+            and index.ndim == 1
+            and index.dtype in (torch.int64, torch.int32)
+            and self.ndim == 1
+            and not self._compilable
+            and self.initialized
+            and type(self._storage) is TensorDict
+        )
+
+    def set(self, cursor: Any, data: Any, *, set_cursor: bool = True) -> None:
+        pairs = None
+        if self._indexable(cursor) and self._storage_keys is None and type(data) is TensorDict:
+            pairs = _matching_tensors(self._storage, data, cursor.shape[0])
+        if pairs is None:
+            return super().set(cursor, data, set_cursor=set_cursor)
+        # TorchRL's TensorStorage.set, in its order, for a write it would do key by key.
+        if set_cursor:
+            self._set_last_cursor(cursor)
+            self._get_new_len(data, cursor)
+        for stored, value in pairs:
+            stored[cursor] = value
+        self._bump_mutation_revision()
+
+    def get(self, index: Any) -> Any:
+        if self._indexable(index):
+            length = None if self._is_full else self._len_along_dim0
+            try:
+                sample = _gather(self._storage, index, length)
+            except (IndexError, RuntimeError):
+                sample = None  # e.g. a negative index on the CPU: TorchRL's path reads it
+            if sample is not None:
+                return sample
+        return super().get(index)
+
+
+def _matching_tensors(
+    stored: TensorDictBase, data: TensorDictBase, rows: int
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """``(stored tensor, written tensor)`` for every entry, or ``None`` where the two differ.
+
+    The same keys at every level, plain tensors of the same dtype, device and row shape,
+    ``rows`` rows written: what a per-key ``stored[index] = value`` writes as TensorDict would.
+    """
+    if data.batch_size != (rows,):
+        return None
+    values = dict(data.items())
+    if len(values) != len(stored.keys()):
+        return None
+    pairs = []
+    for key, target in stored.items():
+        value = values.get(key)
+        if type(target) is TensorDict and type(value) is TensorDict:
+            nested = _matching_tensors(target, value, rows)
+            if nested is None:
+                return None
+            pairs += nested
+        elif (
+            type(target) is torch.Tensor
+            and type(value) is torch.Tensor
+            and value.dtype == target.dtype
+            and value.device == target.device
+            and value.shape[1:] == target.shape[1:]
+        ):
+            pairs.append((target, value))
+        else:
+            return None
+    return pairs
+
+
+def _gather(stored: TensorDict, index: torch.Tensor, length: int | None) -> TensorDict | None:
+    """``stored[:length][index]`` built tensor by tensor, or ``None`` for non-tensor entries.
+
+    On the CPU with ``index_select``, about twice as fast as indexing there, which it matches
+    for indices in ``[0, length)``; it raises for others.
+    """
+    entries = {}
+    for key, value in stored.items():
+        if type(value) is TensorDict:
+            value = _gather(value, index, length)
+            if value is None:
+                return None
+        elif type(value) is torch.Tensor:
+            if length is not None:
+                value = value.narrow(0, 0, length)
+            value = torch.index_select(value, 0, index) if value.is_cpu else value[index]
+        else:
+            return None
+        entries[key] = value
+    batch_size = torch.Size([index.shape[0], *stored.batch_size[1:]])
+    return TensorDict(entries, batch_size=batch_size, device=stored.device)
+
+
 class CachedStorage(Storage):
     """A disk storage with an in-memory copy of its newest ``cache_size`` trajectories.
 
     Every write goes to ``disk`` and, for the newest transitions, to an in-memory ring
-    (a :class:`~torchrl.data.LazyTensorStorage`). Reads of cached indices are served from
+    (a :class:`TransitionStorage`). Reads of cached indices are served from
     memory; only the other indices are read from ``disk``. With ``cache_size`` at least the
     sampling window, window samples never touch the disk.
 
@@ -64,7 +190,7 @@ class CachedStorage(Storage):
         super().__init__(disk.max_size)
         self.disk = disk
         self.cache_size = cache_size
-        self.cache: LazyTensorStorage | None = None
+        self.cache: TransitionStorage | None = None
         self.device = torch.device("cpu")
         self._num_written = 0
 
@@ -84,7 +210,7 @@ class CachedStorage(Storage):
                     "whole buffer",
                     stacklevel=3,
                 )
-            self.cache = LazyTensorStorage(min(transitions, self.max_size))
+            self.cache = TransitionStorage(min(transitions, self.max_size))
 
     def _locate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For storage indices: whether each is cached, and its cache slot."""
@@ -150,7 +276,7 @@ class CachedStorage(Storage):
 
     def _refill_cache(self, capacity: int | None) -> None:
         """Rebuilds the cache of ``capacity`` transitions from the disk (after a load)."""
-        self.cache = None if capacity is None else LazyTensorStorage(capacity)
+        self.cache = None if capacity is None else TransitionStorage(capacity)
         if self.cache is None:
             return
         num_cached = min(self.cache.max_size, self._num_written, len(self.disk))
