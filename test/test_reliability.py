@@ -254,6 +254,15 @@ def test_nonfinite_batch_raises_naming_the_field_update_and_last_finite_values(a
     assert_same_state(before, training_state(update))
 
 
+def test_finite_batch_values_whose_sum_overflows_are_not_called_nonfinite(action_spec):
+    update = build_updater(action_spec)
+    huge = make_batch(16)
+    huge["next", "reward"][:4] = torch.finfo(torch.float32).max  # finite; their sum is not
+    # The batch passes its check; the critic loss (squared TD errors) is what overflows.
+    with pytest.raises(NonFiniteLossError, match=r"^loss_qvalue is not finite"):
+        update(huge)
+
+
 def test_nonfinite_loss_raises_naming_the_loss_update_and_last_finite_values(action_spec):
     update = build_updater(action_spec)
     update(make_batch(16))

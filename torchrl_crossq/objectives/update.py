@@ -347,9 +347,14 @@ class CrossQUpdater:
             value = batch.get(key, None)  # a missing key is the loss's error to report
             if value is not None and value.is_floating_point():
                 leaves[key] = value
-        # Three kernels and one host sync for the whole batch (cat widens dtypes, never narrows).
+        # One sum and one host sync for the whole batch (cat widens dtypes, never narrows): a NaN
+        # or an infinity makes the sum non-finite. So can finite values near the dtype's limit,
+        # whose sum overflows: the exact check (several passes: isfinite is composite) decides.
         flat = [value.reshape(-1) for value in leaves.values()]
-        if not flat or torch.isfinite(torch.cat(flat)).all():
+        if not flat:
+            return None
+        flat = torch.cat(flat)
+        if torch.isfinite(flat.sum()) or torch.isfinite(flat).all():
             return None
         bad = {key: int((~torch.isfinite(value)).sum()) for key, value in leaves.items()}
         bad = {key: count for key, count in bad.items() if count}
