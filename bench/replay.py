@@ -4,13 +4,16 @@ One storage per buffer size (default 1e5 and 1e6 transitions), filled past its c
 HalfCheetah-v5-shaped transitions of mixed episode lengths; on it, ``sample()`` at batch 256 of
 the plain ``TensorDictReplayBuffer`` (``RandomSampler``) and of ``WindowReplayBuffer`` over the
 newest half of the trajectories or of the episodes, interleaved rep by rep, medians reported;
-with ``--disk``, the same on a ``LazyMemmapStorage`` plus a ``CachedStorage`` window.
-bench/README.md has the details.
+with ``--disk``, the same on a ``LazyMemmapStorage`` plus a ``CachedStorage`` window. Then the
+training script's buffer work per frame (one transition written, one batch sampled) on the memory
+storage ``make_replay_buffer`` builds (``TransitionStorage``) against the same buffer over
+TorchRL's ``LazyTensorStorage``. bench/README.md has the details.
 
 Run: ``.venv/bin/python bench/replay.py`` (``--quick``: smoke run). The last lines are
-``slowdown_<size>: X`` for the memory storage, X = plain throughput / window throughput (the
-worse of the two window units), then ``within_1.5x: yes|NO``: the requirement is X <= 1.5
-(``--check`` exits 1 otherwise).
+``frame_ms_lazy_tensor_storage``, ``frame_ms_transition_storage`` and
+``frame_speedup_vs_lazy_tensor_storage`` (the per-frame work), ``slowdown_<size>: X`` for the
+memory storage, X = plain throughput / window throughput (the worse of the two window units),
+then ``within_1.5x: yes|NO``: the requirement is X <= 1.5 (``--check`` exits 1 otherwise).
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
-from torchrl_crossq.data import CachedStorage, SlidingWindowSampler, WindowReplayBuffer
+from torchrl_crossq.data import (
+    CachedStorage,
+    SlidingWindowSampler,
+    WindowReplayBuffer,
+    make_replay_buffer,
+)
 
 OBS_DIM = 17  # HalfCheetah-v5
 ACTION_DIM = 6
@@ -36,6 +44,15 @@ NUM_ENVS = 8
 STEPS = 125  # per env and batch: 1000 frames per collector batch
 TERMINATION_PROBABILITY = 1 / 300  # mixed episode lengths, as in Hopper or Walker2d
 MAX_SLOWDOWN = 1.5
+# The per-frame measurement: the script's buffer (1M transitions, the loss's keys) holding
+# FRAME_FILL transitions, then per frame one transition written and one batch sampled.
+FRAME_CAPACITY = 1_000_000
+FRAME_FILL = 100_000
+LOSS_KEYS = [
+    "observation", "action", ("next", "observation"), ("next", "reward"), ("next", "done"),
+    ("next", "terminated"),
+]  # fmt: skip
+FRAME_CONTESTANTS = ("lazy_tensor_storage", "transition_storage")
 
 
 # -- the measurement ----------------------------------------------------------------------------
@@ -152,6 +169,88 @@ def build(size: int, storage_kind: str, scratch_dir: Path) -> dict[str, TensorDi
     return {"plain": plain, "window-trajectory": writer, **followers}
 
 
+# -- the training script's buffer work per frame ------------------------------------------------
+def collector_frames(count: int, first_step: int, generator: torch.Generator) -> TensorDict:
+    """``count`` one-env frames as the script's collector yields them, stacked: ``[count, 1]``.
+
+    Every entry of a HalfCheetah-v5 frame (policy outputs, step counts, episode returns, root
+    done flags) with a new episode every 1,000 steps, as ``("collector", "traj_ids")`` says.
+    """
+    shape = (count, 1)
+    step = torch.arange(first_step, first_step + count).reshape(shape)
+    flags = {
+        "done": torch.zeros(*shape, 1, dtype=torch.bool),
+        "terminated": torch.zeros(*shape, 1, dtype=torch.bool),
+        "truncated": torch.zeros(*shape, 1, dtype=torch.bool),
+    }
+    return TensorDict(
+        {
+            "observation": torch.randn(*shape, OBS_DIM, generator=generator),
+            "action": torch.rand(*shape, ACTION_DIM, generator=generator) * 2 - 1,
+            "loc": torch.randn(*shape, ACTION_DIM, generator=generator),
+            "scale": torch.rand(*shape, ACTION_DIM, generator=generator),
+            "step_count": (step % 1000).unsqueeze(-1),
+            "episode_reward": torch.randn(*shape, 1, generator=generator),
+            "collector": {"traj_ids": step // 1000},
+            **flags,
+            "next": {
+                "observation": torch.randn(*shape, OBS_DIM, generator=generator),
+                "reward": torch.randn(*shape, 1, generator=generator),
+                "step_count": (step % 1000 + 1).unsqueeze(-1),
+                "episode_reward": torch.randn(*shape, 1, generator=generator),
+                **{key: flag.clone() for key, flag in flags.items()},
+            },
+        },
+        list(shape),
+    )
+
+
+def frame_buffers() -> dict[str, WindowReplayBuffer]:
+    """The script's buffer and the same buffer over TorchRL's storage, each holding FRAME_FILL."""
+    buffers = {
+        "lazy_tensor_storage": WindowReplayBuffer(
+            storage=LazyTensorStorage(FRAME_CAPACITY),
+            sampler=SlidingWindowSampler(0, seed=0),
+            batch_size=BATCH_SIZE,
+            keys=LOSS_KEYS,
+        ),
+        "transition_storage": make_replay_buffer(
+            FRAME_CAPACITY, batch_size=BATCH_SIZE, seed=0, keys=LOSS_KEYS
+        ),
+    }
+    fill = collector_frames(FRAME_FILL, 0, torch.Generator().manual_seed(0)).reshape(-1)
+    for buffer in buffers.values():
+        buffer.extend(fill.clone())
+    return buffers
+
+
+def bench_frames(args: argparse.Namespace) -> dict:
+    """Milliseconds per frame (``extend`` of one frame, then ``sample``), interleaved reps."""
+    buffers = frame_buffers()
+    generator = torch.Generator().manual_seed(1)
+    frames = collector_frames(args.samples * (args.reps + 1), FRAME_FILL, generator)
+    per_frame = {name: [] for name in buffers}
+    for rep in range(args.reps + 1):  # rep 0: warm-up
+        chunk = frames[rep * args.samples : (rep + 1) * args.samples]
+        names = FRAME_CONTESTANTS[rep % 2 :] + FRAME_CONTESTANTS[: rep % 2]
+        for name in names:
+            buffer, batches = buffers[name], chunk.clone().unbind(0)
+            start = time.perf_counter()
+            for batch in batches:
+                buffer.extend(batch)
+                buffer.sample()
+            if rep:
+                per_frame[name].append((time.perf_counter() - start) / args.samples)
+    ratios = [
+        theirs / ours
+        for theirs, ours in zip(per_frame["lazy_tensor_storage"], per_frame["transition_storage"])
+    ]
+    return {
+        "ms_per_frame": {name: 1e3 * statistics.median(t) for name, t in per_frame.items()},
+        "speedup": statistics.median(ratios),
+    }
+
+
 # -- report, summary lines, RESULTS.md ----------------------------------------------------------
 def size_label(size: int) -> str:
     exponent = len(str(size)) - 1
@@ -191,8 +290,28 @@ def within_limit(results: list[dict]) -> bool:
     return all(round(x, 3) <= MAX_SLOWDOWN for x in worst_slowdowns(results).values())
 
 
-def summary_lines(results: list[dict]) -> list[str]:
+def frame_report(frame: dict) -> list[str]:
+    ms = frame["ms_per_frame"]
     return [
+        f"# per frame of the training script: one transition written, one batch of {BATCH_SIZE} "
+        f"sampled ({FRAME_CAPACITY:,} capacity, {FRAME_FILL:,} stored, the loss's keys)",
+        f"  WindowReplayBuffer over LazyTensorStorage  {ms['lazy_tensor_storage']:.3f} ms",
+        f"  make_replay_buffer (TransitionStorage)     {ms['transition_storage']:.3f} ms "
+        f"({frame['speedup']:.2f}x)",
+    ]
+
+
+def summary_lines(results: list[dict], frame: dict | None = None) -> list[str]:
+    frame_lines = []
+    if frame is not None:  # dumps from before the per-frame measurement have none
+        ms = frame["ms_per_frame"]
+        frame_lines = [
+            f"frame_ms_lazy_tensor_storage: {ms['lazy_tensor_storage']:.3f}",
+            f"frame_ms_transition_storage: {ms['transition_storage']:.3f}",
+            f"frame_speedup_vs_lazy_tensor_storage: {frame['speedup']:.2f}",
+        ]
+    return [
+        *frame_lines,
         *(f"slowdown_{label}: {x:.3f}" for label, x in worst_slowdowns(results).items()),
         f"within_{MAX_SLOWDOWN}x: {'yes' if within_limit(results) else 'NO'}",
     ]
@@ -200,12 +319,16 @@ def summary_lines(results: list[dict]) -> list[str]:
 
 def write_results(saved: dict) -> None:
     """Replaces (or appends) this script's section of bench/RESULTS.md."""
-    info, results = saved["info"], saved["results"]
+    info, results, frame = saved["info"], saved["results"], saved.get("frame")
     harness.write_section(
         "bench/replay.py",
         "Replay sample throughput (`bench/replay.py`)",
         harness.header_lines(info, f"torch threads {info['torch_threads']}"),
-        [*(line for r in results for line in report(r)), *summary_lines(results)],
+        [
+            *(line for r in results for line in report(r)),
+            *(frame_report(frame) if frame is not None else []),
+            *summary_lines(results, frame),
+        ],
     )
 
 
@@ -253,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"size": size, "storage": kind, "contestants": bench(buffers, args)})
                 del buffers
                 print("\n".join(report(results[-1])), flush=True)
+    frame = bench_frames(args)
+    print("\n".join(frame_report(frame)), flush=True)
     harness.end_of_run(info)
-    harness.finish(args, {"info": info, "results": results}, write_results, summary_lines(results))
+    saved = {"info": info, "results": results, "frame": frame}
+    harness.finish(args, saved, write_results, summary_lines(results, frame))
     return 1 if args.check and not within_limit(results) else 0
 
 
