@@ -684,6 +684,29 @@ def test_transition_storage_reads_non_tensor_entries_through_torchrl():
     assert sample["task"] == torchrl.get(torch.tensor([2, 0]))["task"] == ["reach", "reach"]
 
 
+def test_training_from_a_transition_storage_gives_the_losses_of_lazy_tensor_storage(action_spec):
+    from helpers import OBS_DIM, make_batch
+
+    from torchrl_crossq import CrossQLoss, CrossQUpdater, make_actor, make_critic, make_optimizers
+
+    metrics = []
+    for storage in (TransitionStorage(64), LazyTensorStorage(64)):
+        torch.manual_seed(0)
+        actor = make_actor(OBS_DIM, action_spec, num_cells=(8,))
+        loss = CrossQLoss(actor, make_critic(OBS_DIM, action_spec.shape[-1], num_cells=(8,)))
+        update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=2)
+        rb = WindowReplayBuffer(
+            storage=storage, sampler=SlidingWindowSampler(0, seed=0), batch_size=16
+        )
+        run = []
+        for step in range(6):  # the storage wraps around after 4 writes
+            rb.extend(make_batch(16, seed=step))
+            run.append(update(rb.sample()))
+        metrics.append(run)
+    for ours, theirs in zip(*metrics, strict=True):
+        assert_same_samples(ours, theirs)
+
+
 def test_memory_replay_buffer_stores_in_a_transition_storage():
     assert isinstance(make_replay_buffer(10, batch_size=4)._storage, TransitionStorage)
 
