@@ -84,3 +84,20 @@ def test_batched_evaluation_with_a_cuda_actor():
     result = evaluation(actor, seed=0)
     assert evaluation.steps == 20 and result.return_mean < 0
     evaluation.close()
+
+
+def test_transition_storage_on_cuda_reads_and_writes_what_lazy_tensor_storage_does():
+    from torchrl.data import LazyTensorStorage
+
+    from torchrl_crossq.data import TransitionStorage
+
+    ours, torchrl = TransitionStorage(40, device="cuda"), LazyTensorStorage(40, device="cuda")
+    for step in range(4):  # wraps around
+        index = torch.arange(step * 16, step * 16 + 16, device="cuda") % 40
+        for storage in (ours, torchrl):
+            storage.set(index, make_batch(16, seed=step).to("cuda"))
+    for read in (torch.randint(40, (32,)), torch.randint(40, (32,), device="cuda")):
+        sample, expected = ours.get(read), torchrl.get(read)
+        assert sample.device == expected.device and sample.batch_size == expected.batch_size
+        for key in expected.keys(True, True):
+            assert torch.equal(sample[key], expected[key])
