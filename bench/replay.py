@@ -48,10 +48,6 @@ MAX_SLOWDOWN = 1.5
 # FRAME_FILL transitions, then per frame one transition written and one batch sampled.
 FRAME_CAPACITY = 1_000_000
 FRAME_FILL = 100_000
-LOSS_KEYS = [
-    "observation", "action", ("next", "observation"), ("next", "reward"), ("next", "done"),
-    ("next", "terminated"),
-]  # fmt: skip
 FRAME_CONTESTANTS = ("lazy_tensor_storage", "transition_storage")
 
 
@@ -205,17 +201,28 @@ def collector_frames(count: int, first_step: int, generator: torch.Generator) ->
     )
 
 
+def loss_keys() -> list:
+    """What the script's buffer stores: its loss's ``in_keys`` (``keys=loss.in_keys``)."""
+    from torchrl.data import Bounded
+
+    from torchrl_crossq import CrossQLoss, make_actor, make_critic
+
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,))
+    return CrossQLoss(actor, make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,))).in_keys
+
+
 def frame_buffers() -> dict[str, WindowReplayBuffer]:
     """The script's buffer and the same buffer over TorchRL's storage, each holding FRAME_FILL."""
+    keys = loss_keys()
     buffers = {
         "lazy_tensor_storage": WindowReplayBuffer(
             storage=LazyTensorStorage(FRAME_CAPACITY),
             sampler=SlidingWindowSampler(0, seed=0),
             batch_size=BATCH_SIZE,
-            keys=LOSS_KEYS,
+            keys=keys,
         ),
         "transition_storage": make_replay_buffer(
-            FRAME_CAPACITY, batch_size=BATCH_SIZE, seed=0, keys=LOSS_KEYS
+            FRAME_CAPACITY, batch_size=BATCH_SIZE, seed=0, keys=keys
         ),
     }
     fill = collector_frames(FRAME_FILL, 0, torch.Generator().manual_seed(0)).reshape(-1)

@@ -19,7 +19,7 @@ def test_both_frame_contestants_store_and_sample_the_same_transitions(small_fram
     buffers = replay.frame_buffers()
     assert [len(b) for b in buffers.values()] == [1_000, 1_000]
     samples = [b.sample() for b in buffers.values()]  # one seed, one sampler each
-    for key in replay.LOSS_KEYS:
+    for key in replay.loss_keys():
         assert samples[0][key].equal(samples[1][key])
 
 
