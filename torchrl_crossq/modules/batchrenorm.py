@@ -122,7 +122,7 @@ class BatchRenorm1d(nn.Module):
             f"dmax={self.dmax}, warmup_steps={self.warmup_steps}, affine={self.affine}{ens}"
         )
 
-    def _reduce_dims(self, x: torch.Tensor) -> tuple[int, ...]:
+    def _check_shape(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__} expects {self.num_features} features in the last "
@@ -133,33 +133,37 @@ class BatchRenorm1d(nn.Module):
                 raise ValueError(
                     f"{type(self).__name__} expects an input of shape [*, B, C], got {tuple(x.shape)}"
                 )
-            return tuple(range(x.dim() - 1))
-        if x.dim() < 3 or x.shape[0] != self.ensemble_size:
+        elif x.dim() < 3 or x.shape[0] != self.ensemble_size:
             raise ValueError(
                 f"{type(self).__name__} with ensemble_size={self.ensemble_size} expects an input "
                 f"of shape [{self.ensemble_size}, *, B, C], got {tuple(x.shape)}"
             )
-        return tuple(range(1, x.dim() - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._reduce_dims(x)  # checks the shape
+        self._check_shape(x)
         # Statistics in float32 even when the matmuls around run in bfloat16.
         if x.dtype != self.running_mean.dtype:
             x = x.to(torch.promote_types(x.dtype, self.running_mean.dtype))
         if self.training:
             return self._train_forward(x)
-        stat_shape = self._stat_shape(x)
-        scale = (self.running_var + self.eps).rsqrt().view(stat_shape)
-        shift = -self.running_mean.view(stat_shape) * scale
-        if self.affine:
-            weight = self.weight.view(stat_shape)
-            shift = torch.addcmul(self.bias.view(stat_shape), weight, shift)
-            scale = weight * scale
-        return torch.addcmul(shift, x, scale)
+        # y = x * scale + shift, scale = weight / sqrt(var + eps), shift = bias - weight * mean
+        # / sqrt(var + eps). Statistics of shape [C] broadcast as they are (an actor acting:
+        # no views to build); an ensemble's [E, 1, C] are viewed against [E, *, B, C].
+        unit_scale = (self.running_var + self.eps).rsqrt()
+        mean = self.running_mean
+        if self.ensemble_size is not None:
+            stat_shape = self._stat_shape(x)
+            unit_scale, mean = unit_scale.view(stat_shape), mean.view(stat_shape)
+        if not self.affine:
+            return torch.addcmul((mean * unit_scale).neg_(), x, unit_scale)
+        weight, bias = self.weight, self.bias
+        if self.ensemble_size is not None:
+            weight, bias = weight.view(stat_shape), bias.view(stat_shape)
+        shift = torch.addcmul(bias, weight, mean * unit_scale, value=-1)
+        return torch.addcmul(shift, x, weight * unit_scale)
 
     def _stat_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        if self.ensemble_size is None:
-            return (self.num_features,)
+        """An ensemble's statistics ``[E, 1, C]`` laid out against ``x: [E, *, B, C]``."""
         return (self.ensemble_size,) + (1,) * (x.dim() - 2) + (self.num_features,)
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
