@@ -15,6 +15,7 @@ from torchrl_crossq.collectors import (
     make_collector,
 )
 from torchrl_crossq.envs import make_env
+from torchrl_crossq.modules.networks import TanhNormalActor
 
 
 def ray_or_skip():
@@ -156,7 +157,7 @@ def test_reused_batch_holds_what_a_fresh_batch_would(frames_per_batch):
         assert (ours == theirs).all()
 
 
-def collect_all(env_name, direct, frames_per_batch, policy=True, **env_kwargs):
+def collect_all(env_name, direct, frames_per_batch, policy=True, hook=None, **env_kwargs):
     """Every batch of a 60-frame run with init_random_frames=6, and the RNG state after."""
     torch.manual_seed(0)
     env = make_env(env_name, seed=3, **env_kwargs)
@@ -164,6 +165,8 @@ def collect_all(env_name, direct, frames_per_batch, policy=True, **env_kwargs):
     if policy:
         obs_size = env.observation_spec["observation"].shape[-1]
         actor = make_actor(obs_size, env.action_spec, num_cells=(8,))
+        if hook is not None:
+            actor.register_forward_hook(hook)
     torch.manual_seed(1)
     collector = make_collector(
         lambda seed: env,
@@ -235,3 +238,41 @@ def test_direct_and_torchrl_collection_train_the_same_run(tmp_path):
         logs.append(next(run_dir.rglob("scalars/train/loss_qvalue.csv")).read_text())
     assert len(logs[0].splitlines()) >= 2
     assert logs[0] == logs[1]
+
+
+def test_direct_collector_acts_on_tensors_unless_the_actor_has_hooks(monkeypatch):
+    # make_actor's actor acts on the observation tensor (TanhNormalActor.act), no TensorDict
+    # in between: the batches and draws of a call on a TensorDict. A hook on it is honoured.
+    expected, expected_rng = collect_all("Pendulum-v1", False, 3, max_episode_steps=25)
+    calls = {"act": 0, "forward": 0, "hook": 0}
+    act, forward = TanhNormalActor.act, TanhNormalActor.forward
+
+    def counting_act(self, *args):
+        calls["act"] += 1
+        return act(self, *args)
+
+    def counting_forward(self, *args):
+        calls["forward"] += 1
+        return forward(self, *args)
+
+    def hook(module, args, out):
+        calls["hook"] += 1
+
+    monkeypatch.setattr(TanhNormalActor, "act", counting_act)
+    monkeypatch.setattr(TanhNormalActor, "forward", counting_forward)
+    policy_frames = 60 - 6  # after init_random_frames
+    for with_hook in (False, True):
+        calls.update(act=0, forward=0, hook=0)
+        batches, rng = collect_all(
+            "Pendulum-v1", True, 3, hook=hook if with_hook else None, max_episode_steps=25
+        )
+        for batch, reference in zip(batches, expected, strict=True):
+            assert (batch == reference).all()
+        assert torch.equal(rng, expected_rng)
+        # every policy frame and the collector's first call (which fixes the output keys)
+        assert calls["act"] == policy_frames + 1
+        # calls on a TensorDict: the first one only, unless a hook is to see every call
+        if with_hook:
+            assert calls["forward"] == calls["hook"] == policy_frames + 1
+        else:
+            assert (calls["forward"], calls["hook"]) == (1, 0)

@@ -8,9 +8,12 @@ from collections.abc import Callable, Iterator
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import InteractionType
 from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from torchrl_crossq.modules.networks import TanhNormalActor
 
 COLLECTOR_BACKENDS = ("sync", "multi_sync", "multi_async", "ray")
 
@@ -322,20 +325,41 @@ class GymCollector(BaseCollector):
         self._next_traj_id += 1
         return state
 
-    def _act(self) -> TensorDictBase:
+    def _observation(self) -> torch.Tensor:
         observation = self._state["observation"]
         if self.policy_device is not None:
             observation = observation.to(self.policy_device)
-        return self.policy(self._policy_input.set("observation", observation))
+        return observation
+
+    def _act(self) -> TensorDictBase:
+        return self.policy(self._policy_input.set("observation", self._observation()))
+
+    def _acts_on_tensors(self) -> bool:
+        """Whether make_actor's actor acts on the observation tensor this step
+        (:meth:`~torchrl_crossq.modules.networks.TanhNormalActor.act`: the values and draws
+        of a call on a TensorDict, without the TensorDict): when no hook is to see the call."""
+        policy = self.policy
+        return (
+            self._tensor_actor
+            and not (policy._forward_hooks or policy._forward_pre_hooks)
+            and policy.acts_fast(InteractionType.RANDOM)
+        )
 
     def _policy_output_keys(self) -> list:
         self._random_extras = {}
+        self._tensor_actor = False
         if self.policy is None:  # TorchRL's collector acts with a RandomPolicy: one draw
             self.env.full_action_spec.rand()
             return ["action"]
         with set_exploration_type(ExplorationType.RANDOM):
             out = self._act()
         keys = [key for key in out.keys(True, True) if key != "observation"]
+        # make_actor's actor may act on the observation tensor (see _step).
+        self._tensor_actor = (
+            isinstance(self.policy, TanhNormalActor)
+            and self.policy.in_keys == ["observation"]
+            and sorted(map(str, keys)) == sorted(map(str, self.policy.act_keys))
+        )
         # Random frames carry the policy's other outputs as zeros, as in TorchRL's batches.
         self._random_extras = {
             key: torch.zeros_like(out.get(key), device="cpu") for key in keys if key != "action"
@@ -378,6 +402,10 @@ class GymCollector(BaseCollector):
                 **self._random_extras,
                 "action": self.env.full_action_spec.rand().get("action"),
             }
+        elif self._acts_on_tensors():
+            values = self.policy.act(self._observation(), InteractionType.RANDOM)
+            outputs = dict(zip(self.policy.act_keys, values, strict=True))
+            acted = {key: outputs[key].cpu() for key in self._policy_keys}
         else:
             out = self._act()
             acted = {key: out.get(key).cpu() for key in self._policy_keys}

@@ -543,6 +543,8 @@ class TanhNormalActor(ProbabilisticActor):
         self._log_half_range = self._half_range.log()  # > 0: also TorchRL's abs().log()
         self._observation_key = module.in_keys[0]
         self._action_key = kwargs["out_keys"][0]
+        #: the keys of :meth:`act`'s outputs, in order
+        self.act_keys = (*module.out_keys, self._action_key)
         self._plain = _plain_tanh_normal(
             kwargs["distribution_class"], kwargs["distribution_kwargs"]
         )
@@ -594,30 +596,43 @@ class TanhNormalActor(ProbabilisticActor):
 
     def forward(self, tensordict: TensorDictBase, *args, **kwargs) -> TensorDictBase:
         mode = interaction_type() or self.default_interaction_type
-        fast = not (
-            args
-            or kwargs
-            or self.module[-1].return_log_prob
-            or torch.is_grad_enabled()
-            or not self._plain
-        ) and mode in (
-            InteractionType.RANDOM,
-            InteractionType.DETERMINISTIC,
-        )
-        if not fast:
+        if args or kwargs or not self.acts_fast(mode):
             return super().forward(tensordict, *args, **kwargs)
-        loc, scale = self.module[0].module(tensordict.get(self._observation_key))
         # The same keys as TorchRL's path: collectors fix their output keys on a first call.
-        loc_key, scale_key = self.module[0].out_keys
-        tensordict.set(loc_key, loc).set(scale_key, scale)
+        for key, value in zip(self.act_keys, self.act(tensordict.get(self._observation_key), mode)):
+            tensordict.set(key, value)
+        return tensordict
+
+    def acts_fast(self, mode: InteractionType | None = None) -> bool:
+        """Whether a call now, under exploration ``mode`` (default: the current one), takes
+        the fast acting path: no gradient, no log-probability, random or deterministic."""
+        mode = mode or interaction_type() or self.default_interaction_type
+        return (
+            self._plain
+            and not self.module[-1].return_log_prob
+            and not torch.is_grad_enabled()
+            and mode in (InteractionType.RANDOM, InteractionType.DETERMINISTIC)
+        )
+
+    def act(
+        self, observation: torch.Tensor, mode: InteractionType
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loc, scale, action)`` for ``observation``: the fast acting path on tensors.
+
+        What a call on a TensorDict writes under ``loc``, ``scale`` and the action key when
+        :meth:`acts_fast` holds (the same values, the same random draws), for a loop that
+        holds its observation as a tensor (:class:`~torchrl_crossq.collectors.GymCollector`).
+        """
+        loc, scale = self.module[0].module(observation)
+        preimage = loc
         if mode is InteractionType.RANDOM:
-            loc = loc + torch.empty_like(loc).normal_() * scale
+            preimage = loc + torch.empty_like(loc).normal_() * scale
         lim = 1.0 - torch.finfo(loc.dtype).resolution  # TorchRL's safe tanh
-        action = loc.tanh().clamp(-lim, lim)
+        action = preimage.tanh().clamp(-lim, lim)
         if self._rescale:
             mid, half_range = self._mid.to(loc.device), self._half_range.to(loc.device)
             action = mid + half_range * action
-        return tensordict.set(self._action_key, action)
+        return loc, scale, action
 
 
 def _check_action_spec(action_spec: TensorSpec) -> None:
