@@ -228,7 +228,10 @@ class GymCollector(BaseCollector):
     TensorDicts: the same keys, shapes and dtypes, the same values for the same seed, and
     the same random draws in the same order (random frames from the env's action spec, one
     policy call on the first observation when it is built, as TorchRL's does), so a run
-    with either collector is the same run. It keeps TorchRL's names where code reads them
+    with either collector is the same run. :func:`~torchrl_crossq.make_actor`'s actor is
+    called on the observation tensor (``TanhNormalActor.act``: the outputs and draws of its
+    call on a TensorDict) unless a forward hook is registered on it; any other policy gets a
+    TensorDict. It keeps TorchRL's names where code reads them
     (``env``, ``_carrier``: the checkpoint's :func:`~torchrl_crossq.checkpoint.collector_state`
     works for both).
 

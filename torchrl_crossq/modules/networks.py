@@ -528,7 +528,8 @@ class TanhNormalActor(ProbabilisticActor):
     with ``u = loc + scale * eps`` (random) or ``u = loc`` (deterministic), the
     same arithmetic and the same random draws as :class:`~torchrl.modules.TanhNormal`
     (safe tanh, affine rescaling to the spec's bounds), so the actions are
-    identical, and the keys (``loc``, ``scale``, the action) are TorchRL's. Anything
+    identical, and the keys (``loc``, ``scale``, the action) are TorchRL's. :meth:`act` is
+    that path on tensors, for a loop that holds its observation as one. Anything
     else (gradients, ``get_dist``, other interaction types) is TorchRL's path.
     Built by :func:`make_actor`.
     """
