@@ -181,6 +181,36 @@ def test_state_dict_round_trip_restores_statistics_and_counter():
     torch.testing.assert_close(fresh.eval()(x), brn.eval()(x))
 
 
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize(
+    "ensemble_size, shape", [(None, (3,)), (None, (4, 5, 3)), (2, (2, 5, 3)), (2, (2, 4, 5, 3))]
+)
+def test_eval_mode_is_the_running_statistics_formula_with_its_gradients(
+    affine, ensemble_size, shape
+):
+    brn = BatchRenorm1d(3, affine=affine, ensemble_size=ensemble_size).eval()
+    with torch.no_grad():
+        brn.running_mean.normal_()
+        brn.running_var.uniform_(0.1, 4.0)
+        if affine:
+            brn.weight.normal_()
+            brn.bias.normal_()
+    x = torch.randn(shape, requires_grad=True)
+    stats = (3,) if ensemble_size is None else (2,) + (1,) * (len(shape) - 2) + (3,)
+    mean, var = brn.running_mean.view(stats), brn.running_var.view(stats)
+    expected = (x - mean) / torch.sqrt(var + brn.eps)
+    if affine:
+        expected = expected * brn.weight.view(stats) + brn.bias.view(stats)
+    y = brn(x)
+    torch.testing.assert_close(y, expected)
+    grad = torch.randn_like(y)
+    inputs = [x, *brn.parameters()]
+    for ours, reference in zip(
+        torch.autograd.grad(y, inputs, grad), torch.autograd.grad(expected, inputs, grad)
+    ):
+        torch.testing.assert_close(ours, reference)
+
+
 def test_leading_dimensions_count_as_batch():
     a, b = BatchRenorm1d(3), BatchRenorm1d(3)
     x = torch.randn(4, 5, 3)

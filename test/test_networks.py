@@ -194,6 +194,29 @@ def test_acting_without_gradient_gives_torchrls_actions_bit_for_bit(low, high, m
         torchrl = actor(td.clone())  # with gradients: TorchRL's distribution path
     assert torch.equal(fast["action"], torchrl["action"].detach())
     assert set(fast.keys()) == set(torchrl.keys())  # collectors fix their keys on a first call
+    # act: the same path on the observation tensor, its outputs in act_keys' order
+    with torch.no_grad():
+        assert actor.acts_fast(mode)
+        torch.manual_seed(0)
+        outputs = actor.act(td["observation"], mode)
+    assert actor.act_keys == ("loc", "scale", "action")
+    for key, value in zip(actor.act_keys, outputs, strict=True):
+        assert torch.equal(value, fast[key]), key
+
+
+def test_acts_fast_only_without_gradient_or_log_prob_and_for_random_or_deterministic():
+    actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,))
+    with torch.no_grad():
+        assert actor.acts_fast(ExplorationType.RANDOM)
+        assert not actor.acts_fast(ExplorationType.MEAN)
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            assert actor.acts_fast()  # the current exploration type by default
+    assert not actor.acts_fast(ExplorationType.RANDOM)  # gradients enabled
+    logging_actor = make_actor(
+        OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,), return_log_prob=True
+    )
+    with torch.no_grad():
+        assert not logging_actor.acts_fast(ExplorationType.RANDOM)
 
 
 @pytest.mark.parametrize(
