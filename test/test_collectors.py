@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_train_script import run
 from torchrl.data import Bounded
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_crossq import make_actor
 from torchrl_crossq.collectors import (
@@ -276,3 +277,20 @@ def test_direct_collector_acts_on_tensors_unless_the_actor_has_hooks(monkeypatch
             assert calls["forward"] == calls["hook"] == policy_frames + 1
         else:
             assert (calls["forward"], calls["hook"]) == (1, 0)
+
+
+def test_direct_collector_calls_a_subclassed_actors_own_forward():
+    # A subclass's forward is what acts, not TanhNormalActor.act on the tensor.
+    class Deterministic(TanhNormalActor):
+        def forward(self, tensordict, *args, **kwargs):
+            with set_exploration_type(ExplorationType.DETERMINISTIC):
+                return super().forward(tensordict, *args, **kwargs)
+
+    env = make_env("Pendulum-v1", seed=0)
+    actor = make_actor(3, env.action_spec, num_cells=(8,))
+    actor.__class__ = Deterministic
+    collector = GymCollector(env, actor, frames_per_batch=4, total_frames=8)
+    for batch in collector:
+        expected = (batch["loc"].tanh() * 2.0).clamp(-2.0, 2.0)  # the mode, not a draw
+        torch.testing.assert_close(batch["action"], expected)
+    collector.shutdown()

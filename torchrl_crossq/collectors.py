@@ -357,9 +357,11 @@ class GymCollector(BaseCollector):
         with set_exploration_type(ExplorationType.RANDOM):
             out = self._act()
         keys = [key for key in out.keys(True, True) if key != "observation"]
-        # make_actor's actor may act on the observation tensor (see _step).
+        # make_actor's actor may act on the observation tensor (see _step); not a subclass
+        # with a forward of its own, which a call on the tensor would skip.
         self._tensor_actor = (
             isinstance(self.policy, TanhNormalActor)
+            and type(self.policy).forward is TanhNormalActor.forward
             and self.policy.in_keys == ["observation"]
             and sorted(map(str, keys)) == sorted(map(str, self.policy.act_keys))
         )

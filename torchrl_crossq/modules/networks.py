@@ -616,14 +616,16 @@ class TanhNormalActor(ProbabilisticActor):
         )
 
     def act(
-        self, observation: torch.Tensor, mode: InteractionType
+        self, observation: torch.Tensor, mode: InteractionType | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loc, scale, action)`` for ``observation``: the fast acting path on tensors.
 
         What a call on a TensorDict writes under ``loc``, ``scale`` and the action key when
         :meth:`acts_fast` holds (the same values, the same random draws), for a loop that
         holds its observation as a tensor (:class:`~torchrl_crossq.collectors.GymCollector`).
+        ``mode``: random or deterministic; default, the current exploration type.
         """
+        mode = mode or interaction_type() or self.default_interaction_type
         loc, scale = self.module[0].module(observation)
         preimage = loc
         if mode is InteractionType.RANDOM:
