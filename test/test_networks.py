@@ -217,6 +217,8 @@ def test_acts_fast_only_without_gradient_or_log_prob_and_for_random_or_determini
     )
     with torch.no_grad():
         assert not logging_actor.acts_fast(ExplorationType.RANDOM)
+    with pytest.raises(ValueError, match=r"RANDOM or DETERMINISTIC, got .*MEAN"):
+        actor.act(torch.randn(OBS_DIM), ExplorationType.MEAN)
 
 
 @pytest.mark.parametrize(

@@ -623,9 +623,16 @@ class TanhNormalActor(ProbabilisticActor):
         What a call on a TensorDict writes under ``loc``, ``scale`` and the action key when
         :meth:`acts_fast` holds (the same values, the same random draws), for a loop that
         holds its observation as a tensor (:class:`~torchrl_crossq.collectors.GymCollector`).
-        ``mode``: random or deterministic; default, the current exploration type.
+        ``mode``: random or deterministic; default, the current exploration type. Other
+        modes (mean, mode, median) are TorchRL's distribution path: call the actor on a
+        TensorDict.
         """
         mode = mode or interaction_type() or self.default_interaction_type
+        if mode not in (InteractionType.RANDOM, InteractionType.DETERMINISTIC):
+            raise ValueError(
+                f"TanhNormalActor.act acts under InteractionType.RANDOM or DETERMINISTIC, got "
+                f"{mode!r}; call the actor on a TensorDict for TorchRL's {mode} action"
+            )
         loc, scale = self.module[0].module(observation)
         preimage = loc
         if mode is InteractionType.RANDOM:
