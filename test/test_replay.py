@@ -676,6 +676,26 @@ def test_transition_storage_leaves_other_reads_and_writes_to_torchrl():
             storage.get(torch.tensor([7]))  # past what is stored
 
 
+def test_transition_storage_checks_each_read_index_once_against_what_is_stored():
+    # Reads index whole stored tensors after one bounds check: an index that is empty, past
+    # what is stored, or negative gives TorchRL's result, before and after a wrap-around.
+    ours, torchrl = TransitionStorage(10), LazyTensorStorage(10)
+    for storage in (ours, torchrl):
+        storage.set(torch.arange(6), transitions(6))
+    for read in (torch.zeros(0, dtype=torch.long), torch.tensor([5, 0, 5]), torch.tensor([-2, 1])):
+        assert_same_tensordicts(ours.get(read), torchrl.get(read))
+    for read in (torch.tensor([2, 6]), torch.tensor([9], dtype=torch.int32)):
+        for storage in (ours, torchrl):
+            with pytest.raises(IndexError):
+                storage.get(read)  # rows 6-9 exist in memory but hold nothing yet
+    for storage in (ours, torchrl):
+        storage.set(torch.arange(6, 12) % 10, transitions(6, 6))  # full, wrapped
+    for read in (torch.arange(10), torch.tensor([9, 0, 1])):
+        assert_same_tensordicts(ours.get(read), torchrl.get(read))
+    with pytest.raises(IndexError):
+        ours.get(torch.tensor([10]))
+
+
 def test_transition_storage_reads_non_tensor_entries_through_torchrl():
     ours, torchrl = TransitionStorage(10), LazyTensorStorage(10)
     for storage in (ours, torchrl):

@@ -15,6 +15,8 @@ from torchrl.data.replay_buffers import Storage
 
 from torchrl_crossq.data.sampler import _check_int
 
+_CPU = torch.device("cpu")
+
 
 class TransitionStorage(LazyTensorStorage):
     """TorchRL's :class:`~torchrl.data.LazyTensorStorage`, reading and writing tensor by tensor.
@@ -25,11 +27,12 @@ class TransitionStorage(LazyTensorStorage):
     percent of a training frame at critic width 256. Here, for such an index and data whose
     every entry is a plain tensor (nested TensorDicts of them included), each stored tensor
     is indexed directly: ``stored[index] = value`` for a write, ``stored[:len(self)][index]``
-    for a read (with ``index_select`` on the CPU), the operations TorchRL's path ends in,
-    with the same results: the same values, batch size and device. Anything else (integer
-    or slice indices, negative indices on the CPU, non-tensor data, another key set, dtype
-    or shape, a ``compilable`` or shared storage, several storage dimensions) takes
-    TorchRL's path.
+    for a read (on the CPU: one bounds check of the index, then ``index_select`` on each
+    whole tensor, the TensorDicts built without per-entry checks), the operations TorchRL's
+    path ends in, with the same results: the same values, batch size and device. Anything
+    else (integer or slice indices, an empty index or one outside ``[0, len(self))``,
+    non-tensor data, another key set, dtype or shape, a ``compilable`` or shared storage,
+    several storage dimensions) takes TorchRL's path.
 
     Takes :class:`~torchrl.data.LazyTensorStorage`'s arguments; :func:`make_replay_buffer`
     builds the memory storage with it.
@@ -74,11 +77,23 @@ class TransitionStorage(LazyTensorStorage):
 
     def get(self, index: Any) -> Any:
         if self._indexable(index):
-            length = None if self._is_full else self._len_along_dim0
+            length = self._len_along_dim0
+            if index.is_cpu and self._storage.device == _CPU:
+                # One bounds check on the host, then index_select on whole tensors, not on a
+                # view of each. An empty index, or one outside [0, len) (TorchRL's path
+                # wraps negative indices and raises past the end), takes TorchRL's path.
+                if index.numel() == 0:
+                    return super().get(index)
+                low, high = torch.aminmax(index)
+                if low.item() < 0 or high.item() >= length:
+                    return super().get(index)
+                length = None
+            elif self._is_full:
+                length = None
             try:
                 sample = _gather(self._storage, index, length)
             except (IndexError, RuntimeError):
-                sample = None  # e.g. a negative index on the CPU: TorchRL's path reads it
+                sample = None  # an index out of range: TorchRL's path reads it or raises
             if sample is not None:
                 return sample
         return super().get(index)
@@ -121,8 +136,10 @@ def _matching_tensors(
 def _gather(stored: TensorDict, index: torch.Tensor, length: int | None) -> TensorDict | None:
     """``stored[:length][index]`` built tensor by tensor, or ``None`` for non-tensor entries.
 
-    On the CPU with ``index_select``, about twice as fast as indexing there, which it matches
-    for indices in ``[0, length)``; it raises for others.
+    ``length=None`` reads whole tensors: the caller checked the index. On the CPU with
+    ``index_select``, about twice as fast as indexing there. The TensorDicts are built
+    without TensorDict's per-entry checks: every entry is a row gather of a stored tensor,
+    so it has the batch's rows and the storage's device by construction.
     """
     entries = {}
     for key, value in stored.items():
@@ -138,7 +155,7 @@ def _gather(stored: TensorDict, index: torch.Tensor, length: int | None) -> Tens
             return None
         entries[key] = value
     batch_size = torch.Size([index.shape[0], *stored.batch_size[1:]])
-    return TensorDict(entries, batch_size=batch_size, device=stored.device)
+    return TensorDict._new_unsafe(entries, batch_size=batch_size, device=stored.device)
 
 
 class CachedStorage(Storage):
