@@ -29,6 +29,9 @@ CROSSQ_CRITIC_CELLS = (2048, 2048)  # paper: 2 hidden layers of 2048 for the cri
 SAC_CELLS = (256, 256)  # paper: actor 256 x 2; SAC's critic 256 x 2
 # The clip of the policy's log sigma in the original code and sb3-contrib.
 LOG_STD_BOUNDS = (-20.0, 2.0)
+# The exploration types TanhNormalActor.act draws or computes an action under without a
+# distribution object; the others (mean, mode, median) go through TorchRL's distribution.
+_FAST_MODES = (InteractionType.RANDOM, InteractionType.DETERMINISTIC)
 
 
 def _check_norm(norm: str | None) -> None:
@@ -612,7 +615,7 @@ class TanhNormalActor(ProbabilisticActor):
             self._plain
             and not self.module[-1].return_log_prob
             and not torch.is_grad_enabled()
-            and mode in (InteractionType.RANDOM, InteractionType.DETERMINISTIC)
+            and mode in _FAST_MODES
         )
 
     def act(
@@ -628,7 +631,7 @@ class TanhNormalActor(ProbabilisticActor):
         TensorDict.
         """
         mode = mode or interaction_type() or self.default_interaction_type
-        if mode not in (InteractionType.RANDOM, InteractionType.DETERMINISTIC):
+        if mode not in _FAST_MODES:
             raise ValueError(
                 f"TanhNormalActor.act acts under InteractionType.RANDOM or DETERMINISTIC, got "
                 f"{mode!r}; call the actor on a TensorDict for TorchRL's {mode} action"
