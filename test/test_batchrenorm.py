@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -244,6 +246,8 @@ def test_single_sample_in_train_mode_is_a_clear_error():
 def test_wrong_feature_count_names_the_shapes():
     with pytest.raises(ValueError, match=r"expects 3 features.*\(4, 5\)"):
         BatchRenorm1d(3)(torch.randn(4, 5))
+    with pytest.raises(ValueError, match=r"expects 3 features.*\(\)"):
+        BatchRenorm1d(3).eval()(torch.tensor(1.0))
 
 
 @pytest.mark.parametrize(
@@ -322,3 +326,69 @@ def test_warmup_schedule_is_plain_batch_norm_then_the_full_bounds():
     bounds = [tuple(float(b) for b in brn._warmup_schedule()) for _ in range(4)]
     assert bounds == [(1.0, 0.0), (1.0, 0.0), (3.0, 5.0), (3.0, 5.0)]
     assert int(brn.num_batches_tracked) == 2  # capped at warmup_steps
+
+
+def corrected_layer(momentum=0.5):
+    """A layer past warmup whose running statistics are far from the batches it will see."""
+    torch.manual_seed(0)
+    brn = BatchRenorm1d(3, warmup_steps=0, momentum=momentum)
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        brn.running_var.copy_(torch.tensor([0.3, 2.0, 1.0]))
+        brn.weight.uniform_(0.5, 1.5)
+        brn.bias.uniform_(-0.5, 0.5)
+    return brn
+
+
+def input_gradients(layer, x, probe):
+    x = x.clone().requires_grad_()
+    (layer(x) * probe).sum().backward()
+    return x.grad, layer.weight.grad, layer.bias.grad
+
+
+def test_compiled_gradients_use_the_statistics_of_the_forward_not_the_updated_ones():
+    # torch.compile's partitioner may recompute r and d in the backward from the running
+    # statistics, after this forward's update of them: a wrong gradient once r, d are active.
+    x, probe = torch.randn(16, 3) * 2 + 1, torch.randn(16, 3)
+    eager = corrected_layer()
+    compiled = corrected_layer()
+    expected = input_gradients(eager, x, probe)
+    got = input_gradients(torch.compile(compiled), x, probe)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.running_mean, eager.running_mean)
+
+
+def test_under_vmap_each_stacked_member_normalises_as_it_would_alone():
+    # How TorchRL's losses run a critic ensemble: torch.func over stacked parameters and buffers.
+    from torch.func import functional_call, stack_module_state, vmap
+
+    members = [corrected_layer(momentum=0.1) for _ in range(2)]
+    with torch.no_grad():
+        members[1].running_mean.add_(1.0)
+    alone = copy.deepcopy(members)
+    params, buffers = stack_module_state(members)
+    x, probe = torch.randn(8, 3), torch.randn(2, 8, 3)
+
+    def call(p, b, x):
+        return functional_call(members[0], (p, b), (x,))
+
+    y = vmap(call, (0, 0, None))(params, buffers, x)
+    (y * probe).sum().backward()
+    for i, layer in enumerate(alone):
+        expected = layer(x)
+        (expected * probe[i]).sum().backward()
+        torch.testing.assert_close(y[i], expected)
+        torch.testing.assert_close(params["weight"].grad[i], layer.weight.grad)
+        torch.testing.assert_close(buffers["running_mean"][i], layer.running_mean)
+        torch.testing.assert_close(buffers["running_var"][i], layer.running_var)
+
+
+def test_reset_parameters_starts_the_layer_over_statistics_and_warmup_included():
+    brn = corrected_layer()
+    brn.warmup_steps = 10
+    brn(torch.randn(8, 3))
+    brn.reset_parameters()
+    fresh = BatchRenorm1d(3)
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(brn.state_dict()[name], value)

@@ -201,14 +201,20 @@ def test_compiled_update_gives_the_eager_update_on_cpu(action_spec):
     import torch._inductor.config
 
     def updater(**kwargs):
-        loss = build(action_spec)
+        # Warmup over after two forwards: the r and d corrections act in most updates (a fast
+        # momentum makes a gradient computed with the wrong statistics show).
+        torch.manual_seed(0)
+        norm_kwargs = {"warmup_steps": 2, "momentum": 0.5}
+        actor = make_actor(OBS_DIM, action_spec, num_cells=(8,), norm_kwargs=norm_kwargs)
+        critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,), norm_kwargs=norm_kwargs)
+        loss = CrossQLoss(actor, critic)
         loss.make_value_estimator(gamma=0.99)
         return CrossQUpdater(loss, sgd_optimizers(loss), policy_delay=3, **kwargs)
 
     batches = [make_batch(16, seed=step) for step in range(6)]
     with torch._inductor.config.patch(fallback_random=True):
         compare_updaters_state_by_state(
-            updater(), updater(compile=True), batches, rtol=1e-4, atol=1e-5
+            updater(), updater(compile=True), batches, rtol=1e-5, atol=1e-6
         )
     assert torch._inductor.config.fallback_random is False  # put back, not deleted
 

@@ -43,6 +43,11 @@ class BatchRenorm1d(nn.Module):
     has its own statistics and affine parameters (used by the critic
     ensemble, which evaluates all critics in one batched call).
 
+    The train-mode backward is written by hand (a few fused passes) and is
+    differentiable once: no double backward. Under ``torch.func`` transforms
+    (``vmap``, as TorchRL's losses run their critic ensembles; ``grad``) the same
+    arithmetic runs as plain differentiable operations.
+
     Args:
         num_features: number of features ``C``.
 
@@ -115,6 +120,21 @@ class BatchRenorm1d(nn.Module):
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
 
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, and the warmup counter back to 0."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """The running statistics and the warmup counter, and the affine scale 1 and shift 0,
+        as at construction (``torch.nn.BatchNorm1d``'s meaning: a re-initialised layer starts
+        over)."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
     def extra_repr(self) -> str:
         ens = "" if self.ensemble_size is None else f", ensemble_size={self.ensemble_size}"
         return (
@@ -123,7 +143,7 @@ class BatchRenorm1d(nn.Module):
         )
 
     def _check_shape(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.num_features:
+        if x.dim() == 0 or x.shape[-1] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__} expects {self.num_features} features in the last "
                 f"dimension, got input of shape {tuple(x.shape)}"
@@ -184,12 +204,29 @@ class BatchRenorm1d(nn.Module):
         if self.affine:
             weight, bias = self.weight.view(stat_shape), self.bias.view(stat_shape)
         rmax, dmax = self._warmup_schedule()
-        y, batch_mean, batch_var = _BatchRenormTrain.apply(
-            x3, weight, bias, running_mean, running_var, self.eps, rmax, dmax
+        mean_before, var_before = running_mean, running_var
+        transformed = False
+        if torch.compiler.is_compiling():
+            # torch.compile's partitioner may recompute r and d in the backward from the
+            # buffers, which by then hold this batch's update (pytorch/pytorch#197039): the
+            # gradient would use the new statistics. An opaque copy pins the values read here.
+            mean_before, var_before = _snapshot(running_mean), _snapshot(running_var)
+        else:
+            # torch.func transforms (vmap, as TorchRL's losses run their critics; grad) need
+            # autograd.Functions written for them: plain operations there, the same arithmetic.
+            wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+            transformed = wrapped(x3) or wrapped(running_mean) or (self.affine and wrapped(weight))
+        train = _batch_renorm_train_ops if transformed else _BatchRenormTrain.apply
+        y, batch_mean, batch_var = train(
+            x3, weight, bias, mean_before, var_before, self.eps, rmax, dmax
         )
         with torch.no_grad():
-            running_mean.lerp_(batch_mean.to(running_mean.dtype), self.momentum)
-            running_var.lerp_(batch_var.to(running_var.dtype), self.momentum)
+            for running, batch in ((running_mean, batch_mean), (running_var, batch_var)):
+                batch = batch.to(running.dtype)
+                if transformed:  # lerp_ has no batching rule: the same update, spelled out
+                    running.add_((batch - running) * self.momentum)
+                else:
+                    running.lerp_(batch, self.momentum)
         return y.view(x.shape)
 
     @torch.no_grad()
@@ -208,6 +245,34 @@ class BatchRenorm1d(nn.Module):
         rmax = torch.where(warmed_up, self.rmax, 1.0).to(dtype)
         dmax = torch.where(warmed_up, self.dmax, 0.0).to(dtype)
         return rmax, dmax
+
+
+def _batch_renorm_train_ops(x, weight, bias, running_mean, running_var, eps, rmax, dmax):
+    """:class:`_BatchRenormTrain` in differentiable operations (``r``, ``d`` detached)."""
+    n = x.shape[1]
+    mean = x.sum(1, keepdim=True) / n
+    centred = x - mean
+    var = centred.square().sum(1, keepdim=True) / (n - 1)
+    inv_std = (var + eps).rsqrt()
+    with torch.no_grad():
+        running_inv_std = (running_var + eps).rsqrt()
+        r = torch.clamp((var + eps).sqrt() * running_inv_std, rmax.reciprocal(), rmax)
+        d = torch.clamp((mean - running_mean) * running_inv_std, -dmax, dmax)
+    y = centred * (inv_std * r) + d
+    if weight is not None:
+        y = y * weight + bias
+    return y, mean.detach(), var.detach()
+
+
+@torch.library.custom_op("torchrl_crossq::statistics_snapshot", mutates_args=())
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` that torch.compile's partitioner never recomputes from it."""
+    return tensor.clone()
+
+
+@_snapshot.register_fake
+def _(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(tensor)
 
 
 class _BatchRenormTrain(torch.autograd.Function):
