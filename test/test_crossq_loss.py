@@ -245,6 +245,16 @@ def test_missing_key_names_the_key_and_the_set_keys_argument(action_spec, batch)
         loss(batch)
 
 
+def test_data_without_terminated_is_refused_with_the_done_alternative(action_spec, batch):
+    # TorchRL's estimators would fall back to done silently, ending the bootstrap at time limits.
+    loss = build(action_spec)
+    del batch["next", "terminated"]
+    with pytest.raises(KeyError, match=r"set_keys\(terminated=\.\.\.\).*terminated='done'"):
+        loss(batch)
+    loss.set_keys(terminated="done")
+    assert torch.isfinite(loss(batch)["loss_qvalue"])
+
+
 def test_loss_writes_only_the_priority_key_into_its_input(action_spec, batch):
     loss = build(action_spec)
     before = batch.clone()
@@ -282,12 +292,20 @@ def test_reduction_none_and_sum(action_spec, batch):
     torch.testing.assert_close(outs[1]["loss_actor"] / len(batch), outs[2]["loss_actor"])
 
 
-def test_multidimensional_batches_are_flattened(action_spec):
+def test_per_sample_losses_of_a_multidimensional_batch_keep_its_shape(action_spec):
+    # As TorchRL's SACLoss: a [B, T] batch gives [B, T] losses, so [B, T] weights or masks apply.
     loss = build(action_spec, reduction="none")
-    batch = make_batch(8).reshape(2, 4)
-    out = loss(batch)
-    assert out["loss_qvalue"].shape == (8,)
-    assert batch["td_error"].shape == (2, 4)
+    twin = copy.deepcopy(loss)  # a call moves the BatchRenorm statistics
+    batch = make_batch(8)
+    torch.manual_seed(0)
+    flat = loss(batch.clone())
+    shaped = batch.reshape(2, 4)
+    torch.manual_seed(0)
+    out = twin(shaped)
+    for key in ("loss_qvalue", "loss_actor", "loss_alpha"):
+        assert out[key].shape == (2, 4), key
+        torch.testing.assert_close(out[key].reshape(-1), flat[key])
+    assert shaped["td_error"].shape == (2, 4)
 
 
 def test_target_entropy_auto_is_minus_action_dim(action_spec):

@@ -5,6 +5,7 @@ Networks here are built the TorchRL way (``MLP``, ``NormalParamExtractor``, ``Ta
 factories, except where a factory's own checks are the subject.
 """
 
+import copy
 import functools
 import math
 
@@ -373,3 +374,132 @@ def test_own_keys_through_a_rename_transform_env_and_a_collector():
         collector.shutdown()
     out = loss(data.reshape(-1))
     assert all(torch.isfinite(out[k]) for k in ("loss_qvalue", "loss_actor", "loss_alpha"))
+
+
+# -- 5. copies, moves and keyword inputs ----------------------------------------------------
+def brn_buffers(module):
+    return [b for name, b in module.named_buffers() if name.endswith("running_mean")]
+
+
+def test_a_deep_copied_loss_trains_its_own_networks():
+    torch.manual_seed(0)
+    original = CrossQLoss(torchrl_actor(), torchrl_critic())
+    clone = copy.deepcopy(original)
+    out = clone(transitions())
+    (out["loss_qvalue"] + out["loss_actor"] + out["loss_alpha"]).backward()
+    assert all(p.grad is not None for p in clone.parameters())
+    assert all(p.grad is None for p in original.parameters())
+    # The copy's networks hold the copy's parameters and statistics, as the original's do.
+    for network in ("actor", "qvalue"):
+        module = getattr(clone, f"{network}_network")
+        params = getattr(clone, f"{network}_network_params")
+        held = dict(module.named_parameters()) | dict(module.named_buffers())
+        for key, value in params.flatten_keys(".").items():
+            assert held[key].data_ptr() == value.data_ptr(), (network, key)
+
+
+def test_after_a_dtype_move_the_actor_acts_on_the_statistics_the_loss_updates():
+    torch.manual_seed(0)
+    actor = torchrl_actor()
+    loss = CrossQLoss(actor, torchrl_critic()).double()
+    loss(transitions().apply(lambda t: t.double() if t.is_floating_point() else t))
+    loss_stats = brn_buffers(loss.actor_network_params)
+    actor_stats = brn_buffers(actor)  # the module a collector would act with
+    assert actor_stats and all(s.dtype == torch.float64 for s in actor_stats)
+    assert all(s.abs().sum() > 0 for s in actor_stats)  # moved by the loss's train-mode pass
+    for held, own in zip(actor_stats, loss_stats, strict=True):
+        assert held.data_ptr() == own.data_ptr()
+
+
+class ObservationFirst(nn.Module):
+    """A one-member Q-network whose forward reads its inputs by name, observation first."""
+
+    num_qvalue_nets = 1
+
+    def __init__(self):
+        super().__init__()
+        self.net = MLP(in_features=OBS_DIM + ACTION_DIM, num_cells=[16], out_features=1)
+
+    def forward(self, observation, action):
+        return self.net(torch.cat([observation, action], -1))
+
+
+def test_a_critic_with_keyword_in_keys_gets_its_inputs_by_name():
+    torch.manual_seed(0)
+    actor, net = torchrl_actor(norm=False), ObservationFirst()
+    # tensordict's mapping form, data key -> keyword, listed in the other order than forward's.
+    by_name = TensorDictModule(
+        net, in_keys={"action": "action", "observation": "observation"}, out_keys=["q"]
+    )
+    in_order = TensorDictModule(net, in_keys=["observation", "action"], out_keys=["q"])
+    values = []
+    for critic in (by_name, in_order):
+        loss = CrossQLoss(actor, critic, q_head_type="default")
+        loss.set_keys(state_action_value="q")
+        torch.manual_seed(1)
+        values.append(loss.qvalue_loss(transitions())[1]["q_mean"])
+    torch.testing.assert_close(values[0], values[1], rtol=0, atol=0)
+
+
+def test_log_alpha_is_torchrls_for_a_fixed_alpha_and_named_for_softplus():
+    fixed = CrossQLoss(torchrl_actor(), torchrl_critic(), fixed_alpha=True, alpha_init=0.5)
+    assert float(fixed.log_alpha) == pytest.approx(math.log(0.5))
+    assert not fixed.log_alpha.requires_grad  # TorchRL's fixed_alpha: a buffer
+    softplus = CrossQLoss(torchrl_actor(), torchrl_critic(), alpha_type="softplus")
+    with pytest.raises(AttributeError, match=r"alpha_type.*'softplus'.*temperature\.parameters"):
+        softplus.log_alpha  # noqa: B018
+
+
+def test_the_updater_refuses_per_sample_losses_with_the_reduction_to_use():
+    from torchrl_crossq import CrossQUpdater, make_optimizers
+
+    loss = CrossQLoss(torchrl_actor(), torchrl_critic(), reduction="none")
+    with pytest.raises(ValueError, match=r"reduction='none'.*'mean'"):
+        CrossQUpdater(loss, make_optimizers(loss))
+
+
+def test_our_fast_actor_refuses_a_network_it_cannot_call_on_one_observation():
+    from torchrl_crossq.modules.networks import TanhNormalActor
+
+    two_inputs = TensorDictModule(
+        nn.Linear(1, 1), in_keys=["observation", "goal"], out_keys=["loc", "scale"]
+    )
+    with pytest.raises(ValueError, match=r"one input key.*\['observation', 'goal'\]"):
+        TanhNormalActor(
+            two_inputs,
+            in_keys=["loc", "scale"],
+            out_keys=["action"],
+            distribution_class=TanhNormal,
+            distribution_kwargs={"low": SPEC.space.low, "high": SPEC.space.high},
+        )
+
+
+def test_our_batch_renorm_in_torchrls_own_loss_with_its_vmap_on_and_off():
+    # TorchRL's losses run a critic ensemble under torch.func.vmap (deactivate_vmap=False).
+    from torchrl.objectives import CrossQLoss as TorchRLCrossQLoss
+
+    from torchrl_crossq import BatchRenorm1d
+
+    torch.manual_seed(0)
+    net = MLP(
+        in_features=OBS_DIM + ACTION_DIM,
+        num_cells=[16, 16],
+        out_features=1,
+        norm_class=BatchRenorm1d,
+        norm_kwargs={"num_features": 16, "warmup_steps": 0, "momentum": 0.1},
+    )
+    vmapped = TorchRLCrossQLoss(
+        torchrl_actor(), ValueOperator(net, in_keys=["action", "observation"])
+    )
+    looped = copy.deepcopy(vmapped)
+    looped.deactivate_vmap = True
+    losses = []
+    for loss in (vmapped, looped):
+        torch.manual_seed(1)
+        value, _ = loss.qvalue_loss(transitions())
+        value.backward()
+        losses.append(value)
+    torch.testing.assert_close(losses[0], losses[1])
+    grads = [loss.qvalue_network_params.grad for loss in (vmapped, looped)]
+    for key, value in grads[0].items(True, True):
+        torch.testing.assert_close(value, grads[1][key], msg=str(key))

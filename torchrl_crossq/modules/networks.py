@@ -214,7 +214,8 @@ def module_output(module: TensorDictModuleBase, tensordict: TensorDictBase, key)
     """``module(tensordict).get(key)``, calling a plain ``TensorDictModule``'s network directly.
 
     For a ``TensorDictModule`` (or a subclass with its forward, e.g. ``ValueOperator``) with
-    one output key, the wrapped network is called on the input keys: tensordict 0.14
+    one output key and its input keys as a list (not a mapping to keyword arguments), the
+    wrapped network is called on the input keys: tensordict 0.14
     wraps every output through ``TensorDict.from_any``, which looks pandas up in the
     import system on every call. Anything else goes through ``module(tensordict)``;
     ``None`` when it writes no ``key``.
@@ -224,6 +225,7 @@ def module_output(module: TensorDictModuleBase, tensordict: TensorDictBase, key)
         and type(module).forward is TensorDictModule.forward
         and len(module.out_keys) == 1
         and module.out_keys[0] == key
+        and getattr(module, "_kwargs", None) is None  # in_keys as a list: positional inputs
         and not module._forward_hooks
         and not module._forward_pre_hooks
     ):
@@ -238,7 +240,8 @@ class ExpandedCritic(TensorDictModuleBase):
     ``num_qvalue_nets``) turns a single critic ``(observation, action) ->
     Q [*B, 1]`` into an ensemble writing ``[*B, n]``. Member 0 is the given
     module; the others are deep copies whose layers with a ``reset_parameters``
-    method are re-initialised, so the members start different. Each member runs
+    method are re-initialised (normalisation layers: their statistics and warmup
+    counters too), so the members start different. Each member runs
     its own forward (its own normalisation statistics); :func:`make_critic`'s
     stacked ensemble does the same work in one batched matmul per layer.
 
@@ -538,6 +541,21 @@ class TanhNormalActor(ProbabilisticActor):
     """
 
     def __init__(self, module: TensorDictModule, **kwargs) -> None:
+        # The fast paths call the network on the observation tensor and read (loc, scale).
+        if not (
+            isinstance(module, TensorDictModule)
+            and type(module).forward is TensorDictModule.forward
+            and len(module.in_keys) == 1
+            and getattr(module, "_kwargs", None) is None
+            and len(module.out_keys) == 2
+        ):
+            raise ValueError(
+                f"TanhNormalActor needs a TensorDictModule with one input key, given as a list, "
+                f"writing [loc, scale]; got {type(module).__name__} with in_keys="
+                f"{list(getattr(module, 'in_keys', []))}, out_keys="
+                f"{list(getattr(module, 'out_keys', []))}. Use TorchRL's ProbabilisticActor for "
+                "other policy networks (CrossQLoss accepts it)"
+            )
         super().__init__(module, **kwargs)
         low, high = kwargs["distribution_kwargs"]["low"], kwargs["distribution_kwargs"]["high"]
         # TanhNormal skips the affine map when the bounds are [-1, 1].
@@ -679,7 +697,9 @@ def set_training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
 
     The one place where CrossQ switches its Batch Renormalization layers: the
     loss and the training script both use it, so a module always comes back
-    in the mode it went in.
+    in the mode it went in. It sets each module's ``training`` flag, as
+    ``nn.Module.train`` does, without calling ``train()``: a module that overrides
+    ``train()`` to do more than set the flag is not told.
 
     Examples:
         >>> net = nn.Sequential(nn.Linear(2, 2), BatchRenorm1d(2)).eval()

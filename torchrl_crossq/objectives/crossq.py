@@ -346,14 +346,38 @@ class CrossQLoss(LossModule):
         self.prepare()
 
     def prepare(self) -> None:
-        """Finds out, eagerly, which parameter sets the networks hold (see ``_holds_own``).
+        """Puts the loss's own parameters and buffers into its networks, and caches that they hold them.
 
-        Done at construction; call it again after moving the loss (``.to()`` forgets it) and
-        before ``torch.compile``-ing its methods, so that compiled code finds the answer
-        cached instead of tracing the check (``CrossQUpdater`` does).
+        ``convert_to_functional`` leaves each network holding the very tensors of
+        ``<network>_network_params``, so the actor a collector acts with normalises with the
+        statistics the loss updates. A device or dtype move (``.to()``, ``.double()``)
+        converts the module's buffers apart from the loss's, and a deep copy can copy them
+        apart: this ties them again. Done at construction, after every move and copy, and by
+        :class:`~torchrl_crossq.CrossQUpdater` before ``torch.compile``-ing the loss's methods,
+        so that compiled code finds the answer cached instead of tracing the check.
         """
+        cache = self.__dict__.setdefault("_cache_holds_own", {})
         for network in ("actor", "qvalue"):
-            self._holds_own(network)
+            module = getattr(self, f"{network}_network")
+            params = getattr(self, f"{network}_network_params")
+            if not _holds(module, params):
+                params.to_module(module, return_swap=False)
+            cache[network] = _holds(module, params)
+
+    def _apply(self, fn, *args, **kwargs):
+        # TorchRL's _apply erases the caches; the networks' buffers were converted apart from
+        # the loss's (a new tensor each), so tie them again.
+        out = super()._apply(fn, *args, **kwargs)
+        if "qvalue_network_params" in self._modules:  # not while the constructor moves parts
+            self.prepare()
+        return out
+
+    def __setstate__(self, state: dict) -> None:
+        # A deep copy (or unpickling) may copy a network's tensors apart from the loss's, and
+        # the copied cache would then say they are held: check and tie them again.
+        super().__setstate__(state)
+        if "qvalue_network_params" in self._modules:
+            self.prepare()
 
     def _action_spec(self, action_spec):
         """The spec of one action: the given one, or the actor's (its action key, or its only leaf)."""
@@ -384,19 +408,28 @@ class CrossQLoss(LossModule):
         return -float(spec.shape[-1:].numel())
 
     @property
-    def log_alpha(self) -> torch.nn.Parameter:
-        """The temperature's log-parameter (``alpha_type="exp"``), as TorchRL's ``CrossQLoss.log_alpha``.
+    def log_alpha(self) -> torch.Tensor:
+        """The temperature's log-parameter, as TorchRL's ``CrossQLoss.log_alpha``.
 
-        For an optimiser built by hand (``torch.optim.Adam([loss.log_alpha])``);
-        :func:`~torchrl_crossq.make_optimizers` steps ``loss.temperature.parameters()``
-        whatever the parametrisation.
+        ``alpha_type="exp"``: the trainable parameter, for an optimiser built by hand
+        (``torch.optim.Adam([loss.log_alpha])``); ``"fixed_alpha"``: ``log(alpha)``, a
+        tensor without gradient (TorchRL's ``fixed_alpha=True`` buffer). There is none for
+        ``"softplus"``. :func:`~torchrl_crossq.make_optimizers` steps
+        ``loss.temperature.parameters()`` whatever the parametrisation.
         """
-        if self.temperature.alpha_type != "exp":
+        if self.temperature.alpha_type == "fixed_alpha":
+            return self.temperature.fixed_alpha.log()
+        return self.temperature.log_alpha  # an AttributeError for softplus: see __getattr__
+
+    def __getattr__(self, name: str):
+        # A property's AttributeError lands here, where nn.Module's would drop its message.
+        if name == "log_alpha":
             raise AttributeError(
-                f"log_alpha exists for alpha_type='exp' only (this loss has "
-                f"{self.temperature.alpha_type!r}); use loss.temperature.parameters()"
+                f"log_alpha exists for alpha_type 'exp' and 'fixed_alpha' (this loss has "
+                f"{self.temperature.alpha_type!r}); use loss.temperature.parameters() for its "
+                "optimiser and loss.alpha for its value"
             )
-        return self.temperature.log_alpha
+        return super().__getattr__(name)
 
     # -- TorchRL LossModule plumbing -------------------------------------------------
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
@@ -475,12 +508,13 @@ class CrossQLoss(LossModule):
         """The current temperature, detached."""
         return self.temperature().detach()
 
-    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
+    def _reduce(self, loss: torch.Tensor, batch_size: torch.Size | None = None) -> torch.Tensor:
+        """The batch's mean or sum; for ``"none"``, per sample in the input's batch shape."""
         if self.reduction == "mean":
             return loss.mean()
         if self.reduction == "sum":
             return loss.sum()
-        return loss
+        return loss if batch_size is None else loss.reshape(batch_size)
 
     def _aggregate(self, q: torch.Tensor) -> torch.Tensor:
         return q.min(-1).values if self.agg_q == "min" else q.mean(-1)
@@ -498,6 +532,13 @@ class CrossQLoss(LossModule):
                     if key in names
                     else " (an input of the actor or the critic)"
                 )
+                if names.get(key) == "terminated":
+                    # TorchRL's estimators fall back to done, which ends the bootstrap at time
+                    # limits too: only on the user's word.
+                    hint += (
+                        ", or, for data without time limits, loss.set_keys(terminated="
+                        f"{self.tensor_keys.done!r}) (done then ends the bootstrap)"
+                    )
                 raise KeyError(f"{type(self).__name__}: the input has no key {key!r}{hint}")
         if tensordict.ndim != 1:
             tensordict = tensordict.reshape(-1)
@@ -620,7 +661,7 @@ class CrossQLoss(LossModule):
             "q_mean": q.detach().mean(),
             "target_value_mean": target.mean(),
         }
-        return self._reduce(loss), metadata
+        return self._reduce(loss, original.batch_size), metadata
 
     def _distance(self, error: torch.Tensor) -> torch.Tensor:
         if self.loss_function == "l2":
@@ -649,8 +690,9 @@ class CrossQLoss(LossModule):
 
         Actor in train mode; critic in eval mode with detached weights, so only
         the actor receives gradients. Returns the reduced loss and ``{"log_prob"}``
-        (detached) for :meth:`alpha_loss`.
+        (detached, in the input's batch shape) for :meth:`alpha_loss`.
         """
+        batch_size = tensordict.batch_size
         tensordict = self._check_input(tensordict)
         with (
             set_exploration_type(ExplorationType.RANDOM),
@@ -666,7 +708,7 @@ class CrossQLoss(LossModule):
             self._critic_input(tensordict, action), self.qvalue_network_params.detach(), False
         )
         loss = self.alpha * log_prob - self._aggregate(q)
-        return self._reduce(loss), {"log_prob": log_prob.detach()}
+        return self._reduce(loss, batch_size), {"log_prob": log_prob.detach().reshape(batch_size)}
 
     def alpha_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
         """The temperature loss ``-alpha * (log_pi + target_entropy)``; gradients reach alpha only."""

@@ -232,6 +232,11 @@ class CrossQUpdater:
             raise ValueError(
                 f"precision={precision!r} is not supported; use one of: {', '.join(PRECISIONS)}"
             )
+        if loss.reduction == "none":
+            raise ValueError(
+                "CrossQUpdater steps scalar losses, but the loss has reduction='none'; build "
+                "CrossQLoss with reduction='mean' (default) or 'sum'"
+            )
         missing = {"critic", "actor"} - optimizers.keys()
         if loss.temperature.trainable:
             missing |= {"alpha"} - optimizers.keys()
