@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torchrl_crossq import NonFiniteLossError
 from torchrl_crossq.checkpoint import CheckpointError, RunCheckpoints, StopOnSignal
 from torchrl_crossq.config import ConfigError, env_label, prepare_run, register_configs
-from torchrl_crossq.envs import MissingExtraError, UnknownEnvError, env_dims
+from torchrl_crossq.envs import MissingExtraError, UnknownEnvError, UnsupportedEnvError, env_dims
 from torchrl_crossq.from_config import (
     make_actor_critic_from_config,
     make_collector_from_config,
@@ -80,6 +80,7 @@ def main(cfg: DictConfig) -> None:
         CheckpointError,
         ConfigError,
         UnknownEnvError,
+        UnsupportedEnvError,
         MissingExtraError,
         NonFiniteLossError,
     ) as err:
@@ -159,13 +160,16 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
                     print(f"\nstopped at {frames} frames: saving a checkpoint in {run_dir}")
                     checkpoints.save(frames, collector=collector, logger=logger)
                     raise SystemExit(130)
+            progress.close()
+            if not history.rows or history.rows[-1]["frames"] != frames:
+                log_evaluation(logger, history, frames, evaluate_at(frames))
+            # Before the envs close: a run trained further (resume= with more total_frames)
+            # continues their episodes, as from any other checkpoint.
+            checkpoints.save(frames, collector=collector, logger=logger)
         finally:
             progress.close()
             collector.shutdown()
 
-    if not history.rows or history.rows[-1]["frames"] != frames:
-        log_evaluation(logger, history, frames, evaluate_at(frames))
-    checkpoints.save(frames, collector=collector, logger=logger)
     curve = plot_learning_curve(history, run_dir / "curve.png", title=f"CrossQ {env_label(cfg)}")
     success = f", success rate {history.last_success_rate:.2f}" if history.has_success else ""
     print(

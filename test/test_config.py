@@ -157,6 +157,47 @@ def test_embodied_preset_caches_the_window_of_a_disk_buffer_in_the_run_dir(tmp_p
     assert Path(buffer._storage.disk.scratch_dir) == tmp_path / "replay"
 
 
+# -- keys no code reads, values no run can take ---------------------------------------------------
+def test_a_key_added_with_plus_is_refused_naming_it_and_the_close_keys():
+    # hydra's own error for a typo suggests +key=value, which adds it past the schema.
+    cfg = compose_config(["+collector.total_frame=300"])
+    with pytest.raises(
+        ConfigError, match=r"^collector\.total_frame is not a key.*collector\.total_frames"
+    ):
+        validate(cfg)
+    cfg = compose_config(["+optim.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"^optim\.learning_rate is not a key.*optim\.lr"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused(seed):
+    with pytest.raises(ConfigError, match=rf"^seed={seed} must be in \[0, "):
+        validate(compose_config([f"seed={seed}"]))
+
+
+def test_a_start_that_failed_before_any_work_may_be_retried_in_its_run_dir(tmp_path):
+    saved_run(tmp_path, "seed=1")  # e.g. an env id that does not exist: config.yaml only
+    prepare_run(compose_config([*TINY, f"run_dir={tmp_path}", "seed=2"]))
+    assert OmegaConf.load(tmp_path / "config.yaml").seed == 2
+    (tmp_path / "eval.csv").write_text("frames,return\n")  # a run that did some work
+    with pytest.raises(ConfigError, match=r"already holds a run; continue it with resume="):
+        prepare_run(compose_config([*TINY, f"run_dir={tmp_path}"]))
+
+
+def test_a_run_that_would_never_update_warns(tmp_path):
+    overrides = [*TINY, f"run_dir={tmp_path}", "collector.init_random_frames=96"]
+    with pytest.warns(UserWarning, match=r"init_random_frames=96 >= collector\.total_frames=96"):
+        prepare_run(compose_config(overrides))
+
+
+def test_multirun_directories_stay_within_a_file_names_length():
+    assert config.sweep_subdir(0, "seed=1") == "seed=1"
+    many = ",".join(f"collector.some_key_{i}=value_{i}" for i in range(10))
+    assert len(many) > 255 and config.sweep_subdir(3, many) == "job3"
+    assert config.sweep_subdir(2, "") == "job2"
+
+
 # -- resume: the keys typed with it ----------------------------------------------------------------
 def saved_run(tmp_path, *overrides) -> Path:
     """A run directory as a new run leaves it before training (its config.yaml)."""

@@ -9,7 +9,7 @@ from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_crossq import make_actor
-from torchrl_crossq.envs import METAWORLD, BatchedEvaluation
+from torchrl_crossq.envs import METAWORLD, BatchedEvaluation, UnsupportedEnvError
 
 
 def test_batched_evaluation_gives_each_episode_what_it_gets_alone():
@@ -63,3 +63,11 @@ def test_batched_evaluation_success_rate_of_scripted_meta_world_episodes():
 
     assert evaluation(Scripted(still), seed=1).success_rate == 0.0
     evaluation.close()
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_a_discrete_action_env_is_refused_naming_it(num_envs):
+    from torchrl_crossq.envs import make_env
+
+    with pytest.raises(UnsupportedEnvError, match=r"env.name='CartPole-v1' has OneHot actions"):
+        make_env("CartPole-v1", num_envs=num_envs, vectorization="serial")

@@ -30,6 +30,7 @@ from torchrl_crossq.config import (
     POSITIVE,
     UNIT_INTERVAL,
     ConfigError,
+    prepare_run,
     validate,
 )
 from torchrl_crossq.objectives.update import make_lr_scheduler
@@ -123,6 +124,35 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, env
     for name in ("train/loss_qvalue", "train/loss_actor", "train/alpha", "eval/return"):
         after = {step: v for step, v in logged(whole, name).items() if step > 48}
         assert logged(killed, name) == after, name
+
+
+def test_a_finished_run_trained_further_gives_the_losses_of_a_longer_run(tmp_path):
+    # The final checkpoint is written before the envs close: their episodes continue.
+    overrides = [
+        "seed=3",
+        "env.max_episode_steps=20",  # an episode is under way at the end of the short run
+        "logger.backend=csv",
+        "logger.log_interval=16",
+        "checkpoint.interval=48",
+    ]
+    longer = run([*overrides, "collector.total_frames=160"], tmp_path / "longer")
+    shorter = run([*overrides, "collector.total_frames=96"], tmp_path / "shorter")
+    typed = [f"resume={shorter}", "collector.total_frames=160"]
+    load_script().train(compose_config(typed), overrides=typed)
+    for name in ("train/loss_qvalue", "train/loss_actor", "eval/return"):
+        assert logged(shorter, name) == logged(longer, name), name
+
+
+def test_resume_below_the_frames_already_held_is_refused_and_the_config_kept(tmp_path):
+    cfg = compose_config([*TINY, f"run_dir={tmp_path}"])
+    prepare_run(cfg)
+    (tmp_path / "checkpoints" / "ckpt_000000000096").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "ckpt_000000000096" / "COMPLETE").write_text("96")
+    saved = (tmp_path / "config.yaml").read_text()
+    typed = [f"resume={tmp_path}", "collector.total_frames=64"]
+    with pytest.raises(ConfigError, match=r"total_frames=64 is below the 96 frames.*at least 96"):
+        prepare_run(compose_config(typed), overrides=typed)
+    assert (tmp_path / "config.yaml").read_text() == saved
 
 
 def test_resume_of_a_finished_run_does_nothing(tmp_path):

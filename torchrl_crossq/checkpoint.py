@@ -93,6 +93,12 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
+def newest_checkpoint_frames(directory: str | Path) -> int:
+    """The frame count of the newest complete checkpoint under ``directory``; 0 if none."""
+    found = list_checkpoints(directory)
+    return int(_NAME.match(found[-1].name).group(1)) if found else 0
+
+
 class CheckpointError(RuntimeError):
     """A run has checkpoints, and none of them can be loaded."""
 

@@ -16,10 +16,12 @@ checks it by recording what the script reads.
 from __future__ import annotations
 
 import datetime
+import difflib
 import math
 import os
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from torchrl_crossq.checkpoint import newest_checkpoint_frames
 from torchrl_crossq.collectors import COLLECTOR_BACKENDS
 from torchrl_crossq.data.replay import STORAGE_KINDS
 from torchrl_crossq.data.sampler import WINDOW_UNITS
@@ -197,8 +200,19 @@ class Config:
 
 
 def register_configs() -> None:
-    """Registers the schema as ``crossq_schema`` in hydra's ConfigStore."""
+    """Registers the schema as ``crossq_schema`` in hydra's ConfigStore, and the
+    ``crossq_sweep_subdir`` resolver of ``configs/crossq.yaml``'s multirun directories."""
     ConfigStore.instance().store(name="crossq_schema", node=Config)
+    OmegaConf.register_new_resolver("crossq_sweep_subdir", sweep_subdir, replace=True)
+
+
+def sweep_subdir(job_num: int, override_dirname: str) -> str:
+    """A multirun job's directory name: its overrides joined (hydra's ``override_dirname``),
+    or ``job<num>`` when they would pass a file name's 255 bytes (each job's config.yaml holds
+    its whole config either way)."""
+    if 0 < len(str(override_dirname).encode()) <= 200:
+        return str(override_dirname)
+    return f"job{job_num}"
 
 
 # The loss's reduction for each algorithm.loss_agg_func (the embodied block's names).
@@ -267,6 +281,11 @@ NON_NEGATIVE = (
 UNIT_INTERVAL = ("algorithm.gamma", "optim.beta1", "optim.beta2")
 
 
+# numpy and gymnasium take seeds below 2**32; the evaluation env's is the run's + 10,000 and
+# env copies count up from the run's, so the run's leaves room for both.
+MAX_SEED = 2**32 - 2**20
+
+
 def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, throw_on_missing=True)
 
@@ -283,6 +302,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         ...
         torchrl_crossq.config.ConfigError: algorithm.agg_q='max' is not supported; use one of: min, mean
     """
+    _check_known_keys(cfg)
     for key, accepted in CHOICES.items():
         value = _get(cfg, key)
         if key == "device" and isinstance(value, str) and value.startswith("cuda:"):
@@ -303,6 +323,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = _get(cfg, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value!r} must be in [0, 1]")
+    if not 0 <= cfg.seed < MAX_SEED:
+        raise ConfigError(
+            f"seed={cfg.seed!r} must be in [0, {MAX_SEED}) (numpy's seeds are 32-bit, and the "
+            "evaluation env and each env copy take seeds above it)"
+        )
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads!r} must be >= 1 (or null: torch's default)")
     tau = cfg.algorithm.tau
@@ -345,6 +370,29 @@ def validate(cfg: DictConfig) -> DictConfig:
     if warmup_alias is not None and not warmup_alias >= 0:
         raise ConfigError(f"network.warmup_steps={warmup_alias!r} must be >= 0")
     return cfg
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Every key is the schema's: hydra's ``+key=value`` adds one the schema lacks, unchecked."""
+    schema = OmegaConf.get_type(cfg)  # Config, or a subclass of it
+    schema = schema if is_dataclass(schema) else Config
+    known = _flat_keys(OmegaConf.to_container(OmegaConf.structured(schema)))
+    unknown = [k for k in _flat_keys(OmegaConf.to_container(cfg)) if k not in set(known)]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        section = key.rpartition(".")[0]
+        siblings = [k for k in known if k.rpartition(".")[0] == section]
+        if close:
+            hint = f"did you mean: {', '.join(close)}"
+        elif siblings:
+            hint = f"the keys of {section or 'the top level'}: {', '.join(siblings)}"
+        else:
+            hint = "see configs/crossq.yaml for the keys"
+        raise ConfigError(
+            f"{key} is not a key of the config (added with '+'? no code reads it, so it would "
+            f"do nothing); {hint}"
+        )
 
 
 def _validate_replay_buffer(rb: DictConfig) -> None:
@@ -444,13 +492,24 @@ def prepare_run(cfg: DictConfig, *, overrides: Sequence[str] = ()) -> tuple[Dict
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.run_dir = str(_new_dir(f"runs/{stamp}-{env_label(cfg)}-seed{cfg.seed}"))
     run_dir = Path(cfg.run_dir)
-    if (run_dir / "config.yaml").exists():
+    # A config.yaml alone is a start that failed before any work (an env that does not
+    # exist...): the corrected command may start over there.
+    if (run_dir / "config.yaml").exists() and any(
+        p.name != "config.yaml" for p in run_dir.iterdir()
+    ):
         raise ConfigError(
             f"run_dir={cfg.run_dir!r} already holds a run; continue it with resume={cfg.run_dir} "
             "or choose another run_dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    random_frames, total_frames = cfg.collector.init_random_frames, cfg.collector.total_frames
+    if random_frames >= total_frames:
+        warnings.warn(
+            f"collector.init_random_frames={random_frames} >= collector.total_frames="
+            f"{total_frames}: the run only collects random actions, no update runs",
+            stacklevel=2,
+        )
     return cfg, run_dir, False
 
 
@@ -514,6 +573,7 @@ def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         print(f"resume: {key}={value!r} (was {_select(kept, key)!r})")
         OmegaConf.update(saved, key, value)
     _check_schedule_horizon(saved, kept)
+    _check_frames_held(run_dir, saved.collector.total_frames)
     saved.run_dir = str(run_dir)
     validate(saved)
     if changes:  # saved again, so that a plain resume= after a kill keeps them
@@ -522,6 +582,16 @@ def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         os.replace(tmp, saved_path)
     saved.resume = cfg.resume
     return saved
+
+
+def _check_frames_held(run_dir: Path, total_frames: int) -> None:
+    """``collector.total_frames`` is not below the frames of the run's newest checkpoint."""
+    held = newest_checkpoint_frames(run_dir / "checkpoints")
+    if total_frames < held:
+        raise ConfigError(
+            f"collector.total_frames={total_frames} is below the {held} frames the run in "
+            f"{run_dir} already holds (its newest checkpoint); give at least {held}"
+        )
 
 
 def _drop_what_never_acted(stored: DictConfig) -> None:

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite
+from torchrl.data import Bounded, Categorical, Composite
 from torchrl.envs import (
     DoubleToFloat,
     EnvBase,
@@ -39,6 +39,10 @@ EMBODIED_INSTALL = "pip install -e '.[embodied]'"
 
 class UnknownEnvError(ValueError):
     """An environment id that the installed simulators do not provide."""
+
+
+class UnsupportedEnvError(ValueError):
+    """An environment whose actions or observations CrossQ cannot take (discrete actions...)."""
 
 
 class MissingExtraError(ImportError):
@@ -325,6 +329,11 @@ def make_env(
             base = ParallelEnv(num_envs, create, create_env_kwargs=copies, mp_start_method="spawn")
         else:
             base = SerialEnv(num_envs, create, create_env_kwargs=copies)
+    try:
+        _check_spaces(base, name)
+    except UnsupportedEnvError:
+        base.close(raise_if_closed=False)  # batched envs start their workers lazily
+        raise
     env = TransformedEnv(base, DoubleToFloat())
     env.append_transform(StepCounter())
     env.append_transform(RewardSum())
@@ -333,6 +342,26 @@ def make_env(
     if seed is not None:
         env.set_seed(seed)
     return env.to(device)
+
+
+def _check_spaces(env: EnvBase, name: str) -> None:
+    """A bounded continuous action vector and an ``observation`` vector, or an error naming them."""
+    action = env.action_spec_unbatched
+    if not (isinstance(action, Bounded) and action.domain == "continuous" and action.ndim == 1):
+        raise UnsupportedEnvError(
+            f"env.name={name!r} has {type(action).__name__} actions of shape "
+            f"{list(action.shape)}; CrossQ and SAC here need a bounded continuous action "
+            "vector (a gymnasium Box with finite bounds)"
+        )
+    observation = env.observation_spec_unbatched
+    keys = list(observation.keys(True, True))
+    if "observation" not in keys or observation["observation"].ndim != 1:
+        shape = list(observation["observation"].shape) if "observation" in keys else None
+        raise UnsupportedEnvError(
+            f"env.name={name!r} has observations {keys if shape is None else shape}; CrossQ "
+            "and SAC here need one flat observation vector (a gymnasium Box of one dimension; "
+            "flatten a dict or image observation in a wrapper)"
+        )
 
 
 def env_dims(env: EnvBase) -> tuple[int, int]:
