@@ -60,7 +60,7 @@ def test_bf16_run_evaluates_like_an_fp32_one(tmp_path):
 
 def test_checkpoint_of_another_env_is_a_one_line_error(run_dir, tmp_path):
     other = tmp_path / "other"
-    shutil.copytree(run_dir, other)
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("wandb"))  # live logger files
     cfg = OmegaConf.load(other / "config.yaml")
     cfg.env.name = "Pendulum-v1"  # 3 observations, not InvertedPendulum's 4
     OmegaConf.save(cfg, other / "config.yaml")
