@@ -480,19 +480,20 @@ def test_our_batch_renorm_in_torchrls_own_loss_with_its_vmap_on_and_off():
 
     from torchrl_crossq import BatchRenorm1d
 
-    torch.manual_seed(0)
-    net = MLP(
-        in_features=OBS_DIM + ACTION_DIM,
-        num_cells=[16, 16],
-        out_features=1,
-        norm_class=BatchRenorm1d,
-        norm_kwargs={"num_features": 16, "warmup_steps": 0, "momentum": 0.1},
-    )
-    vmapped = TorchRLCrossQLoss(
-        torchrl_actor(), ValueOperator(net, in_keys=["action", "observation"])
-    )
-    looped = copy.deepcopy(vmapped)
-    looped.deactivate_vmap = True
+    def build(deactivate_vmap):
+        torch.manual_seed(0)
+        net = MLP(
+            in_features=OBS_DIM + ACTION_DIM,
+            num_cells=[16, 16],
+            out_features=1,
+            norm_class=BatchRenorm1d,
+            norm_kwargs={"num_features": 16, "warmup_steps": 0, "momentum": 0.1},
+        )
+        critic = ValueOperator(net, in_keys=["action", "observation"])
+        return TorchRLCrossQLoss(torchrl_actor(), critic, deactivate_vmap=deactivate_vmap)
+
+    vmapped, looped = build(False), build(True)
+    assert (vmapped.qvalue_network_params == looped.qvalue_network_params).all()
     losses = []
     for loss in (vmapped, looped):
         torch.manual_seed(1)
@@ -503,3 +504,9 @@ def test_our_batch_renorm_in_torchrls_own_loss_with_its_vmap_on_and_off():
     grads = [loss.qvalue_network_params.grad for loss in (vmapped, looped)]
     for key, value in grads[0].items(True, True):
         torch.testing.assert_close(value, grads[1][key], msg=str(key))
+    # The running statistics each member's pass moved, the same in both.
+    moved = 0
+    for key, value in vmapped.qvalue_network_params.items(True, True):
+        torch.testing.assert_close(value, looped.qvalue_network_params[key], msg=str(key))
+        moved += key[-1] == "running_mean" and bool((value != 0).all())
+    assert moved == 2  # both BatchRenorm layers
