@@ -377,7 +377,8 @@ def _check_known_keys(cfg: DictConfig) -> None:
     schema = OmegaConf.get_type(cfg)  # Config, or a subclass of it
     schema = schema if is_dataclass(schema) else Config
     known = _flat_keys(OmegaConf.to_container(OmegaConf.structured(schema)))
-    unknown = [k for k in _flat_keys(OmegaConf.to_container(cfg)) if k not in set(known)]
+    known_set = set(known)
+    unknown = [k for k in _flat_keys(OmegaConf.to_container(cfg)) if k not in known_set]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)

@@ -210,6 +210,17 @@ class QEnsemble(nn.Module):
         return q.squeeze(-1).transpose(0, 1).reshape(*batch_shape, self.num_qvalue_nets)
 
 
+def _positional_module(module) -> bool:
+    """Whether ``module`` is a plain ``TensorDictModule`` (or a subclass keeping its forward,
+    e.g. ``ValueOperator``) whose network takes its input keys positionally (``in_keys`` a
+    list, not tensordict's mapping to keyword arguments)."""
+    return (
+        isinstance(module, TensorDictModule)
+        and type(module).forward is TensorDictModule.forward
+        and getattr(module, "_kwargs", None) is None
+    )
+
+
 def module_output(module: TensorDictModuleBase, tensordict: TensorDictBase, key) -> torch.Tensor:
     """``module(tensordict).get(key)``, calling a plain ``TensorDictModule``'s network directly.
 
@@ -221,11 +232,9 @@ def module_output(module: TensorDictModuleBase, tensordict: TensorDictBase, key)
     ``None`` when it writes no ``key``.
     """
     if (
-        isinstance(module, TensorDictModule)
-        and type(module).forward is TensorDictModule.forward
+        _positional_module(module)
         and len(module.out_keys) == 1
         and module.out_keys[0] == key
-        and getattr(module, "_kwargs", None) is None  # in_keys as a list: positional inputs
         and not module._forward_hooks
         and not module._forward_pre_hooks
     ):
@@ -543,11 +552,7 @@ class TanhNormalActor(ProbabilisticActor):
     def __init__(self, module: TensorDictModule, **kwargs) -> None:
         # The fast paths call the network on the observation tensor and read (loc, scale).
         if not (
-            isinstance(module, TensorDictModule)
-            and type(module).forward is TensorDictModule.forward
-            and len(module.in_keys) == 1
-            and getattr(module, "_kwargs", None) is None
-            and len(module.out_keys) == 2
+            _positional_module(module) and len(module.in_keys) == 1 and len(module.out_keys) == 2
         ):
             raise ValueError(
                 f"TanhNormalActor needs a TensorDictModule with one input key, given as a list, "
@@ -617,7 +622,7 @@ class TanhNormalActor(ProbabilisticActor):
         return mid + half_range * action, log_prob
 
     def forward(self, tensordict: TensorDictBase, *args, **kwargs) -> TensorDictBase:
-        mode = interaction_type() or self.default_interaction_type
+        mode = self._mode()
         if args or kwargs or not self.acts_fast(mode):
             return super().forward(tensordict, *args, **kwargs)
         # The same keys as TorchRL's path: collectors fix their output keys on a first call.
@@ -625,10 +630,14 @@ class TanhNormalActor(ProbabilisticActor):
             tensordict.set(key, value)
         return tensordict
 
+    def _mode(self, mode: InteractionType | None = None) -> InteractionType:
+        """``mode``, else the current exploration type, else the actor's default."""
+        return mode or interaction_type() or self.default_interaction_type
+
     def acts_fast(self, mode: InteractionType | None = None) -> bool:
         """Whether a call now, under exploration ``mode`` (default: the current one), takes
         the fast acting path: no gradient, no log-probability, random or deterministic."""
-        mode = mode or interaction_type() or self.default_interaction_type
+        mode = self._mode(mode)
         return (
             self._plain
             and not self.module[-1].return_log_prob
@@ -648,7 +657,7 @@ class TanhNormalActor(ProbabilisticActor):
         modes (mean, mode, median) are TorchRL's distribution path: call the actor on a
         TensorDict.
         """
-        mode = mode or interaction_type() or self.default_interaction_type
+        mode = self._mode(mode)
         if mode not in _FAST_MODES:
             raise ValueError(
                 f"TanhNormalActor.act acts under InteractionType.RANDOM or DETERMINISTIC, got "

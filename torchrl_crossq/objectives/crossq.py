@@ -364,11 +364,16 @@ class CrossQLoss(LossModule):
                 params.to_module(module, return_swap=False)
             cache[network] = _holds(module, params)
 
+    @property
+    def _constructed(self) -> bool:
+        """Whether the constructor has registered the critic's parameters, after the actor's."""
+        return "qvalue_network_params" in self._modules
+
     def _apply(self, fn, *args, **kwargs):
         # TorchRL's _apply erases the caches; the networks' buffers were converted apart from
         # the loss's (a new tensor each), so tie them again.
         out = super()._apply(fn, *args, **kwargs)
-        if "qvalue_network_params" in self._modules:  # not while the constructor moves parts
+        if self._constructed:  # not while the constructor moves parts
             self.prepare()
         return out
 
@@ -376,7 +381,7 @@ class CrossQLoss(LossModule):
         # A deep copy (or unpickling) may copy a network's tensors apart from the loss's, and
         # the copied cache would then say they are held: check and tie them again.
         super().__setstate__(state)
-        if "qvalue_network_params" in self._modules:
+        if self._constructed:
             self.prepare()
 
     def _action_spec(self, action_spec):
