@@ -110,6 +110,40 @@ def test_updater_state_dict_round_trip(action_spec):
     )
 
 
+@pytest.mark.parametrize("tau, every", [(1.0, 1), (0.5, 2)])
+def test_soft_update_copies_the_online_normalisation_statistics_into_the_target(
+    action_spec, tau, every
+):
+    # TorchRL's SoftUpdate averages parameters only: a BRN target critic kept running
+    # statistics 0 and 1, so with tau=1 its Q differed from the online critic's in eval mode.
+    torch.manual_seed(0)
+    actor = make_actor(OBS_DIM, action_spec, num_cells=(8,), norm=None)
+    critic = make_critic(
+        OBS_DIM, ACTION_DIM, num_cells=(8,), norm="brn", norm_kwargs={"warmup_steps": 1}
+    )
+    loss = CrossQLoss(actor, critic, q_head_type="default")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # TorchRL's "eps < 0.5" warning is not for our tau
+        target_updater = PeriodicSoftUpdate(loss, tau=tau, every=every)
+    update = CrossQUpdater(loss, make_optimizers(loss), target_updater=target_updater)
+    online, target = loss.qvalue_network_params, loss.target_qvalue_network_params
+    buffers = [k for k, v in online.items(True, True) if not v.requires_grad]
+    assert {k[-1] for k in buffers} >= {"running_mean", "running_var"}
+    for step in range(1, 5):
+        batch = make_batch(16, seed=step)
+        batch["observation"] = batch["observation"] * 3 + 5  # statistics far from 0 and 1
+        batch["next", "observation"] = batch["next", "observation"] * 3 + 5
+        update(batch)
+        for key in buffers:
+            if step % every == 0:  # copied on a target update, counter included
+                assert torch.equal(target.get(key), online.get(key)), key
+            elif key[-1] != "num_batches_tracked":  # between them the statistics move on
+                assert not torch.equal(target.get(key), online.get(key)), key
+    if tau == 1.0:
+        td = batch["next"].select("observation").set("action", batch["action"])
+        torch.testing.assert_close(loss._q(td, target, False), loss._q(td, online, False))
+
+
 @pytest.mark.parametrize(
     "kwargs, match", [({"tau": 0.0}, "tau"), ({"tau": 0.1, "every": 0}, "every=0")]
 )

@@ -44,7 +44,11 @@ class PeriodicSoftUpdate(SoftUpdate):
     """Polyak averaging ``target <- (1 - tau) * target + tau * online`` every ``every`` calls.
 
     TorchRL's :class:`~torchrl.objectives.SoftUpdate`, applied on every
-    ``every``-th call of :meth:`step`.
+    ``every``-th call of :meth:`step`, which also copies the online network's buffers (a
+    normalisation layer's running statistics and step counter) into the target's, as
+    stable-baselines3 does for its target networks. TorchRL's updater averages parameters
+    only, so a target critic with BatchRenorm would normalise with its initial statistics
+    (0 and 1) for the whole run. The target is evaluated in eval mode, on those statistics.
 
     Args:
         loss_module: a loss with target parameters (``CrossQLoss(q_head_type="default")``).
@@ -59,7 +63,9 @@ class PeriodicSoftUpdate(SoftUpdate):
             raise ValueError(f"tau={tau} must be in (0, 1]")
         if every < 1:
             raise ValueError(f"every={every} must be >= 1")
-        super().__init__(loss_module, tau=tau)
+        with warnings.catch_warnings():  # "eps < 0.5 ... use tau": we take tau
+            warnings.filterwarnings("ignore", "Found an eps value < 0.5")
+            super().__init__(loss_module, tau=tau)
         self.every = every
         self.calls = 0
 
@@ -67,6 +73,16 @@ class PeriodicSoftUpdate(SoftUpdate):
         self.calls += 1
         if self.calls % self.every == 0:
             super().step()
+            self._copy_buffers()
+
+    @torch.no_grad()
+    def _copy_buffers(self) -> None:
+        for name in self._target_names:
+            target = getattr(self.loss_module, name)
+            source = getattr(self.loss_module, name.removeprefix("target_"))
+            for key, value in source.items(True, True):
+                if not value.requires_grad:  # a buffer, not a parameter
+                    target.get(key).copy_(value)
 
     def state_dict(self) -> dict:
         return {"calls": self.calls}
