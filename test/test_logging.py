@@ -1,10 +1,20 @@
 """The logging layer: logger factory and close, the training-metrics window."""
 
+import csv
+from pathlib import Path
+
 import pytest
 import torch
 from tensordict import TensorDict
 
-from torchrl_crossq.logging import LOGGER_BACKENDS, TrainingWindow, close_logger, make_logger
+from torchrl_crossq.checkpoint import truncate_csv_logs
+from torchrl_crossq.logging import (
+    LOGGER_BACKENDS,
+    EvalHistory,
+    TrainingWindow,
+    close_logger,
+    make_logger,
+)
 
 
 def collected(returns, done):
@@ -49,3 +59,37 @@ def test_close_logger_ends_every_backend(tmp_path, backend, monkeypatch):
         import wandb
 
         assert wandb.run is None  # finished by the logger layer
+
+
+def test_a_kill_while_eval_csv_is_rewritten_keeps_its_rows(tmp_path, monkeypatch):
+    # Every append rewrites the file: written in place, a kill there left it empty.
+    history = EvalHistory(tmp_path / "eval.csv")
+    history.append(100, -5.0, 1.0)
+
+    def killed(self, rows):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        history.append(200, -4.0, 1.0)
+    monkeypatch.undo()
+    assert [row["frames"] for row in EvalHistory(tmp_path / "eval.csv").rows] == [100]
+
+
+def test_a_kill_while_csv_logs_are_truncated_keeps_their_rows(tmp_path, monkeypatch):
+    scalars = tmp_path / "logs" / "exp" / "scalars"
+    scalars.mkdir(parents=True)
+    (scalars / "loss.csv").write_text("10,1.0\n20,2.0\n30,3.0\n")
+
+    def killed(self, *args, **kwargs):
+        self.open("w").close()  # opened for writing, nothing written yet
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        truncate_csv_logs(tmp_path / "logs", 20)
+    monkeypatch.undo()
+    assert (scalars / "loss.csv").read_text() == "10,1.0\n20,2.0\n30,3.0\n"
+    truncate_csv_logs(tmp_path / "logs", 20)
+    assert (scalars / "loss.csv").read_text() == "10,1.0\n20,2.0\n"
+    assert [p.name for p in scalars.iterdir()] == ["loss.csv"]

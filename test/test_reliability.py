@@ -1,5 +1,6 @@
 """Crash safety, numerical guards and bad input (kill, resume, corrupted files, fuzzed configs)."""
 
+import os
 import random
 import re
 import signal
@@ -23,7 +24,12 @@ from torchrl_crossq import (
     make_critic,
     make_optimizers,
 )
-from torchrl_crossq.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from torchrl_crossq.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    recover_checkpoints,
+    save_checkpoint,
+)
 from torchrl_crossq.config import (
     CHOICES,
     NON_NEGATIVE,
@@ -190,6 +196,43 @@ def test_keeps_only_the_last_k_checkpoints_and_no_temporary_folders(tmp_path):
         "ckpt_000000000005",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000000004", "ckpt_000000000005"]
+
+
+def test_a_kill_while_a_checkpoint_is_written_again_keeps_it(tmp_path, monkeypatch):
+    # The end of a run saves the frame count its interval just saved: the old folder was
+    # deleted before the new one was renamed in, so a kill there lost the checkpoint.
+    save_checkpoint(tmp_path, 5, {"frames": 5}, keep=1)
+    real_replace, calls = os.replace, []
+
+    def killed_on_the_second_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_on_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 5, {"frames": 5, "again": True}, keep=1)
+    monkeypatch.undo()
+    assert list_checkpoints(tmp_path) == []  # moved aside, the new one not in place
+    recover_checkpoints(tmp_path)
+    assert load_latest_checkpoint(tmp_path) == {
+        "frames": 5,
+        "path": str(tmp_path / "ckpt_000000000005"),
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000000005"]
+
+
+def test_recovery_removes_the_temporary_folders_of_killed_writes(tmp_path):
+    save_checkpoint(tmp_path, 5, {"frames": 5})
+    (tmp_path / ".tmp_ckpt_000000000010_4242" / "replay").mkdir(parents=True)  # killed mid-dump
+    save_checkpoint(tmp_path, 10, {"frames": 10})
+    aside = tmp_path / ".old_ckpt_000000000010_4243"  # replaced before the kill
+    aside.mkdir()
+    (aside / "COMPLETE").write_text("10")
+    recover_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000000005", "ckpt_000000000010"]
+    assert load_latest_checkpoint(tmp_path)["frames"] == 10
 
 
 def test_half_written_checkpoint_folder_is_ignored(tmp_path):

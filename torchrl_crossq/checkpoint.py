@@ -29,6 +29,10 @@ from torchrl.record.loggers import Logger
 from torchrl_crossq.logging import EvalHistory, logger_run_id
 
 _NAME = re.compile(r"^ckpt_(\d{12})$")
+# Left by a kill inside save_checkpoint: a checkpoint being written, and one moved aside
+# while the checkpoint of the same frame count is written again (see recover_checkpoints).
+_TMP = re.compile(r"^\.tmp_ckpt_(\d{12})_\d+$")
+_ASIDE = re.compile(r"^\.old_ckpt_(\d{12})_\d+$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,8 +67,10 @@ def save_checkpoint(
 
     Everything is written into a temporary folder first and renamed into place,
     so a kill at any moment leaves either the previous checkpoint or the new one,
-    never half of one. ``state`` goes to ``state.pt``; the replay buffer (a
-    TorchRL buffer) is dumped to ``replay/``.
+    never half of one. A checkpoint of the same frame count (the end of a run that just
+    saved on its interval) is moved aside until the new one is in place; after a kill
+    between the two renames, :func:`recover_checkpoints` puts it back. ``state`` goes to
+    ``state.pt``; the replay buffer (a TorchRL buffer) is dumped to ``replay/``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -76,12 +82,37 @@ def save_checkpoint(
         replay_buffer.dumps(tmp / "replay")
     torch.save(state, tmp / "state.pt")
     (tmp / "COMPLETE").write_text(str(frames))
+    aside = directory / f".old_ckpt_{frames:012d}_{os.getpid()}"
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, aside)
     os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def recover_checkpoints(directory: str | Path) -> None:
+    """Cleans up after a kill inside :func:`save_checkpoint`, before a run (re)starts.
+
+    A complete checkpoint that was moved aside and has no replacement is put back; the
+    temporary folders of writes that never finished (a partial replay dump can take
+    gigabytes) and moved-aside checkpoints that were replaced are removed. Only one
+    process may train in a run directory at a time.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.iterdir()):
+        aside, tmp = _ASIDE.match(path.name), _TMP.match(path.name)
+        if aside is not None:
+            final = directory / f"ckpt_{aside.group(1)}"
+            if (path / "COMPLETE").exists() and not (final / "COMPLETE").exists():
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(path, final)
+                continue
+        if aside is not None or tmp is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -229,6 +260,7 @@ class RunCheckpoints:
         none loads, :class:`EnvMismatchError` when the newest was made for other env sizes.
         """
         frames, state = 0, None
+        recover_checkpoints(self.directory)
         if resume:
             state = load_latest_checkpoint(self.directory, replay_buffer=self.replay_buffer)
         if state is not None:
@@ -279,8 +311,10 @@ def truncate_csv_logs(log_dir: str | Path, frames: int) -> None:
     for path in Path(log_dir).rglob("scalars/**/*.csv"):
         lines = path.read_text().splitlines()
         kept = [line for line in lines if line and int(float(line.split(",", 1)[0])) <= frames]
-        if len(kept) != len(lines):
-            path.write_text("".join(f"{line}\n" for line in kept))
+        if len(kept) != len(lines):  # a new file renamed over the old: a kill keeps the rows
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, path)
 
 
 class EpisodeRecorder(gym.Wrapper):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -127,10 +128,13 @@ class EvalHistory:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        with self.path.open("w", newline="") as f:
+        # A new file renamed over the old: a kill mid-write keeps the previous rows.
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
+        os.replace(tmp, self.path)
 
     def append(
         self,
