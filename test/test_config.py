@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict
 from test_train_script import CONFIGS, TINY, compose_config, load_script
 
 from torchrl_crossq import config
@@ -155,6 +156,28 @@ def test_embodied_preset_caches_the_window_of_a_disk_buffer_in_the_run_dir(tmp_p
     assert isinstance(buffer._storage, CachedStorage)
     assert buffer._storage.cache_size == cfg.algorithm.replay_buffer.sample_window_size
     assert Path(buffer._storage.disk.scratch_dir) == tmp_path / "replay"
+
+
+def test_runs_given_one_scratch_dir_keep_their_transitions_apart(tmp_path):
+    # Two seeds (or a sweep) with one fast scratch disk shared one memmap, each run training
+    # on the other's transitions; a resumed run must still find its own folder.
+    cfg = validate(
+        compose_config(
+            [
+                "algorithm.replay_buffer.storage=disk",
+                f"algorithm.replay_buffer.scratch_dir={tmp_path}",
+            ]
+        )
+    )
+    runs = [tmp_path / "runs" / "seed0", tmp_path / "other" / "seed0"]
+    buffers = [make_replay_buffer_from_config(cfg, run, torch.device("cpu")) for run in runs]
+    for value, buffer in enumerate(buffers):
+        buffer.extend(TensorDict({"x": torch.full((4, 1), float(value))}, [4]))
+    for value, buffer in enumerate(buffers):
+        assert buffer.sample(8)["x"].eq(value).all()
+    again = make_replay_buffer_from_config(cfg, runs[0], torch.device("cpu"))
+    assert again._storage.scratch_dir == buffers[0]._storage.scratch_dir
+    assert Path(again._storage.scratch_dir).parent == tmp_path
 
 
 # -- keys no code reads, values no run can take ---------------------------------------------------

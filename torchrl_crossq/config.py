@@ -123,7 +123,7 @@ class EntropyTuningConfig:
 class ReplayBufferConfig:
     size: int = 1_000_000  # capacity in transitions (paper: 1M)
     storage: str = "memory"  # memory | disk (a memmap in scratch_dir)
-    scratch_dir: str | None = None  # disk storage only (None: <run_dir>/replay)
+    scratch_dir: str | None = None  # disk only: a folder per run in it (None: <run_dir>/replay)
     enable_cache: bool = False  # disk storage only: the newest cache_size trajectories in RAM
     cache_size: int = 0  # trajectories kept in RAM (with enable_cache only)
     sample_window_size: int = 0  # sample from the newest N units only (<= 0: all)

@@ -8,6 +8,7 @@ library name its arguments; where a check can only run here, the error names the
 from __future__ import annotations
 
 import functools
+import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -227,11 +228,18 @@ def make_replay_buffer_from_config(
 ) -> WindowReplayBuffer:
     """The replay buffer of ``algorithm.replay_buffer``; a disk one lives in the run directory.
 
-    ``keys``: the entries stored (the loss's ``in_keys``); ``None`` stores whole batches.
+    With ``scratch_dir`` set, in a folder of this run's inside it (named after the run
+    directory), so runs given the same ``scratch_dir`` (seeds, a sweep) do not share one
+    memmap; a resumed run finds its own again. ``keys``: the entries stored (the loss's
+    ``in_keys``); ``None`` stores whole batches.
     """
     rb = cfg.algorithm.replay_buffer
     scratch_dir = rb.scratch_dir  # validate() allows one only with storage=disk
-    if rb.storage == "disk" and scratch_dir is None:
+    if scratch_dir is not None:
+        run_path = str(Path(run_dir).resolve())
+        digest = hashlib.sha1(run_path.encode()).hexdigest()[:10]
+        scratch_dir = str(Path(scratch_dir) / f"{Path(run_path).name}-{digest}")
+    elif rb.storage == "disk":
         scratch_dir = str(run_dir / "replay")
     if rb.pin_memory and not (rb.storage == "disk" and device.type == "cuda"):
         raise ConfigError(

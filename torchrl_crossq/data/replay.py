@@ -312,7 +312,8 @@ def make_replay_buffer(
             or ``"disk"`` (:class:`~torchrl.data.LazyMemmapStorage` in ``scratch_dir``).
             Defaults to ``"memory"``.
         scratch_dir (str, optional): directory of the disk storage; ``None`` uses a temporary
-            directory. Only for ``storage="disk"``.
+            directory. Only for ``storage="disk"``. One buffer's: a second buffer given the
+            same directory opens the same memmap files (so that a resumed run finds its own).
         sample_window_size (int): sample only from the newest this many trajectories (see
             ``window_unit``), between 1 and ``capacity``; ``<= 0`` samples the whole buffer.
             Embodied config: 6000. Defaults to ``0``.
