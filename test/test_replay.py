@@ -554,6 +554,41 @@ def test_dumps_loads_resumes_with_identical_samples(tmp_path, kind, window_unit)
     assert resumed.window_size() == original.window_size()
 
 
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_a_batch_unlike_the_stored_ones_is_refused_before_anything_is_written(tmp_path, kind):
+    # TorchRL wrote part of it: a missing entry's rows stayed uninitialised, and after a
+    # dtype error its writer had moved on while the sampler had not (a wrapped buffer then
+    # sampled the oldest rows as the newest).
+    extra = {"scratch_dir": tmp_path} if kind == "disk" else {}
+    buffer = make_replay_buffer(
+        10, batch_size=6, storage=kind, sample_window_size=3, window_unit="transition", **extra
+    )
+
+    def batch(start, stop, **overrides):
+        entries = {"obs": torch.arange(start, stop, dtype=torch.float32).unsqueeze(-1)}
+        entries["next"] = {"reward": entries["obs"] + 0.5}
+        return TensorDict({**entries, **overrides}, [stop - start])
+
+    buffer.extend(batch(0, 10))
+    bad = [
+        (
+            batch(10, 13, obs=torch.zeros(3, 1, dtype=torch.float64)),
+            TypeError,
+            "obs is torch.float64",
+        ),
+        (batch(10, 13, obs=torch.zeros(3, 2)), TypeError, r"obs is .* shape \[2\] .* shape \[1\]"),
+        (batch(10, 13, next={}), KeyError, "lacks next.reward"),
+    ]
+    for data, error, match in bad:
+        with pytest.raises(error, match=match):
+            buffer.extend(data)
+    assert len(buffer) == 10 and buffer._sampler.num_written == 10
+    buffer.extend(batch(10, 13))
+    assert set(buffer.sample()["obs"].flatten().tolist()) <= {10.0, 11.0, 12.0}
+    data = buffer.sample()
+    assert torch.equal(data["next", "reward"], data["obs"] + 0.5)
+
+
 def test_state_dict_round_trip_resumes_with_identical_samples():
     collector = Collector(num_envs=2, length=4)
     original = make_replay_buffer(40, batch_size=32, sample_window_size=3, seed=1)

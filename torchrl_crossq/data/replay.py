@@ -66,6 +66,27 @@ def _flatten_trajectories(
     return data, lengths, torch.zeros(lengths.numel(), dtype=torch.long), traj_ids
 
 
+def _stored_entries(storage) -> TensorDictBase | None:
+    """The TensorDict a (cached) tensor storage writes into; ``None`` before its first write."""
+    if isinstance(storage, CachedStorage):
+        storage = storage.disk
+    stored = getattr(storage, "_storage", None)
+    return stored if isinstance(stored, TensorDictBase) else None
+
+
+def _entry_layout(data: TensorDictBase, skip: Sequence[str] = ()) -> dict:
+    """``{key: (dtype, shape of one transition)}`` of ``data``'s tensors (dim 0: transitions)."""
+    return {
+        key: (value.dtype, value.shape[1:])
+        for key, value in data.items(True, True)
+        if key not in skip and isinstance(value, torch.Tensor)
+    }
+
+
+def _key_names(keys) -> str:
+    return ", ".join(".".join(k) if isinstance(k, tuple) else k for k in keys)
+
+
 class WindowReplayBuffer(TensorDictReplayBuffer):
     """A :class:`~torchrl.data.TensorDictReplayBuffer` over trajectories, with a training gate.
 
@@ -180,6 +201,8 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         )
         self.min_buffer_size = min_buffer_size
         self.device = None if device is None else torch.device(device)
+        self._entries_of: TensorDictBase | None = None  # the stored entries _entries describes
+        self._entries: dict = {}
         self.keys = None
         if keys is not None:
             self.keys = list(dict.fromkeys(unravel_key_list([*keys, _TRAJ_IDS_KEY, _DONE_KEY])))
@@ -234,6 +257,7 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
                 f"one extend of {flat.shape[0]} transitions exceeds the capacity of "
                 f"{capacity}; collect smaller batches or raise the capacity"
             )
+        self._check_entries(flat)
         done = None
         if self._sampler.window_unit == "episode":
             done = flat.get(_DONE_KEY, None)
@@ -253,6 +277,34 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         if tensordicts.batch_size == data.batch_size:
             self._set_index_in_td(tensordicts, index)
         return index
+
+    def _check_entries(self, flat: TensorDictBase) -> None:
+        """Every stored entry is in ``flat``, of its stored dtype and shape: checked before a
+        write, which TorchRL would leave half done (a missing key's rows uninitialised; after
+        a dtype error, the writer's cursor moved but the sampler not told)."""
+        stored = _stored_entries(self._storage)
+        if stored is None or not len(self._storage):  # the first write (or after empty())
+            return
+        if stored is not self._entries_of:
+            self._entries_of = stored
+            self._entries = _entry_layout(stored, skip=("index",))
+        given = _entry_layout(flat)
+        if all(given.get(key) == layout for key, layout in self._entries.items()):
+            return
+        missing = [key for key in self._entries if key not in given]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__}.extend: the data lacks {_key_names(missing)}, which the "
+                f"buffer stores for every transition (its entries: {_key_names(self._entries)}); "
+                "give every entry, or build the buffer with keys= the entries to keep"
+            )
+        key = next(key for key, layout in self._entries.items() if given[key] != layout)
+        (dtype, shape), (given_dtype, given_shape) = self._entries[key], given[key]
+        raise TypeError(
+            f"{type(self).__name__}.extend: {_key_names([key])} is {given_dtype} of shape "
+            f"{list(given_shape)} per transition; the buffer stores {dtype} of shape "
+            f"{list(shape)} (nothing was written)"
+        )
 
     def _size_for(self, trajectory_length: int) -> None:
         sampler = self._sampler
