@@ -127,6 +127,12 @@ def test_a_new_key_that_nothing_reads_is_reported(reads_of_the_presets, tmp_path
     assert unread(leaves(cfg), read | tiny_run_reads(cfg)) == ["algorithm.new_key"]
 
 
+@pytest.mark.parametrize("steps", [0, -5])
+def test_a_non_positive_episode_length_names_the_key(steps):
+    with pytest.raises(ConfigError, match=rf"^env.max_episode_steps={steps} must be positive"):
+        validate(compose_config([f"env.max_episode_steps={steps}"]))
+
+
 # -- replay buffer keys act only together -------------------------------------------------------
 @pytest.mark.parametrize(
     "overrides, message",

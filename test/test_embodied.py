@@ -125,6 +125,16 @@ def test_episode_success_latches_within_an_episode_and_resets_with_it(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_meta_world_episodes_last_max_episode_steps_above_its_own_500(backend):
+    # gymnasium's Meta-World truncated at its max_path_length (500) under a longer TimeLimit,
+    # while EnvPool honoured the key: training and evaluation episodes differed in length.
+    env = make_env(METAWORLD, task="reach-v3", backend=backend, max_episode_steps=503, seed=0)
+    data = env.rollout(506, break_when_any_done=False).reshape(-1)
+    assert data["next", "truncated"].squeeze(-1).nonzero().flatten().tolist() == [502]
+    env.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_truncated_meta_world_transitions_bootstrap(backend):
     env = make_env(METAWORLD, task="reach-v3", backend=backend, max_episode_steps=3, seed=0)
     data = env.rollout(6, break_when_any_done=False).reshape(-1)

@@ -1,3 +1,5 @@
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,7 +11,13 @@ from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_crossq import make_actor
-from torchrl_crossq.envs import METAWORLD, BatchedEvaluation, UnsupportedEnvError
+from torchrl_crossq.envs import (
+    METAWORLD,
+    BatchedEvaluation,
+    UnsupportedEnvError,
+    evaluate,
+    make_env,
+)
 
 
 def test_batched_evaluation_gives_each_episode_what_it_gets_alone():
@@ -71,3 +79,16 @@ def test_a_discrete_action_env_is_refused_naming_it(num_envs):
 
     with pytest.raises(UnsupportedEnvError, match=r"env.name='CartPole-v1' has OneHot actions"):
         make_env("CartPole-v1", num_envs=num_envs, vectorization="serial")
+
+
+def test_evaluate_refuses_an_env_of_several_copies():
+    # It summed the copies' rewards into one return (num_envs times too large), every copy
+    # stopped by the first done.
+    env = make_env("Pendulum-v1", num_envs=2, vectorization="serial", seed=0)
+    actor = make_actor(3, env.action_spec_unbatched, num_cells=(8,))
+    with pytest.raises(ValueError, match=r"batch size \[2\].*use BatchedEvaluation"):
+        evaluate(env, actor, episodes=1, max_steps=5)
+    env.close()
+    single = make_env("Pendulum-v1", seed=0)
+    assert math.isfinite(evaluate(single, actor, episodes=1, max_steps=5).return_mean)
+    single.close()

@@ -344,6 +344,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     entropy_lr = cfg.algorithm.entropy_tuning.optim.lr
     if entropy_lr is not None and not entropy_lr > 0:
         raise ConfigError(f"algorithm.entropy_tuning.optim.lr={entropy_lr!r} must be positive")
+    max_episode_steps = cfg.env.max_episode_steps
+    if max_episode_steps is not None and not max_episode_steps > 0:
+        raise ConfigError(
+            f"env.max_episode_steps={max_episode_steps!r} must be positive (or null for the "
+            "env's own limit)"
+        )
     for key in ("optim.clip_grad_norm", "algorithm.entropy_tuning.optim.clip_grad"):
         value = _get(cfg, key)
         if value is not None and not value > 0:

@@ -157,7 +157,18 @@ def make_gym_env(
     if name != METAWORLD:
         return gym.make(name, **kwargs)
     _require("metaworld", f"env.name={METAWORLD}")  # registers the Meta-World/* ids
-    return gym.make(name, env_name=task, disable_env_checker=True, seed=task_seed, **kwargs)
+    env = gym.make(name, env_name=task, disable_env_checker=True, seed=task_seed, **kwargs)
+    if max_episode_steps is not None:
+        # Meta-World wraps its env in a TimeLimit of its max_path_length (500), and the env
+        # truncates there too, under any TimeLimit gym.make adds; EnvPool's Meta-World
+        # honours the requested length, and so must this one.
+        env.unwrapped.max_path_length = max_episode_steps
+        wrapper = env
+        while isinstance(wrapper, gym.Wrapper):
+            if isinstance(wrapper, gym.wrappers.TimeLimit):
+                wrapper._max_episode_steps = max_episode_steps
+            wrapper = wrapper.env
+    return env
 
 
 def reset_seeded(env: gym.Env, seed: int):
@@ -383,8 +394,16 @@ def evaluate(env: EnvBase, policy, *, episodes: int, max_steps: int) -> EvalResu
 
     Actions are the TanhNormal's deterministic action (``ExplorationType.DETERMINISTIC``);
     each episode runs until ``done`` or ``max_steps``. An episode counts as a
-    success when ``success`` was true at any of its steps.
+    success when ``success`` was true at any of its steps. ``env`` is one env (batch size
+    ``[]`` or ``[1]``); :class:`BatchedEvaluation` steps several episodes together.
     """
+    if env.batch_size.numel() > 1:
+        raise ValueError(
+            f"evaluate runs the episodes of one env, one after the other; got an env of batch "
+            f"size {list(env.batch_size)} (its copies' rewards would be summed into one "
+            "return, every copy stopped by the first done): use BatchedEvaluation for several "
+            "copies, or build the env with num_envs=1"
+        )
     returns, successes = [], []
     with (
         torch.no_grad(),
