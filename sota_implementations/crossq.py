@@ -105,70 +105,79 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         keep=cfg.checkpoint.keep,
     )
     frames = start_from_config(cfg, checkpoints, resuming=resuming)
-    if frames >= cfg.collector.total_frames:
+    history = EvalHistory(run_dir / "eval.csv")
+    # A run killed during its final evaluation holds all its frames but not that evaluation.
+    finished = frames >= cfg.collector.total_frames
+    if finished and history.rows and history.rows[-1]["frames"] == frames:
         print(f"{run_dir} already holds all {frames} frames: nothing to resume")
         return
-    collector, weight_sync = make_collector_from_config(
-        cfg, make_train_env, actor, device, frames=frames
-    )
-    checkpoints.restore_collector(collector)
+    if not finished:
+        collector, weight_sync = make_collector_from_config(
+            cfg, make_train_env, actor, device, frames=frames
+        )
+        checkpoints.restore_collector(collector)
     logger = make_logger_from_config(cfg, run_dir, run_id=checkpoints.logger_id)
     evaluate_at = make_evaluator_from_config(
         cfg, actor, run_dir=run_dir, logger=logger, frames=frames
     )
-    history = EvalHistory(run_dir / "eval.csv")
 
-    # Read once: an omegaconf lookup costs tens of microseconds, the loop runs once per frame.
-    random_frames, update_epoch = cfg.collector.init_random_frames, cfg.algorithm.update_epoch
-    log_interval, total_frames = cfg.logger.log_interval, cfg.collector.total_frames
-    progress = ProgressBar(total_frames, initial=frames, enabled=cfg.progress_bar)
-    window = TrainingWindow()
-    log_due = Every(log_interval, frames)
-    eval_due = Every(cfg.eval.interval, frames)
-    checkpoint_due = Every(cfg.checkpoint.interval, frames)
-    # The estimate comes from the first log window spent learning; with compile, the one after
-    # (the first holds the compilation and would overstate the time left several times over).
-    learning_from = max(frames, random_frames) + (log_interval if cfg.compile else 0)
-    estimate_due = True
-    with StopOnSignal() as stop:
-        try:
-            for data in collector:
-                frames += data.numel()
-                replay_buffer.extend(data)
-                window.add_batch(data)
-                if frames > random_frames and replay_buffer.ready():
-                    for _ in range(update_epoch):
-                        window.add_update(updater(replay_buffer.sample().to(device)))
-                    weight_sync.after_updates()
-                progress.update(data.numel())
+    if finished:
+        print(f"{run_dir} holds all {frames} frames but not their final evaluation: evaluating")
+        log_evaluation(logger, history, frames, evaluate_at(frames))
+    else:
+        # Read once: an omegaconf lookup costs tens of microseconds, the loop runs once per frame.
+        random_frames, update_epoch = cfg.collector.init_random_frames, cfg.algorithm.update_epoch
+        log_interval, total_frames = cfg.logger.log_interval, cfg.collector.total_frames
+        progress = ProgressBar(total_frames, initial=frames, enabled=cfg.progress_bar)
+        window = TrainingWindow()
+        log_due = Every(log_interval, frames)
+        eval_due = Every(cfg.eval.interval, frames)
+        checkpoint_due = Every(cfg.checkpoint.interval, frames)
+        # The estimate comes from the first log window spent learning; with compile, the one after
+        # (the first holds the compilation and would overstate the time left several times over).
+        learning_from = max(frames, random_frames) + (log_interval if cfg.compile else 0)
+        estimate_due = True
+        with StopOnSignal() as stop:
+            try:
+                for data in collector:
+                    frames += data.numel()
+                    replay_buffer.extend(data)
+                    window.add_batch(data)
+                    if frames > random_frames and replay_buffer.ready():
+                        for _ in range(update_epoch):
+                            window.add_update(updater(replay_buffer.sample().to(device)))
+                        weight_sync.after_updates()
+                    progress.update(data.numel())
 
-                if log_due.due(frames):
-                    scalars = window.scalars()
-                    log_metrics(logger, scalars, frames)
-                    progress.show(history, scalars)
-                    if estimate_due and frames - log_interval >= learning_from:
-                        estimate_due = False  # once, from the first window spent learning
-                        progress.write(
-                            remaining_time(frames, total_frames, scalars["perf/frames_per_s"])
-                        )
-                if eval_due.due(frames):
+                    if log_due.due(frames):
+                        scalars = window.scalars()
+                        log_metrics(logger, scalars, frames)
+                        progress.show(history, scalars)
+                        if estimate_due and frames - log_interval >= learning_from:
+                            estimate_due = False  # once, from the first window spent learning
+                            progress.write(
+                                remaining_time(frames, total_frames, scalars["perf/frames_per_s"])
+                            )
+                    if eval_due.due(frames):
+                        log_evaluation(logger, history, frames, evaluate_at(frames))
+                        progress.show(history)
+                    if checkpoint_due.due(frames):
+                        checkpoints.save(frames, collector=collector, logger=logger)
+                    if (
+                        stop.requested is not None
+                    ):  # Ctrl-C or SIGTERM: save between rounds, then exit
+                        print(f"\nstopped at {frames} frames: saving a checkpoint in {run_dir}")
+                        checkpoints.save(frames, collector=collector, logger=logger)
+                        raise SystemExit(130)
+                progress.close()
+                if not history.rows or history.rows[-1]["frames"] != frames:
                     log_evaluation(logger, history, frames, evaluate_at(frames))
-                    progress.show(history)
-                if checkpoint_due.due(frames):
-                    checkpoints.save(frames, collector=collector, logger=logger)
-                if stop.requested is not None:  # Ctrl-C or SIGTERM: save between rounds, then exit
-                    print(f"\nstopped at {frames} frames: saving a checkpoint in {run_dir}")
-                    checkpoints.save(frames, collector=collector, logger=logger)
-                    raise SystemExit(130)
-            progress.close()
-            if not history.rows or history.rows[-1]["frames"] != frames:
-                log_evaluation(logger, history, frames, evaluate_at(frames))
-            # Before the envs close: a run trained further (resume= with more total_frames)
-            # continues their episodes, as from any other checkpoint.
-            checkpoints.save(frames, collector=collector, logger=logger)
-        finally:
-            progress.close()
-            collector.shutdown()
+                # Before the envs close: a run trained further (resume= with more total_frames)
+                # continues their episodes, as from any other checkpoint.
+                checkpoints.save(frames, collector=collector, logger=logger)
+            finally:
+                progress.close()
+                collector.shutdown()
 
     curve = plot_learning_curve(history, run_dir / "curve.png", title=f"CrossQ {env_label(cfg)}")
     success = f", success rate {history.last_success_rate:.2f}" if history.has_success else ""

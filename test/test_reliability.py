@@ -168,6 +168,20 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
+def test_resume_of_a_run_killed_in_its_final_evaluation_only_evaluates(tmp_path):
+    # It printed "nothing to resume": the final evaluation and the curve were never made.
+    run([], tmp_path)
+    rows = (tmp_path / "eval.csv").read_text().splitlines()
+    assert rows[-1].startswith("96,")
+    (tmp_path / "eval.csv").write_text("".join(f"{row}\n" for row in rows[:-1]))
+    (tmp_path / "curve.png").unlink()
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    load_script().train(compose_config([f"resume={tmp_path}"]))
+    assert (tmp_path / "eval.csv").read_text().splitlines() == rows  # the same evaluation
+    assert (tmp_path / "curve.png").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == checkpoints
+
+
 def test_truncated_checkpoint_is_detected_and_the_previous_one_used(tmp_path):
     for frames in (10, 20):
         save_checkpoint(tmp_path, frames, {"frames": frames, "x": torch.arange(1000)}, keep=3)
