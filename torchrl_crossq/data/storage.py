@@ -170,7 +170,10 @@ class CachedStorage(Storage):
     of the longest trajectory then written (collector batches have a fixed length ``T``),
     capped at the capacity. Later, longer trajectories leave room for fewer of them; that
     changes how often the disk is read, never what is read. Writes must be round robin
-    (TorchRL's default writer), as for :class:`SlidingWindowSampler`.
+    (TorchRL's default writer), as for :class:`SlidingWindowSampler`. In a TorchRL
+    replay buffer other than :class:`WindowReplayBuffer`, give ``collate_fn=lambda x: x``
+    (reads return TensorDicts already; TorchRL finds no default for a storage it does not
+    know).
 
     Args:
         disk (Storage): the 1-D storage that holds every transition, typically a
