@@ -621,6 +621,9 @@ def write_results(saved: dict) -> None:
         info,
         f"{settings['threads']} torch thread(s) (`OMP_NUM_THREADS` too) per contestant, one "
         f"contestant at a time, device {device}",
+        allocator_note=(
+            harness.IN_PROCESS_ALLOCATOR if settings.get("allocator_in_process") else ""
+        ),
         notes=[settings_line(settings)],
         warning=info.get("warning"),
     )
@@ -817,6 +820,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "hyperparameters": HYPERPARAMETERS,
         "quick": args.quick,
+        "allocator_in_process": True,  # both contestants' processes call keep_freed_memory()
     }
     harness.console_header(info, f"{args.threads} torch thread(s) per contestant, one at a time")
     print(f"# torchrl_crossq: {info['library']}")

@@ -202,6 +202,14 @@ def end_of_run(info: dict) -> None:
     print(f"# load average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
 
 
+# The allocator note of a benchmark whose every contestant process tunes glibc itself.
+IN_PROCESS_ALLOCATOR = (
+    "every contestant's process also sets M_MMAP_MAX 0 and M_TRIM_THRESHOLD 64 GiB through "
+    "mallopt at start (`torchrl_crossq.allocator.keep_freed_memory`, which the training script "
+    "calls), whatever the environment says"
+)
+
+
 def header_lines(
     info: dict,
     threads: str,

@@ -232,6 +232,9 @@ def sb3_model(
     import torch
     from sb3_contrib import CrossQ
 
+    from torchrl_crossq.allocator import keep_freed_memory
+
+    keep_freed_memory()  # what our script does for itself at start: the same allocator for both
     model = CrossQ(
         "MlpPolicy",
         env,
@@ -256,9 +259,10 @@ def sb3_model(
         seed=seed,
         device=device,
     )
-    # sb3 builds the temperature's Adam with torch's default betas; ours uses (0.5, 0.999).
+    # sb3 builds the temperature's Adam with torch's default betas and the policy's lr; ours
+    # uses (0.5, 0.999) and alpha_lr where the config has one (the embodied preset: 3e-4).
     model.ent_coef_optimizer = torch.optim.Adam(
-        [model.log_ent_coef], lr=hp["lr"], betas=hp["betas"]
+        [model.log_ent_coef], lr=hp.get("alpha_lr", hp["lr"]), betas=hp["betas"]
     )
     torch.set_num_threads(threads)
     return model
@@ -353,6 +357,7 @@ DEFAULT_TASKS = ("pendulum", "inverted_pendulum")
 # sb3 gets them too. Not matchable: sb3 has no gradient clipping (ours: 10) and parametrises the
 # temperature as exp(log alpha) (ours: softplus); ours steps 8 envs, 4 steps each per round.
 META_WORLD_HYPERPARAMETERS = {
+    "alpha_lr": 3e-4,  # algorithm.entropy_tuning.optim.lr
     "gamma": 0.8,
     "initial_alpha": 0.01,
     "target_entropy": -4.0,
@@ -653,10 +658,18 @@ def write_results(saved: dict) -> None:
     section = one_section(tasks)
     if section == "metaworld":
         mw = META_WORLD_HYPERPARAMETERS
+        # Dumps from before sb3 got the preset's temperature lr record none: sb3 had lr.
+        sb3_alpha_lr = info.get("sb3_alpha_lr", hp["lr"])
+        temperature_lr = (
+            f"temperature {sb3_alpha_lr}"
+            if sb3_alpha_lr == mw["alpha_lr"]
+            else f"temperature: ours {mw['alpha_lr']}, sb3 {sb3_alpha_lr}, not matched"
+        )
         matched = (
             "- matched: ours is `experiment=embodied` (8 envs x 4 steps per round, 32 updates per "
             "round: UTD 1; gradient-norm clip 10; softplus temperature) on the gymnasium backend; "
-            f"sb3 one env, UTD 1; both Adam lr {hp['lr']}, betas {hp['betas']}, batch "
+            f"sb3 one env, UTD 1; both Adam lr {hp['lr']} ({temperature_lr}), betas "
+            f"{hp['betas']}, batch "
             f"{hp['batch_size']}, policy delay {hp['policy_delay']}, {hp['num_qvalue_nets']} "
             f"critics, actor {mw['actor_width']} x 2, BRN momentum {hp['batch_norm_momentum']}, "
             f"eps {hp['batch_norm_eps']}, warmup {hp['warmup_steps']:,}, gamma {mw['gamma']}, "
@@ -699,6 +712,7 @@ def write_results(saved: dict) -> None:
             info,
             f"{info['threads']} torch thread(s) per run, {info['jobs']} run(s) at a time, "
             f"device {info['device']}",
+            allocator_note=harness.IN_PROCESS_ALLOCATOR if info.get("allocator_in_process") else "",
             notes=[matched],
         ),
         "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000 "
@@ -832,6 +846,8 @@ def main(argv: list[str] | None = None) -> None:
         one_section(tasks)  # fail before training, not after
     plot_path = args.plot.resolve()
     info = harness.machine_info(
+        allocator_in_process=True,  # both contestants' processes call keep_freed_memory()
+        sb3_alpha_lr=META_WORLD_HYPERPARAMETERS["alpha_lr"],  # Meta-World tasks' (sb3_model)
         threads=args.threads,
         jobs=args.jobs,
         device=args.device,

@@ -204,6 +204,8 @@ def make_ours(
     def update() -> None:
         updater(buffer.sample())
 
+    update.optimizers = tuple(updater.optimizers.values())
+    update.modules = (loss.actor_network, loss.qvalue_network)  # for the settings' test
     return update
 
 
@@ -284,7 +286,7 @@ def make_torchrl(width: int, data: dict[str, np.ndarray], device: torch.device =
 
     critic_opt = adam(loss.qvalue_network_params.flatten_keys().values())
     actor_opt = adam(loss.actor_network_params.flatten_keys().values())
-    alpha_opt = torch.optim.Adam([loss.log_alpha], lr=LR)
+    alpha_opt = torch.optim.Adam([loss.log_alpha], lr=LR, betas=BETAS)
     buffer = torchrl_buffer(data, device)
     num_updates = 0
 
@@ -306,6 +308,8 @@ def make_torchrl(width: int, data: dict[str, np.ndarray], device: torch.device =
             alpha_loss.backward()
             alpha_opt.step()
 
+    update.optimizers = (critic_opt, actor_opt, alpha_opt)
+    update.modules = (loss.actor_network, loss.qvalue_network)  # for the settings' test
     return update
 
 
@@ -340,6 +344,8 @@ def make_sb3(width: int, data: dict[str, np.ndarray], device: torch.device = CPU
         seed=0,
         device=device,
     )
+    # sb3 builds the temperature's Adam with torch's default betas; the others use BETAS.
+    model.ent_coef_optimizer = torch.optim.Adam([model.log_ent_coef], lr=LR, betas=BETAS)
     torch.set_num_threads(threads)  # same thread count for all, whatever sb3 does
     model.set_logger(Logger(folder=None, output_formats=[]))
     buffer = model.replay_buffer
@@ -357,6 +363,8 @@ def make_sb3(width: int, data: dict[str, np.ndarray], device: torch.device = CPU
     def update(gradient_steps: int = 1) -> None:
         model.train(gradient_steps=gradient_steps, batch_size=BATCH_SIZE)
 
+    update.optimizers = (model.critic.optimizer, model.actor.optimizer, model.ent_coef_optimizer)
+    update.modules = (model.policy,)  # for the settings' test
     return update
 
 

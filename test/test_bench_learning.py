@@ -56,3 +56,16 @@ def test_the_same_run_in_two_dumps_is_refused():
     earlier = fake_dump({"ours_compile": [1.0]}, "aaa")
     with pytest.raises(SystemExit, match="more than one dump"):
         learning.combine_dumps([earlier, fake_dump({"ours_compile": [2.0]}, "bbb")])
+
+
+def test_meta_world_hyperparameters_are_the_embodied_presets():
+    # sb3-contrib gets these on Meta-World; the temperature's lr once went unmatched.
+    from test_train_script import compose_config
+
+    cfg = compose_config(["experiment=embodied"])
+    algo, mw = cfg.algorithm, learning.META_WORLD_HYPERPARAMETERS
+    assert mw["alpha_lr"] == algo.entropy_tuning.optim.lr
+    assert mw["gamma"] == algo.gamma
+    assert mw["initial_alpha"] == algo.entropy_tuning.initial_alpha
+    assert mw["target_entropy"] == algo.entropy_tuning.target_entropy
+    assert [mw["actor_width"]] * 2 == list(cfg.network.actor_hidden_sizes)
