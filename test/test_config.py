@@ -13,7 +13,7 @@ from test_train_script import CONFIGS, TINY, compose_config, load_script
 from torchrl_crossq import config
 from torchrl_crossq.config import CHOICES, ConfigError, prepare_run, validate
 from torchrl_crossq.data import CachedStorage
-from torchrl_crossq.from_config import make_replay_buffer_from_config
+from torchrl_crossq.from_config import make_replay_buffer_from_config, resolve_device
 
 PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 # TINY without its env: each preset runs on its own env (embodied: Meta-World in EnvPool).
@@ -125,6 +125,22 @@ def test_a_new_key_that_nothing_reads_is_reported(reads_of_the_presets, tmp_path
     cfg = OmegaConf.merge(OmegaConf.structured(ConfigWithANewKey), OmegaConf.to_container(composed))
     read = set().union(*(reads for _, reads in reads_of_the_presets.values()))
     assert unread(leaves(cfg), read | tiny_run_reads(cfg)) == ["algorithm.new_key"]
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cuda:-1", "cuda:0,1", "cuda:"])
+def test_a_malformed_cuda_device_names_the_key(device):
+    # It passed validation, then torch.device raised a traceback on a CUDA machine.
+    with pytest.raises(ConfigError, match=r"^device='cuda:.*' is not a device; use one of"):
+        validate(compose_config([f"device='{device}'"]))
+
+
+def test_a_gpu_index_the_machine_lacks_names_the_key(monkeypatch):
+    validate(compose_config(["device=cuda:5"]))  # well formed: checked against the machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"device='cuda:5' but this machine has 1 GPU\(s\)"):
+        resolve_device("cuda:5")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
 
 
 @pytest.mark.parametrize("steps", [0, -5])

@@ -28,7 +28,9 @@ from torchrl_crossq.checkpoint import (
     list_checkpoints,
     load_latest_checkpoint,
     recover_checkpoints,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from torchrl_crossq.config import (
     CHOICES,
@@ -530,3 +532,34 @@ def test_fuzzed_invalid_override_ends_in_a_clean_error_naming_the_key(key, value
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert str(err.value).startswith(key)
+
+
+def test_cosine_temperature_schedule_stays_at_min_lr_after_its_decay():
+    # PyTorch's CosineAnnealingLR climbs back to the full lr over the next decay_steps.
+    def lrs(scheduler_of, steps=30):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler = scheduler_of(optimizer)
+        out = []
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+            out.append(optimizer.param_groups[0]["lr"])
+        return out
+
+    ours = lrs(lambda o: make_lr_scheduler(o, "cosine", decay_steps=10, min_lr=1e-5))
+    torchs = lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=1e-5))
+    assert ours[:10] == torchs[:10]  # the same decay, bit for bit
+    assert ours[10:] == [1e-5] * 20
+    assert max(torchs[10:]) > 9e-4  # what it replaces
+
+
+def test_cuda_rng_states_of_more_gpus_than_the_machine_has_restore_those_it_has(monkeypatch):
+    # A run checkpointed with 2 visible GPUs, resumed with 1: set_rng_state_all targeted cuda:1.
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((s, i)))
+    state = rng_state()
+    state["cuda"] = ["gpu0", "gpu1"]
+    set_rng_state(state)
+    assert restored == [("gpu0", 0)]

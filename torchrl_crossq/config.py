@@ -19,6 +19,7 @@ import datetime
 import difflib
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, is_dataclass
@@ -107,7 +108,7 @@ class EntropyOptimConfig:
     lr_scheduler: str = "torch_constant"  # torch_constant | cosine | linear_warmup
     lr_warmup_steps: int = 0  # linear_warmup: alpha-optimiser steps to reach lr
     lr_decay_steps: int = 0  # cosine: alpha-optimiser steps of the decay (0: whole run)
-    min_lr: float = 0.0  # cosine: final lr
+    min_lr: float = 0.0  # cosine: final lr, kept after the decay
     clip_grad: float | None = None
 
 
@@ -306,6 +307,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, accepted in CHOICES.items():
         value = _get(cfg, key)
         if key == "device" and isinstance(value, str) and value.startswith("cuda:"):
+            if not re.fullmatch(r"cuda:\d+", value):
+                raise ConfigError(
+                    f"device={value!r} is not a device; use one of: {', '.join(accepted)}, or "
+                    "cuda:N (N a GPU's index)"
+                )
             continue
         if value not in accepted:
             raise ConfigError(
@@ -661,7 +667,8 @@ def _check_schedule_horizon(saved: DictConfig, kept: dict) -> None:
         raise ConfigError(
             f"collector.total_frames={total} cannot extend a run whose temperature lr decays "
             f"over its {before} frames (algorithm.entropy_tuning.optim.lr_scheduler=cosine, "
-            "lr_decay_steps=0): the cosine would rise again past its end; start a new run"
+            "lr_decay_steps=0): its decay was fitted to those frames and would stay at min_lr "
+            "past them, unlike a run that long from the start; start a new run"
         )
 
 

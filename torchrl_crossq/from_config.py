@@ -59,7 +59,13 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available; use one of: auto, cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s); use "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}, cuda, auto or cpu"
+        )
+    return resolved
 
 
 def make_envs_from_config(cfg: DictConfig) -> tuple[Callable[..., EnvBase], EnvBase]:

@@ -499,6 +499,15 @@ def _params_of(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
 LR_SCHEDULERS = ("torch_constant", "cosine", "linear_warmup")
 
 
+class _CosineDecay(torch.optim.lr_scheduler.CosineAnnealingLR):
+    """PyTorch's cosine annealing up to ``T_max``, then ``eta_min`` (its own rises again)."""
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch > self.T_max:
+            return [self.eta_min for _ in self.optimizer.param_groups]
+        return super().get_lr()
+
+
 def make_lr_scheduler(
     optimizer: torch.optim.Optimizer,
     name: str = "torch_constant",
@@ -510,7 +519,7 @@ def make_lr_scheduler(
     """A learning-rate schedule, stepped once per optimiser step.
 
     ``torch_constant``: the optimiser's lr throughout; ``cosine``: cosine decay to
-    ``min_lr`` over ``decay_steps``; ``linear_warmup``: linear ramp from ``lr /
+    ``min_lr`` over ``decay_steps``, then ``min_lr``; ``linear_warmup``: linear ramp from ``lr /
     warmup_steps`` to ``lr`` over ``warmup_steps``, then constant.
 
     Examples:
@@ -527,9 +536,7 @@ def make_lr_scheduler(
     if name == "torch_constant":
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, decay_steps), eta_min=min_lr
-        )
+        return _CosineDecay(optimizer, T_max=max(1, decay_steps), eta_min=min_lr)
     if name == "linear_warmup":
         return torch.optim.lr_scheduler.LinearLR(
             optimizer, start_factor=1.0 / max(1, warmup_steps), total_iters=max(0, warmup_steps - 1)
