@@ -116,7 +116,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             cfg, make_train_env, actor, device, frames=frames
         )
         checkpoints.restore_collector(collector)
-    logger = make_logger_from_config(cfg, run_dir, run_id=checkpoints.logger_id)
+    logger = make_logger_from_config(cfg, run_dir, run_id=checkpoints.logger_id, frames=frames)
     evaluate_at = make_evaluator_from_config(
         cfg, actor, run_dir=run_dir, logger=logger, frames=frames
     )

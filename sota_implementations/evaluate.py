@@ -7,10 +7,12 @@
 The env and the actor are rebuilt from ``<run>/config.yaml``; the actor's weights come from
 the newest readable checkpoint in ``<run>/checkpoints``. Runs made with ``precision=bf16`` or
 ``compile=true`` load the same way: both change how the losses are computed, not the stored
-(float32) weights. By default the episodes are those of the run's last evaluation (episodes
-seeded from ``seed + 10000 + frames``, ``eval.max_episode_steps``), so ``--episodes`` equal to the
-run's ``eval.episodes`` reproduces the last row of ``eval.csv``. Prints one line: return
-mean/std and, for tasks that report success (Meta-World), the success rate.
+(float32) weights. By default the episodes are those of the run's evaluation at the
+checkpoint's frames (episodes seeded from ``seed + 10000 + frames``, ``eval.max_episode_steps``),
+so ``--episodes`` equal to the run's ``eval.episodes`` reproduces that row of ``eval.csv``: the
+last one for a finished run; a run stopped or still training may have evaluated past its newest
+checkpoint. Prints one line: return mean/std and, for tasks that report success (Meta-World),
+the success rate.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def evaluate_run(
 
     Keyword Args:
         episodes: deterministic episodes (``None``: the run's ``eval.episodes``).
-        seed: the eval env's seed (``None``: the run's last evaluation's, ``seed + 10000 + frames``).
+        seed: the eval env's seed (``None``: that of the run's evaluation at the checkpoint's
+            frames, ``seed + 10000 + frames``).
         video: also render one episode to ``<run_dir>/videos/evaluate_<frames>.mp4``.
 
     Returns:
@@ -138,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run directory of crossq.py")
     parser.add_argument("--episodes", type=int, help="episodes (default: the run's eval.episodes)")
-    parser.add_argument("--seed", type=int, help="eval env seed (default: the run's last eval's)")
+    parser.add_argument(
+        "--seed", type=int, help="eval env seed (default: the run's eval's at the checkpoint)"
+    )
     parser.add_argument("--video", action="store_true", help="render one episode to videos/")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:

@@ -56,17 +56,37 @@ class PlotError(ValueError):
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:
-    """Run directories among ``paths``: each one with a config.yaml, or its subfolders that have one."""
-    runs = []
+    """Run directories among ``paths``: each one with a config.yaml, or its subfolders that have one.
+
+    A run named twice (a sweep and one of its jobs) counts once; a run without an evaluation
+    yet (still starting) is left out with a note.
+    """
+    found = []
     for path in paths:
         if (path / "config.yaml").is_file():
-            runs.append(path)
+            found.append(path)
             continue
         inside = sorted(p.parent for p in path.glob("*/config.yaml"))
         if not inside:
             raise PlotError(f"{path} is not a run directory (no config.yaml) and holds none")
-        runs += inside
+        found += inside
+    runs = []
+    for run in dict.fromkeys(p.resolve() for p in found):
+        if not has_evaluations(run / "eval.csv"):
+            print(f"note: {run} has no evaluation yet: left out", file=sys.stderr)
+            continue
+        runs.append(run)
+    if not runs:
+        raise PlotError("none of the runs has an evaluation yet")
     return runs
+
+
+def has_evaluations(eval_csv: Path) -> bool:
+    """Whether ``eval.csv`` exists and holds a row past its header."""
+    if not eval_csv.is_file():
+        return False
+    with eval_csv.open() as f:
+        return sum(1 for line in f if line.strip()) > 1
 
 
 def method_of(cfg) -> str:

@@ -1,6 +1,7 @@
 """The config: every key acts or is rejected; a resumed run takes only the keys typed with it."""
 
 import contextlib
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +242,8 @@ def test_multirun_directories_stay_within_a_file_names_length():
     many = ",".join(f"collector.some_key_{i}=value_{i}" for i in range(10))
     assert len(many) > 255 and config.sweep_subdir(3, many) == "job3"
     assert config.sweep_subdir(2, "") == "job2"
+    # a path or an id with "/" as a value put the job folders deep (plot.py found none)
+    assert config.sweep_subdir(4, "env.name=Meta-World/MT1,seed=0") == "job4"
 
 
 # -- resume: the keys typed with it ----------------------------------------------------------------
@@ -370,3 +373,16 @@ def test_resume_of_a_run_saved_with_the_old_brn_warmup_key_keeps_its_value(tmp_p
     OmegaConf.save(saved, run_dir / "config.yaml")
     cfg = resume(run_dir)
     assert (cfg.network.brn_warmup_steps, cfg.network.warmup_steps) == (123, None)
+
+
+def test_the_resume_hint_of_a_sweep_job_pastes_back(tmp_path):
+    # A sweep job's folder is named key=value,...: unquoted, hydra's grammar refused it.
+    job = tmp_path / "collector.total_frames=96,seed=0"
+    assert config.resume_argument(tmp_path / "run") == f"resume={tmp_path / 'run'}"
+    argument = config.resume_argument(job)
+    assert argument == f"\"resume='{job}'\""
+    typed = [shlex.split(argument)[0]]  # what the shell passes on
+    prepare_run(compose_config([*TINY, f"run_dir='{job}'"]))
+    (job / "checkpoints").mkdir()
+    _, run_dir, resuming = prepare_run(compose_config(typed), overrides=typed)
+    assert resuming and run_dir == job

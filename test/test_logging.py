@@ -43,6 +43,21 @@ def test_window_logs_the_mean_return_of_the_episodes_that_ended_then_starts_over
     assert later["train/loss_qvalue"] == 0.5  # the latest value until the next update
 
 
+def test_window_logs_each_metric_averaged_over_the_updates_that_computed_it():
+    # It logged the last update's value alone: 1 of ~1000 minibatches per log.
+    window = TrainingWindow()
+    for step, loss in enumerate([1.0, 2.0, 30.0], start=1):
+        metrics = {"loss_qvalue": torch.tensor(loss)}
+        if step == 3:  # an actor update, every policy delay
+            metrics["loss_actor"] = torch.tensor(-4.0)
+        window.add_update(TensorDict(metrics, []))
+    scalars = window.scalars()
+    assert scalars["train/loss_qvalue"] == 11.0 and scalars["train/loss_actor"] == -4.0
+    window.add_update(TensorDict({"loss_qvalue": torch.tensor(5.0)}, []))
+    later = window.scalars()
+    assert later["train/loss_qvalue"] == 5.0 and later["train/loss_actor"] == -4.0
+
+
 def test_unknown_logger_backend_names_the_argument_and_choices(tmp_path):
     with pytest.raises(ValueError, match=r"^backend='mlflw' is not supported; use one of: wandb"):
         make_logger("mlflw", tmp_path, exp_name="x")
@@ -93,3 +108,22 @@ def test_a_kill_while_csv_logs_are_truncated_keeps_their_rows(tmp_path, monkeypa
     truncate_csv_logs(tmp_path / "logs", 20)
     assert (scalars / "loss.csv").read_text() == "10,1.0\n20,2.0\n"
     assert [p.name for p in scalars.iterdir()] == ["loss.csv"]
+
+
+def test_tensorboard_of_a_resumed_run_holds_each_step_once(tmp_path):
+    # The steps between the checkpoint and a kill were shown twice after the resume.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def log(steps, value, **kwargs):
+        logger = make_logger("tensorboard", tmp_path, exp_name="run", **kwargs)
+        for step in steps:
+            logger.log_scalar("train/x", value, step=step)
+        close_logger(logger)
+
+    log([100, 200, 300, 400], 1.0)  # killed after 400, checkpoint at 300
+    log([400, 500], 2.0, resumed_at=300)
+    events = EventAccumulator(str(tmp_path / "logs" / "run"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/x")]
+    assert logged == [(100, 1.0), (200, 1.0), (300, 1.0), (400, 2.0), (500, 2.0)]

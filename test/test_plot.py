@@ -115,3 +115,21 @@ def test_the_wall_clock_panel_is_drawn_only_when_some_run_has_wall_clock_data(tm
         load_plot().main([*map(str, untimed), *baseline, "--out", str(out), "--reps", "50"])
         widths[name] = matplotlib.image.imread(out / "Pendulum-v1.png").shape[1]
     assert widths["untimed"] < widths["timed"]  # one panel (frames) against two
+
+
+def test_a_run_named_twice_counts_once_and_a_run_without_evaluations_is_left_out(tmp_path, capsys):
+    # plot.py runs/* during training: a run still starting had no eval.csv (a traceback),
+    # and a sweep given with one of its jobs counted that job twice.
+    sweep = tmp_path / "sweep"
+    for seed, final in enumerate([1, 3]):
+        make_run(sweep / f"job{seed}", [0, final])
+    starting = sweep / "job2"
+    starting.mkdir()
+    OmegaConf.save(OmegaConf.load(sweep / "job0" / "config.yaml"), starting / "config.yaml")
+    resumed_from_zero = make_run(tmp_path / "empty", [])
+    out = tmp_path / "out"
+    load_plot().main([str(sweep), str(sweep / "job0"), str(resumed_from_zero), "--out", str(out)])
+    row = summary(out, "Pendulum-v1")["CrossQ"]
+    assert (row["runs"], float(row["final_mean"])) == ("2", 2.0)
+    err = capsys.readouterr().err
+    assert "job2 has no evaluation yet" in err and "empty has no evaluation yet" in err

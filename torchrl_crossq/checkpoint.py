@@ -217,8 +217,9 @@ class RunCheckpoints:
     buffer, the global random states, the frame count, the env's observation/action sizes,
     the logger's run id (wandb) and, when the envs run in this process, the collector's next
     step and how each env's current episode came about (:func:`collector_state`). With all of
-    them a resumed run logs the same losses as an uninterrupted one; envs in worker processes
-    or EnvPool start new episodes instead.
+    them a resumed run logs the same losses as an uninterrupted one (a log window the
+    checkpoint cuts, as a Ctrl-C's does, averages the updates after it); envs in worker
+    processes or EnvPool start new episodes instead.
 
     A resumed run forgets what was logged after its checkpoint (``eval.csv`` and CSV-logger
     rows), since it logs those steps again.

@@ -207,12 +207,23 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("crossq_sweep_subdir", sweep_subdir, replace=True)
 
 
+def resume_argument(run_dir: str | Path) -> str:
+    """The command-line argument that resumes ``run_dir``, quoted for hydra and the shell when
+    the path holds characters hydra's grammar reads (a sweep job's ``key=value,...`` name)."""
+    path = str(run_dir)
+    if re.fullmatch(r"[\w./~+:@%-]+", path):
+        return f"resume={path}"
+    return f"\"resume='{path}'\""
+
+
 def sweep_subdir(job_num: int, override_dirname: str) -> str:
     """A multirun job's directory name: its overrides joined (hydra's ``override_dirname``),
     or ``job<num>`` when they would pass a file name's 255 bytes (each job's config.yaml holds
-    its whole config either way)."""
-    if 0 < len(str(override_dirname).encode()) <= 200:
-        return str(override_dirname)
+    its whole config either way) or would hold a ``/`` (a path or an env id as a value: the
+    job would land folders deep)."""
+    name = str(override_dirname)
+    if 0 < len(name.encode()) <= 200 and "/" not in name:
+        return name
     return f"job{job_num}"
 
 
@@ -511,8 +522,8 @@ def prepare_run(cfg: DictConfig, *, overrides: Sequence[str] = ()) -> tuple[Dict
         p.name != "config.yaml" for p in run_dir.iterdir()
     ):
         raise ConfigError(
-            f"run_dir={cfg.run_dir!r} already holds a run; continue it with resume={cfg.run_dir} "
-            "or choose another run_dir"
+            f"run_dir={cfg.run_dir!r} already holds a run; continue it with "
+            f"{resume_argument(cfg.run_dir)} or choose another run_dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

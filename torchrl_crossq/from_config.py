@@ -311,9 +311,10 @@ def make_collector_from_config(
 
 
 def make_logger_from_config(
-    cfg: DictConfig, run_dir: Path, *, run_id: str | None = None
+    cfg: DictConfig, run_dir: Path, *, run_id: str | None = None, frames: int = 0
 ) -> Logger | None:
-    """The logger of the ``logger`` block; ``run_id`` continues a wandb run."""
+    """The logger of the ``logger`` block; ``run_id`` continues a wandb run, ``frames`` are
+    those a resumed run starts from."""
     return make_logger(
         cfg.logger.backend,
         run_dir,
@@ -321,6 +322,7 @@ def make_logger_from_config(
         project_name=cfg.logger.project_name,
         wandb_mode=cfg.logger.mode,
         run_id=run_id,
+        resumed_at=frames,
     )
 
 

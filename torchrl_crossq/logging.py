@@ -57,11 +57,14 @@ def make_logger(
     project_name: str = "torchrl_crossq",
     wandb_mode: str = "offline",
     run_id: str | None = None,
+    resumed_at: int = 0,
 ) -> Logger | None:
     """A TorchRL logger writing under ``run_dir`` (``None`` for ``backend="none"``).
 
     wandb runs offline by default (no network); ``run_id`` continues a run on resume.
-    End it with :func:`close_logger`.
+    ``resumed_at``: the frames of the checkpoint a resumed run starts from; TensorBoard then
+    drops what the run before logged past them (its ``purge_step``), as the CSV logs are
+    truncated, so the steps it logs again appear once. End it with :func:`close_logger`.
 
     Examples:
         >>> import tempfile
@@ -77,7 +80,14 @@ def make_logger(
     options = _LOGGER_OPTIONS[backend](
         Path(run_dir), project_name=project_name, wandb_mode=wandb_mode, run_id=run_id
     )
-    return get_logger(backend, experiment_name=exp_name, **options)
+    logger = get_logger(backend, experiment_name=exp_name, **options)
+    if backend == "tensorboard" and resumed_at > 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = logger.experiment.log_dir
+        logger.experiment.close()
+        logger.experiment = SummaryWriter(log_dir=log_dir, purge_step=resumed_at + 1)
+    return logger
 
 
 def close_logger(logger: Logger | None) -> None:
@@ -212,15 +222,18 @@ def plot_learning_curve(history: EvalHistory, path: str | Path, title: str) -> P
 
 
 class TrainingWindow:
-    """What happened since the last log: frames, updates, finished episodes, the latest losses.
+    """What happened since the last log: frames, updates, finished episodes, losses.
 
     :meth:`scalars` reads it as the logged quantities (``perf/frames_per_s``,
-    ``train/<metric>``, ``train/return``, ``train/success_rate``) and starts a new window.
-    Update metrics stay tensors until then: the update path never waits for the host.
+    ``train/<metric>``: the mean over the window's updates that computed it, as TorchRL's
+    SOTA scripts average an iteration's losses; ``train/return``, ``train/success_rate``)
+    and starts a new window. A metric no update of the window computed (an actor term in a
+    window shorter than the policy delay) keeps the value of the window before. Update
+    metrics stay tensors until then: the update path never waits for the host.
     """
 
     def __init__(self) -> None:
-        self._metrics: dict[str, torch.Tensor] = {}
+        self._metrics: dict[str, torch.Tensor] = {}  # the last window's means
         self._start_window()
 
     def _start_window(self) -> None:
@@ -228,6 +241,7 @@ class TrainingWindow:
         self._frames = self._updates = 0
         self._returns: list[float] = []
         self._successes: list[bool] = []
+        self._window_metrics: dict[str, list[torch.Tensor]] = {}
 
     def add_batch(self, data: TensorDictBase) -> None:
         """Counts a collected batch and the episodes that ended in it."""
@@ -238,9 +252,9 @@ class TrainingWindow:
             self._successes += data["next", "episode_success"].squeeze(-1)[done].tolist()
 
     def add_update(self, metrics: TensorDictBase) -> None:
-        """Counts one update; keeps the latest value of each metric (actor terms come every
-        policy delay)."""
-        self._metrics.update(metrics.items())
+        """Counts one update and keeps its metrics (actor terms come every policy delay)."""
+        for key, value in metrics.items():
+            self._window_metrics.setdefault(key, []).append(value)
         self._updates += 1
 
     def scalars(self) -> dict[str, float]:
@@ -250,6 +264,10 @@ class TrainingWindow:
             "perf/frames_per_s": self._frames / elapsed,
             "perf/updates_per_s": self._updates / elapsed,
         }
+        for key, values in self._window_metrics.items():
+            self._metrics[key] = (
+                torch.stack(values).double().mean() if len(values) > 1 else values[0]
+            )
         scalars.update({f"train/{k}": v.item() for k, v in self._metrics.items()})
         if self._returns:
             scalars["train/return"] = float(np.mean(self._returns))
