@@ -58,6 +58,15 @@ def test_window_logs_each_metric_averaged_over_the_updates_that_computed_it():
     assert later["train/loss_qvalue"] == 5.0 and later["train/loss_actor"] == -4.0
 
 
+def test_a_long_window_keeps_a_bounded_number_of_values():
+    window = TrainingWindow()
+    updates = 3 * TrainingWindow._CHUNK + 5
+    for step in range(updates):
+        window.add_update(TensorDict({"loss_qvalue": torch.tensor(float(step))}, []))
+    assert len(window._window_metrics["loss_qvalue"]) <= TrainingWindow._CHUNK
+    assert window.scalars()["train/loss_qvalue"] == (updates - 1) / 2
+
+
 def test_unknown_logger_backend_names_the_argument_and_choices(tmp_path):
     with pytest.raises(ValueError, match=r"^backend='mlflw' is not supported; use one of: wandb"):
         make_logger("mlflw", tmp_path, exp_name="x")

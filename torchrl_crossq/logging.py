@@ -221,6 +221,11 @@ def plot_learning_curve(history: EvalHistory, path: str | Path, title: str) -> P
     return path
 
 
+def _sum(values: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of 0-d tensors, in float64."""
+    return torch.stack([v.double() for v in values]).sum()
+
+
 class TrainingWindow:
     """What happened since the last log: frames, updates, finished episodes, losses.
 
@@ -232,6 +237,9 @@ class TrainingWindow:
     metrics stay tensors until then: the update path never waits for the host.
     """
 
+    # Values kept per metric before they are summed into one: bounded memory for any window.
+    _CHUNK = 1024
+
     def __init__(self) -> None:
         self._metrics: dict[str, torch.Tensor] = {}  # the last window's means
         self._start_window()
@@ -241,7 +249,8 @@ class TrainingWindow:
         self._frames = self._updates = 0
         self._returns: list[float] = []
         self._successes: list[bool] = []
-        self._window_metrics: dict[str, list[torch.Tensor]] = {}
+        self._window_metrics: dict[str, list[torch.Tensor]] = {}  # values, or partial sums
+        self._counts: dict[str, int] = {}
 
     def add_batch(self, data: TensorDictBase) -> None:
         """Counts a collected batch and the episodes that ended in it."""
@@ -254,7 +263,11 @@ class TrainingWindow:
     def add_update(self, metrics: TensorDictBase) -> None:
         """Counts one update and keeps its metrics (actor terms come every policy delay)."""
         for key, value in metrics.items():
-            self._window_metrics.setdefault(key, []).append(value)
+            values = self._window_metrics.setdefault(key, [])
+            values.append(value)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            if len(values) == self._CHUNK:
+                values[:] = [_sum(values)]
         self._updates += 1
 
     def scalars(self) -> dict[str, float]:
@@ -265,9 +278,8 @@ class TrainingWindow:
             "perf/updates_per_s": self._updates / elapsed,
         }
         for key, values in self._window_metrics.items():
-            self._metrics[key] = (
-                torch.stack(values).double().mean() if len(values) > 1 else values[0]
-            )
+            count = self._counts[key]
+            self._metrics[key] = values[0] if count == 1 else _sum(values) / count
         scalars.update({f"train/{k}": v.item() for k, v in self._metrics.items()})
         if self._returns:
             scalars["train/return"] = float(np.mean(self._returns))
