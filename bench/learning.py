@@ -157,6 +157,8 @@ def sb3_run(spec: dict) -> None:
     from stable_baselines3.common.callbacks import BaseCallback
 
     warnings.filterwarnings("ignore")
+    from torchrl_crossq.from_config import EVAL_EPISODES, EVAL_TASKS, TRAIN_TASKS, run_seed
+
     task, seed, run_dir = Task(**spec["task"]), spec["seed"], Path(spec["run_dir"])
     torch.set_num_threads(spec["threads"])
     hp = hyperparameters(task)
@@ -166,14 +168,14 @@ def sb3_run(spec: dict) -> None:
             return gym.make(task.env_id)
         import metaworld  # noqa: F401  (registers Meta-World/MT1)
 
-        # MT1 draws its goals when built: seeded as the script seeds ours (the run's seed for
-        # training, the eval seed for evaluation), or no two runs of a seed would match.
+        # MT1 draws its goals when built: seeded as the script seeds ours (run_seed's task
+        # streams, for training and for evaluation), or no two runs of a seed would match.
         return gym.make(
             task.env_id, env_name=task.env_task, disable_env_checker=True, seed=task_seed
         )
 
     model = sb3_model(
-        make(seed),
+        make(run_seed(seed, TRAIN_TASKS)),
         hp,
         critic_width=task.critic_width,
         learning_starts=task.init_random_frames,
@@ -183,8 +185,8 @@ def sb3_run(spec: dict) -> None:
         threads=spec["threads"],
     )
 
-    eval_env = make(seed + EVAL_SEED_OFFSET)
-    eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
+    eval_env = make(run_seed(seed, EVAL_TASKS))
+    eval_env.reset(seed=run_seed(seed, EVAL_EPISODES))  # once: its episodes follow on
     rows: list[dict] = []
 
     def evaluate(frames: int) -> None:
@@ -268,6 +270,18 @@ def sb3_model(
     return model
 
 
+def _eval_seeding(info: dict) -> str:
+    """How a dump's evaluation episodes were seeded."""
+    if info.get("seed_streams"):
+        return (
+            "eval env seeded once per run from the run's seed (ours reseeds it at each "
+            "evaluation, from the run's seed and the frame count: from_config.run_seed)"
+        )
+    return (
+        "eval env seeded seed + 10000 (ours reseeds it at each evaluation: seed + 10000 + frames)"
+    )
+
+
 def write_eval_csv(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
@@ -283,7 +297,6 @@ def read_eval_csv(path: Path) -> list[dict]:
 
 
 # -- tasks and matched hyperparameters -------------------------------------------------------
-EVAL_SEED_OFFSET = 10_000  # the training script seeds its eval env with seed + 10000
 MAX_EVAL_STEPS = 1_000  # eval.max_episode_steps of the script
 METAWORLD = "Meta-World/MT1"
 EVAL_FIELDS = ("frames", "return_mean", "return_std", "success_rate")  # the script's eval.csv
@@ -715,9 +728,8 @@ def write_results(saved: dict) -> None:
             allocator_note=harness.IN_PROCESS_ALLOCATOR if info.get("allocator_in_process") else "",
             notes=[matched],
         ),
-        "- evaluation: deterministic actions (actor in eval mode), eval env seeded seed + 10000 "
-        "(ours reseeds it at each evaluation: seed + 10000 + frames); final = the last "
-        "evaluation's mean over its episodes (return, or success rate for Meta-World); AUC = a "
+        f"- evaluation: deterministic actions (actor in eval mode), {_eval_seeding(info)}; "
+        "final = the last evaluation's mean over its episodes (return, or success rate for Meta-World); AUC = a "
         "run's mean of those over its eval points; mean +- std across seeds (sample std); within "
         "one std: the means differ by at most the larger of the two stds",
         f"- IQM: rliable's interquartile mean across seeds (floor(n/4) dropped at each end: for 5 "
@@ -852,6 +864,7 @@ def main(argv: list[str] | None = None) -> None:
         jobs=args.jobs,
         device=args.device,
         seeds=args.seeds,
+        seed_streams=True,  # seeds hashed by run_seed (dumps before: seed + 10000 + frames)
         plot=str(plot_path.relative_to(ROOT) if plot_path.is_relative_to(ROOT) else plot_path),
     )
     harness.console_header(

@@ -8,7 +8,7 @@ The env and the actor are rebuilt from ``<run>/config.yaml``; the actor's weight
 the newest readable checkpoint in ``<run>/checkpoints``. Runs made with ``precision=bf16`` or
 ``compile=true`` load the same way: both change how the losses are computed, not the stored
 (float32) weights. By default the episodes are those of the run's evaluation at the
-checkpoint's frames (episodes seeded from ``seed + 10000 + frames``, ``eval.max_episode_steps``),
+checkpoint's frames (episodes seeded as the run seeded them there, ``eval.max_episode_steps``),
 so ``--episodes`` equal to the run's ``eval.episodes`` reproduces that row of ``eval.csv``: the
 last one for a finished run; a run stopped or still training may have evaluated past its newest
 checkpoint. Prints one line: return mean/std and, for tasks that report success (Meta-World),
@@ -28,7 +28,7 @@ from torchrl_crossq.checkpoint import CheckpointError, load_latest_checkpoint
 from torchrl_crossq.config import env_label
 from torchrl_crossq.envs import EvalResult, MissingExtraError, UnknownEnvError, env_dims, make_env
 from torchrl_crossq.from_config import (
-    EVAL_SEED_OFFSET,
+    eval_seed,
     make_actor_from_config,
     make_evaluator_from_config,
     record_video_from_config,
@@ -84,7 +84,7 @@ def evaluate_run(
     Keyword Args:
         episodes: deterministic episodes (``None``: the run's ``eval.episodes``).
         seed: the eval env's seed (``None``: that of the run's evaluation at the checkpoint's
-            frames, ``seed + 10000 + frames``).
+            frames: ``torchrl_crossq.from_config.eval_seed``).
         video: also render one episode to ``<run_dir>/videos/evaluate_<frames>.mp4``.
 
     Returns:
@@ -105,7 +105,7 @@ def evaluate_run(
     if state is None:
         raise RunError(f"{run_dir} has no checkpoint yet (checkpoints/ is empty)")
     frames = state["frames"]
-    seed = cfg.seed + EVAL_SEED_OFFSET + frames if seed is None else seed
+    seed = eval_seed(cfg, frames) if seed is None else seed
     episodes = cfg.eval.episodes if episodes is None else episodes
     env, actor = make_env_and_actor(cfg, seed=seed)
     dims = env_dims(env)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from test_train_script import CONFIGS, TINY, compose_config, load_script
 
-from torchrl_crossq import config
+from torchrl_crossq import config, from_config
 from torchrl_crossq.config import CHOICES, ConfigError, prepare_run, validate
 from torchrl_crossq.data import CachedStorage
 from torchrl_crossq.from_config import make_replay_buffer_from_config, resolve_device
@@ -201,6 +201,40 @@ def test_runs_given_one_scratch_dir_keep_their_transitions_apart(tmp_path):
     again = make_replay_buffer_from_config(cfg, runs[0], torch.device("cpu"))
     assert again._storage.scratch_dir == buffers[0]._storage.scratch_dir
     assert Path(again._storage.scratch_dir).parent == tmp_path
+
+
+def test_runs_of_consecutive_seeds_share_no_env_or_evaluation_seed(monkeypatch):
+    # Env copies were seeded seed + frames + i and evaluation episodes seed + 10000 + frames
+    # + i: seeds s and s + 1 shared 9 of 10 evaluation episodes and all env copies but one,
+    # so the spread across seeds understated the variance.
+    drawn = {}
+
+    def seeds_of(seed, frames=5000, copies=4, episodes=10):
+        overrides = [f"seed={seed}", f"env.num_envs={copies}", "collector.frames_per_batch=16"]
+        cfg = validate(compose_config(overrides))
+        monkeypatch.setattr(
+            from_config, "make_collector", lambda *a, seed, **k: drawn.update(seed=seed)
+        )
+        from_config.make_collector_from_config(cfg, None, None, torch.device("cpu"), frames=frames)
+        make_train_env, _ = from_config.make_envs_from_config(cfg)
+        evaluator = from_config.make_evaluator_from_config(cfg, None, episodes=episodes)
+        evaluator.evaluation.close()
+        evaluator.evaluation = lambda actor, seed: drawn.update(eval=seed)
+        evaluator(frames)
+        return {
+            "env copies": {drawn["seed"] + i for i in range(copies)},
+            "evaluation episodes": {drawn["eval"] + i for i in range(episodes)},
+            "task seeds": {make_train_env.keywords["task_seed"]},
+        }
+
+    runs = [seeds_of(seed) for seed in range(5)]
+    for stream in runs[0]:
+        for a in range(5):
+            for b in range(a + 1, 5):
+                assert not runs[a][stream] & runs[b][stream], (stream, a, b)
+    assert seeds_of(2) == runs[2]  # a function of the seed alone
+    assert seeds_of(2, frames=6000)["evaluation episodes"] != runs[2]["evaluation episodes"]
+    assert from_config.run_seed(2**32 - 1, from_config.TRAIN_ENVS, 10**9) < 2**30
 
 
 # -- keys no code reads, values no run can take ---------------------------------------------------

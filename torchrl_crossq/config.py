@@ -293,9 +293,9 @@ NON_NEGATIVE = (
 UNIT_INTERVAL = ("algorithm.gamma", "optim.beta1", "optim.beta2")
 
 
-# numpy and gymnasium take seeds below 2**32; the evaluation env's is the run's + 10,000 and
-# env copies count up from the run's, so the run's leaves room for both.
-MAX_SEED = 2**32 - 2**20
+# numpy and gymnasium take seeds below 2**32, torch's and the replay sampler's are the run's
+# (the env and evaluation streams hash it, see from_config.run_seed).
+MAX_SEED = 2**32
 
 
 def _get(cfg: DictConfig, key: str):
@@ -342,8 +342,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key}={value!r} must be in [0, 1]")
     if not 0 <= cfg.seed < MAX_SEED:
         raise ConfigError(
-            f"seed={cfg.seed!r} must be in [0, {MAX_SEED}) (numpy's seeds are 32-bit, and the "
-            "evaluation env and each env copy take seeds above it)"
+            f"seed={cfg.seed!r} must be in [0, {MAX_SEED}) (numpy's seeds are 32-bit)"
         )
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads!r} must be >= 1 (or null: torch's default)")

@@ -38,8 +38,28 @@ from torchrl_crossq.objectives import (
 from torchrl_crossq.objectives.update import make_lr_scheduler
 from torchrl_crossq.video import VideoUnavailable, log_video, record_episode
 
-# Evaluation episodes are seeded apart from the training envs.
-EVAL_SEED_OFFSET = 10_000
+# The run's random streams besides torch's and numpy's global generators (seeded with the
+# run's seed): each draws its seeds from (run seed, stream, frames), see run_seed.
+TRAIN_ENVS, EVAL_EPISODES, TRAIN_TASKS, EVAL_TASKS = range(4)
+
+
+def run_seed(seed: int, stream: int, frames: int = 0) -> int:
+    """The first seed of one of a run's streams: ``stream`` (``TRAIN_ENVS``, ``EVAL_EPISODES``,
+    ``TRAIN_TASKS`` or ``EVAL_TASKS``) of the run seeded ``seed``, from ``frames`` on.
+
+    Hashed by numpy's ``SeedSequence``, not offset: the streams of runs of consecutive seeds
+    share no seed (with ``seed + frames + i``, seeds s and s + 1 shared 9 of 10 evaluation
+    episodes and all but one env copy), and a stream depends only on the run's seed and the
+    frame count, so a resumed run draws what the uninterrupted one does. The result is below
+    2**30: the copies and workers of a stream count up from it, and EnvPool takes 32-bit seeds.
+
+    Examples:
+        >>> run_seed(0, EVAL_EPISODES, 5000) == run_seed(0, EVAL_EPISODES, 5000)
+        True
+        >>> run_seed(1, EVAL_EPISODES) == run_seed(0, EVAL_EPISODES) + 1
+        False
+    """
+    return int(np.random.SeedSequence([seed, stream, frames]).generate_state(1)[0] >> 2)
 
 
 def setup_process_from_config(cfg: DictConfig) -> torch.device:
@@ -83,12 +103,12 @@ def make_envs_from_config(cfg: DictConfig) -> tuple[Callable[..., EnvBase], EnvB
         env.name,
         num_envs=env.num_envs,
         vectorization=env.vectorization,
-        # The run's seed, not the collector's (which moves on at a resume): a resumed
-        # Meta-World run keeps its goals.
-        task_seed=cfg.seed,
+        # Not the collector's seed (which moves on at a resume): a resumed Meta-World run
+        # keeps its goals.
+        task_seed=run_seed(cfg.seed, TRAIN_TASKS),
         **env_kwargs,
     )
-    eval_env = make_env(env.name, seed=cfg.seed + EVAL_SEED_OFFSET, **env_kwargs)
+    eval_env = make_env(env.name, seed=run_seed(cfg.seed, EVAL_EPISODES), **env_kwargs)
     return make_train_env, eval_env
 
 
@@ -303,7 +323,7 @@ def make_collector_from_config(
         policy_device=device,
         ray_address=cfg.ray.address,
         ray_num_cpus=cfg.ray.num_cpus,
-        seed=cfg.seed + frames,  # a resumed run gets fresh, reproducible env seeds
+        seed=run_seed(cfg.seed, TRAIN_ENVS, frames),  # a resumed run's envs draw new seeds
         reuse_batch=True,  # the loop stores each batch before it collects the next
         direct=col.direct,
     )
@@ -326,12 +346,17 @@ def make_logger_from_config(
     )
 
 
+def eval_seed(cfg: DictConfig, frames: int) -> int:
+    """The first episode's seed of the run's evaluation at ``frames`` (episode i: that + i)."""
+    return run_seed(cfg.seed, EVAL_EPISODES, frames)
+
+
 class RunEvaluator:
     """``evaluator(frames, seed=None)``: the ``eval`` block's deterministic evaluation.
 
     The ``eval.episodes`` episodes are stepped together (:class:`BatchedEvaluation`) and
-    seeded by the frame count (``seed + 10000 + frames``), so a frame count gets the same
-    episodes however the run got there. With ``eval.video`` (and a ``run_dir``), the first
+    seeded by the frame count (:func:`eval_seed`), so a frame count gets the same episodes
+    however the run got there. With ``eval.video`` (and a ``run_dir``), the first
     evaluation past each multiple of ``eval.video_interval`` after ``frames`` also renders one
     episode to ``run_dir/videos/eval_<frames>.mp4`` and hands it to ``logger``; when videos
     cannot be made here, one warning line says why and training goes on without them.
@@ -355,7 +380,7 @@ class RunEvaluator:
             episodes=cfg.eval.episodes if episodes is None else episodes,
             max_steps=cfg.eval.max_episode_steps,
             max_episode_steps=cfg.env.max_episode_steps,
-            task_seed=cfg.seed + EVAL_SEED_OFFSET,
+            task_seed=run_seed(cfg.seed, EVAL_TASKS),
         )
         self.video_interval = cfg.eval.video_interval  # read with videos off too: every key is read
         if not (cfg.eval.video and run_dir is not None):
@@ -364,7 +389,7 @@ class RunEvaluator:
         self.last_video = frames // self.video_interval if self.video_interval else None
 
     def __call__(self, frames: int, seed: int | None = None) -> EvalResult:
-        seed = self.cfg.seed + EVAL_SEED_OFFSET + frames if seed is None else seed
+        seed = eval_seed(self.cfg, frames) if seed is None else seed
         result = self.evaluation(self.actor, seed=seed)
         if self.last_video is not None and frames // self.video_interval != self.last_video:
             self.last_video = frames // self.video_interval
@@ -412,5 +437,5 @@ def record_video_from_config(
         max_episode_steps=cfg.env.max_episode_steps,
         max_steps=cfg.eval.max_episode_steps,
         seed=seed,
-        task_seed=cfg.seed + EVAL_SEED_OFFSET,  # the first evaluation episode's
+        task_seed=run_seed(cfg.seed, EVAL_TASKS),  # the first evaluation episode's
     )
