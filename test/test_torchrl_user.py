@@ -510,3 +510,115 @@ def test_our_batch_renorm_in_torchrls_own_loss_with_its_vmap_on_and_off():
         torch.testing.assert_close(value, looped.qvalue_network_params[key], msg=str(key))
         moved += key[-1] == "running_mean" and bool((value != 0).all())
     assert moved == 2  # both BatchRenorm layers
+
+
+# -- TorchRL's masks, importance weights, n-step data and resets --------------------------------
+def our_loss(**kwargs):
+    actor = make_actor(OBS_DIM, SPEC, num_cells=(16,))
+    loss = CrossQLoss(actor, make_critic(OBS_DIM, ACTION_DIM, num_cells=(16,)), **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+def losses_and_statistics(loss, data):
+    torch.manual_seed(0)
+    out = loss(data)
+    stats = [b.clone() for b in brn_buffers(loss)]
+    return out, stats
+
+
+def test_a_padding_mask_leaves_its_rows_out_of_the_losses_and_the_statistics():
+    # SliceSampler(pad_output=True) marks padded steps False under ("collector", "mask"):
+    # TorchRL's losses leave them out; ours averaged them in, and BRN saw them too.
+    data = transitions(12).reshape(3, 4)
+    mask = torch.ones(3, 4, 1, dtype=torch.bool)
+    mask[1, 2:] = mask[2, 3:] = False
+    data.set(("collector", "mask"), mask)
+    loss = our_loss()
+    masked, masked_stats = losses_and_statistics(copy.deepcopy(loss), data.clone())
+    kept, kept_stats = losses_and_statistics(copy.deepcopy(loss), data[mask.squeeze(-1)])
+    for key in ("loss_qvalue", "loss_actor", "loss_alpha", "entropy", "q_mean"):
+        torch.testing.assert_close(masked[key], kept[key])
+    for ours, subset in zip(masked_stats, kept_stats, strict=True):
+        torch.testing.assert_close(ours, subset)
+    per_sample = our_loss(reduction="none")
+    per_sample.load_state_dict(loss.state_dict())
+    written = data.clone()
+    value, _ = per_sample.qvalue_loss(written)
+    assert value.shape == (3, 4) and value[~mask.squeeze(-1)].eq(0).all()
+    assert written["td_error"].shape == (3, 4) and written["td_error"][1, 2:].eq(0).all()
+    loss.loss_mask_key = None  # TorchRL's switch: every row counts again
+    torch.manual_seed(0)
+    assert not torch.allclose(loss(data.clone())["loss_qvalue"], masked["loss_qvalue"])
+
+
+def test_a_mask_that_leaves_fewer_than_two_rows_is_named():
+    data = transitions(4)
+    data.set(("collector", "mask"), torch.tensor([True, False, False, False]))
+    with pytest.raises(ValueError, match="at least 2 unmasked transitions, got 1"):
+        our_loss().qvalue_loss(data)
+
+
+@pytest.mark.parametrize("q_head_type", ["crossq", "default"])
+def test_priority_weights_weight_the_three_losses_as_torchrl_sac_does(q_head_type):
+    weights = torch.linspace(0.2, 1.0, 8)
+    loss = our_loss(q_head_type=q_head_type)
+    per_sample = our_loss(q_head_type=q_head_type, reduction="none")
+    per_sample.load_state_dict(loss.state_dict())
+    weighted = transitions().set("priority_weight", weights)
+    torch.manual_seed(0)
+    out = copy.deepcopy(loss)(weighted.clone())
+    torch.manual_seed(0)
+    rows = copy.deepcopy(per_sample)(transitions())
+    for key in ("loss_qvalue", "loss_actor", "loss_alpha"):
+        expected = (rows[key] * weights).sum() / weights.sum()
+        torch.testing.assert_close(out[key], expected)
+    loss.use_prioritized_weights = False
+    torch.manual_seed(0)
+    plain = loss(weighted.clone())
+    torch.testing.assert_close(plain["loss_qvalue"], rows["loss_qvalue"].mean())
+
+
+def test_n_step_discounts_survive_a_buffer_of_the_losss_keys():
+    # MultiStep writes steps_to_next_obs at the root; in_keys leaves it out (it is optional),
+    # so a buffer keeping only in_keys dropped it and the target discounted by gamma, not
+    # gamma ** n.
+    from torchrl_crossq.data import make_replay_buffer
+
+    loss = our_loss()
+    data = transitions().set("steps_to_next_obs", torch.full((8, 1), 3))
+    buffer = make_replay_buffer(100, batch_size=8, keys=loss.in_keys)
+    buffer.extend(data)
+    sample = buffer.sample()
+    assert sample["steps_to_next_obs"].eq(3).all()
+
+    def bootstrap(batch):  # gamma ** n * V(s'), the same next actions and statistics for both
+        torch.manual_seed(0)
+        _, metadata = copy.deepcopy(loss).qvalue_loss(batch)
+        return metadata["target_value"] - batch["next", "reward"].squeeze(-1)
+
+    one_step = bootstrap(sample.exclude("steps_to_next_obs"))
+    torch.testing.assert_close(bootstrap(sample), one_step * 0.99**2)
+
+
+def test_reset_parameters_recursive_redraws_every_weight_of_our_networks():
+    loss = our_loss()
+    with torch.no_grad():
+        for p in loss.parameters():
+            p.add_(0.5)
+    shifted = {k: v.clone() for k, v in loss.state_dict().items()}
+    torch.manual_seed(1)
+    loss.reset_parameters_recursive()
+    after = loss.state_dict()
+    names = [n for n in shifted if n.endswith(("weight", "bias")) and "network_params" in n]
+    assert any(n.startswith("qvalue") for n in names) and any(n.startswith("actor") for n in names)
+    for name in names:
+        assert not torch.equal(shifted[name], after[name]), name
+
+
+@pytest.mark.parametrize("key", ["reward", "done", "terminated"])
+def test_a_reward_or_flag_without_its_trailing_dimension_is_named(key):
+    data = transitions()
+    data.set(("next", key), data.get(("next", key)).squeeze(-1))
+    with pytest.raises(ValueError, match=rf"\('next', '{key}'\) has shape \(8,\).*unsqueeze"):
+        our_loss().qvalue_loss(data)

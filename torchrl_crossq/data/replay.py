@@ -26,6 +26,8 @@ from torchrl_crossq.data.storage import CachedStorage, TransitionStorage
 STORAGE_KINDS = ("memory", "disk")
 
 _TRAJ_IDS_KEY = ("collector", "traj_ids")
+# Written by TorchRL's MultiStep; the loss's TD target reads it when present (not in in_keys).
+_STEPS_KEY = "steps_to_next_obs"
 
 
 def _identity(data: Any) -> Any:
@@ -134,7 +136,9 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
             copy is non-blocking. ``None`` keeps the storage's device. Defaults to ``None``.
         keys (list of NestedKey, optional): the entries stored from each batch, e.g. a loss's
             ``in_keys``; ``("collector", "traj_ids")`` and ``("next", "done")`` are kept too
-            when present (trajectory splits and episode windows read them). A collector batch
+            when present (trajectory splits and episode windows read them), and so is
+            ``steps_to_next_obs`` (TorchRL's ``MultiStep`` writes it; the loss's TD target
+            discounts by ``gamma ** steps_to_next_obs``). A collector batch
             also carries the policy's ``loc`` and ``scale``, episode counters and the root's
             done flags that nothing reads back: with the loss's keys a HalfCheetah transition
             keeps 7 of its 18 entries, 174 of 258 bytes (the write itself is about as
@@ -205,7 +209,8 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         self._entries: dict = {}
         self.keys = None
         if keys is not None:
-            self.keys = list(dict.fromkeys(unravel_key_list([*keys, _TRAJ_IDS_KEY, _DONE_KEY])))
+            extras = [_TRAJ_IDS_KEY, _DONE_KEY, _STEPS_KEY]
+            self.keys = list(dict.fromkeys(unravel_key_list([*keys, *extras])))
 
     @property
     def num_trajectories(self) -> int:

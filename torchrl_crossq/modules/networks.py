@@ -67,13 +67,17 @@ class EnsembleLinear(nn.Module):
         self.ensemble_size = ensemble_size
         self.in_features = in_features
         self.out_features = out_features
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = nn.Parameter(
-            torch.empty(ensemble_size, in_features, out_features).uniform_(-bound, bound)
-        )
-        self.bias = nn.Parameter(
-            torch.empty(ensemble_size, 1, out_features).uniform_(-bound, bound)
-        )
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draws every member's weights as ``torch.nn.Linear`` would (TorchRL's
+        ``reset_parameters_recursive`` calls this)."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            self.bias.uniform_(-bound, bound)
 
     def extra_repr(self) -> str:
         return f"ensemble_size={self.ensemble_size}, in_features={self.in_features}, out_features={self.out_features}"

@@ -135,6 +135,30 @@ def _check_choice(name: str, value, accepted: Sequence[str]) -> None:
         )
 
 
+class _Rows:
+    """Which rows of a flattened input enter the losses, and their weights.
+
+    ``mask``: the flattened input's rows kept (``None``: all); ``weights``: one importance
+    weight per kept row (``None``: unweighted); ``batch_size``: the input's batch shape.
+    """
+
+    def __init__(
+        self, mask: torch.Tensor | None, weights: torch.Tensor | None, batch_size: torch.Size
+    ) -> None:
+        self.mask, self.weights, self.batch_size = mask, weights, batch_size
+
+    def select(self, values: torch.Tensor) -> torch.Tensor:
+        """The kept rows of per-sample ``values`` in the input's batch shape."""
+        values = values.reshape(-1)
+        return values if self.mask is None else values[self.mask]
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-kept-row ``values`` in the input's batch shape, 0 at the rows left out."""
+        if self.mask is not None:
+            values = values.new_zeros(self.mask.shape).index_put((self.mask,), values)
+        return values.reshape(self.batch_size)
+
+
 class CrossQLoss(LossModule):
     """The CrossQ loss: SAC without target networks, with a joint critic pass.
 
@@ -203,6 +227,15 @@ class CrossQLoss(LossModule):
     env's bounds (see :func:`squashed_log_prob`), so ``target_entropy="auto"``
     means what the paper means on every task.
 
+    Padded or invalid positions are left out as TorchRL's losses leave them out: where the
+    input holds a mask named by ``loss_mask_key`` (``"auto"``: ``("collector", "mask")``,
+    written by ``SliceSampler(pad_output=True)``, and ``"shifted_valid"``), only the
+    positions it marks ``True`` enter the losses, and the BatchRenorm statistics too (they
+    are computed on those rows alone). With ``priority_weight`` in the input (prioritised
+    replay), the three losses are weighted means ``sum(w * l) / sum(w)`` (sums: ``sum(w *
+    l)``), as TorchRL's ``SACLoss`` weights them; ``loss.use_prioritized_weights = False``
+    turns this off.
+
     Returns from ``forward``: ``loss_qvalue`` (``0.5 * (Q_i - y)^2`` summed over
     critics), ``loss_actor`` (``alpha * log_pi - agg_q(Q)``), ``loss_alpha``
     (``-alpha * (log_pi + target_entropy)``; absent with ``"fixed_alpha"``), and
@@ -242,6 +275,9 @@ class CrossQLoss(LossModule):
             reward: the reward, read under ``"next"``.
             done: the done flag, read under ``"next"``.
             terminated: the termination flag, read under ``"next"``.
+            priority_weight: importance-sampling weights of a prioritised sample
+                (TorchRL's ``PrioritizedSampler`` writes them); read when present and
+                ``use_prioritized_weights`` is ``"auto"`` (default) or ``True``.
         """
 
         action: NestedKey = "action"
@@ -250,6 +286,7 @@ class CrossQLoss(LossModule):
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -513,13 +550,17 @@ class CrossQLoss(LossModule):
         """The current temperature, detached."""
         return self.temperature().detach()
 
-    def _reduce(self, loss: torch.Tensor, batch_size: torch.Size | None = None) -> torch.Tensor:
-        """The batch's mean or sum; for ``"none"``, per sample in the input's batch shape."""
+    def _reduce(self, loss: torch.Tensor, rows: _Rows | None = None) -> torch.Tensor:
+        """The mean or sum of the per-row ``loss`` (weighted by ``rows.weights``, if any); for
+        ``"none"``, per sample in the input's batch shape (masked positions 0)."""
+        weights = None if rows is None else rows.weights
+        if weights is not None:
+            loss = loss * weights
         if self.reduction == "mean":
-            return loss.mean()
+            return loss.mean() if weights is None else loss.sum() / weights.sum()
         if self.reduction == "sum":
             return loss.sum()
-        return loss if batch_size is None else loss.reshape(batch_size)
+        return loss if rows is None else rows.scatter(loss)
 
     def _aggregate(self, q: torch.Tensor) -> torch.Tensor:
         return q.min(-1).values if self.agg_q == "min" else q.mean(-1)
@@ -554,13 +595,63 @@ class CrossQLoss(LossModule):
                 f"{tuple(action.shape)}, but the actor's spec has {self._action_dim} action "
                 "dimension(s); check the key (loss.set_keys(action=...)) and the env"
             )
-        if self._uses_batch_norm and tensordict.batch_size[0] < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs a batch of at least 2 transitions, got "
-                f"{tensordict.batch_size[0]}: BatchRenorm estimates batch statistics in the "
-                "loss's train-mode passes (the loss sets the modes itself)"
-            )
+        self._check_batch(tensordict.batch_size[0], "")
+        for f in ("reward", "done", "terminated"):
+            key = ("next", getattr(self.tensor_keys, f))
+            shape = tensordict.get(key).shape
+            if tuple(shape[1:]) != (1,):
+                raise ValueError(
+                    f"{type(self).__name__}: {unravel_key(key)!r} has shape {tuple(shape)} once "
+                    f"the batch is flattened; expected [{shape[0]}, 1]: the batch shape with a "
+                    "trailing 1, as TorchRL's envs write it (add it with .unsqueeze(-1))"
+                )
         return tensordict
+
+    def _check_batch(self, size: int, which: str) -> None:
+        if self._uses_batch_norm and size < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs a batch of at least 2 {which}transitions, got "
+                f"{size}: BatchRenorm estimates batch statistics in the loss's train-mode passes "
+                "(the loss sets the modes itself)"
+            )
+
+    def _rows(self, tensordict: TensorDictBase) -> tuple[TensorDictBase, _Rows]:
+        """The flattened input's rows that enter the losses, and their :class:`_Rows`."""
+        flat = self._check_input(tensordict)
+        rows = self._row_info(flat, tensordict.batch_size)
+        if rows.mask is not None:
+            flat = flat[rows.mask]
+            self._check_batch(flat.batch_size[0], "unmasked ")
+        return flat, rows
+
+    def _row_info(self, flat: TensorDictBase, batch_size: torch.Size) -> _Rows:
+        """The rows a mask of ``loss_mask_key`` keeps, and the ``priority_weight`` of each."""
+        if flat.ndim != 1:
+            flat = flat.reshape(-1)
+        weights = self._maybe_get_priority_weight(flat)
+        if weights is not None:
+            if weights.numel() != flat.batch_size[0]:
+                raise ValueError(
+                    f"{type(self).__name__}: {self.tensor_keys.priority_weight!r} has shape "
+                    f"{tuple(weights.shape)}; expected one weight per transition, "
+                    f"{list(batch_size)}"
+                )
+            weights = weights.reshape(-1).to(torch.float32)
+        mask = None
+        for key in self._loss_mask_keys():
+            found = flat.get(key, None)
+            if found is None:
+                continue
+            if found.numel() != flat.batch_size[0]:
+                raise ValueError(
+                    f"{type(self).__name__}: the mask {key!r} has shape {tuple(found.shape)}; "
+                    f"expected one flag per transition, {list(batch_size)} (or with a trailing 1)"
+                )
+            found = found.reshape(-1).bool()
+            mask = found if mask is None else mask & found
+        if mask is not None and weights is not None:
+            weights = weights[mask]
+        return _Rows(mask, weights, batch_size)
 
     def _holds_own(self, network: str) -> bool:
         """Whether ``<network>_network`` holds ``<network>_network_params``, cached.
@@ -639,7 +730,7 @@ class CrossQLoss(LossModule):
         ``target_value``; ``q_mean``, ``target_value_mean``).
         """
         original = tensordict
-        tensordict = self._check_input(tensordict)
+        tensordict, rows = self._rows(tensordict)
         batch = tensordict.batch_size[0]
         next_td = tensordict.get("next")
         next_action, next_log_prob = self._next_action(next_td)
@@ -659,14 +750,14 @@ class CrossQLoss(LossModule):
         error = q - target.unsqueeze(-1)
         loss = self._distance(error).sum(-1)
         td_error = error.detach().abs().max(-1).values
-        original.set(self.tensor_keys.priority, td_error.reshape(original.batch_size))
+        original.set(self.tensor_keys.priority, rows.scatter(td_error))
         metadata = {
             "td_error": td_error,
             "target_value": target,
             "q_mean": q.detach().mean(),
             "target_value_mean": target.mean(),
         }
-        return self._reduce(loss, original.batch_size), metadata
+        return self._reduce(loss, rows), metadata
 
     def _distance(self, error: torch.Tensor) -> torch.Tensor:
         if self.loss_function == "l2":
@@ -695,10 +786,11 @@ class CrossQLoss(LossModule):
 
         Actor in train mode; critic in eval mode with detached weights, so only
         the actor receives gradients. Returns the reduced loss and ``{"log_prob"}``
-        (detached, in the input's batch shape) for :meth:`alpha_loss`.
+        (detached, in the input's batch shape: 0 where a mask leaves a row out) for
+        :meth:`alpha_loss`, and ``{"entropy"}`` (minus the mean log-probability of the rows
+        kept).
         """
-        batch_size = tensordict.batch_size
-        tensordict = self._check_input(tensordict)
+        tensordict, rows = self._rows(tensordict)
         with (
             set_exploration_type(ExplorationType.RANDOM),
             _parameters_in(self.actor_network, self.actor_network_params, self._holds_own("actor")),
@@ -713,11 +805,25 @@ class CrossQLoss(LossModule):
             self._critic_input(tensordict, action), self.qvalue_network_params.detach(), False
         )
         loss = self.alpha * log_prob - self._aggregate(q)
-        return self._reduce(loss, batch_size), {"log_prob": log_prob.detach().reshape(batch_size)}
+        log_prob = log_prob.detach()
+        return self._reduce(loss, rows), {
+            "log_prob": rows.scatter(log_prob),
+            "entropy": -log_prob.mean(),
+        }
 
-    def alpha_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
-        """The temperature loss ``-alpha * (log_pi + target_entropy)``; gradients reach alpha only."""
-        return self._reduce(self.temperature.loss(log_prob, self.target_entropy))
+    def alpha_loss(
+        self, log_prob: torch.Tensor, tensordict: TensorDictBase | None = None
+    ) -> torch.Tensor:
+        """The temperature loss ``-alpha * (log_pi + target_entropy)``; gradients reach alpha only.
+
+        ``log_prob``: :meth:`actor_loss`'s; with the input ``tensordict`` (as TorchRL's
+        ``alpha_loss`` takes it), its mask and ``priority_weight`` apply.
+        """
+        rows = None
+        if tensordict is not None:
+            rows = self._row_info(tensordict, tensordict.batch_size)
+            log_prob = rows.select(log_prob)
+        return self._reduce(self.temperature.loss(log_prob, self.target_entropy), rows)
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -729,13 +835,12 @@ class CrossQLoss(LossModule):
         """
         loss_qvalue, value_metadata = self.qvalue_loss(tensordict)
         loss_actor, actor_metadata = self.actor_loss(tensordict)
-        log_prob = actor_metadata["log_prob"]
         out = {"loss_qvalue": loss_qvalue, "loss_actor": loss_actor}
         if self.temperature.trainable:
-            out["loss_alpha"] = self.alpha_loss(log_prob)
+            out["loss_alpha"] = self.alpha_loss(actor_metadata["log_prob"], tensordict)
         out.update(
             alpha=self.alpha,
-            entropy=-log_prob.mean(),
+            entropy=actor_metadata["entropy"],
             q_mean=value_metadata["q_mean"],
             target_value_mean=value_metadata["target_value_mean"],
         )

@@ -449,10 +449,9 @@ class CrossQUpdater:
             with self._autocast():
                 loss_actor, actor_metadata = self._actor_loss(batch)
             self._step("actor", loss_actor, self.clip_grad_norm, saved_statistics)
-            log_prob = actor_metadata["log_prob"]
-            metrics.update(loss_actor=loss_actor.detach(), entropy=-log_prob.mean())
+            metrics.update(loss_actor=loss_actor.detach(), entropy=actor_metadata["entropy"])
             if self.loss.temperature.trainable:
-                loss_alpha = self.loss.alpha_loss(log_prob)
+                loss_alpha = self.loss.alpha_loss(actor_metadata["log_prob"], batch)
                 stepped = self._step("alpha", loss_alpha, self.alpha_clip_grad_norm)
                 if stepped and self.alpha_scheduler is not None:
                     self.alpha_scheduler.step()
