@@ -621,9 +621,7 @@ def write_results(saved: dict) -> None:
         info,
         f"{settings['threads']} torch thread(s) (`OMP_NUM_THREADS` too) per contestant, one "
         f"contestant at a time, device {device}",
-        allocator_note=(
-            harness.IN_PROCESS_ALLOCATOR if settings.get("allocator_in_process") else ""
-        ),
+        allocator_in_process=settings.get("allocator_in_process", False),
         notes=[settings_line(settings)],
         warning=info.get("warning"),
     )

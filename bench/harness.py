@@ -215,15 +215,19 @@ def header_lines(
     threads: str,
     *,
     allocator_note: str = "",
+    allocator_in_process: bool = False,
     notes: Sequence[str] = (),
     warning: str | None = None,
 ) -> list[str]:
     """The lines a RESULTS.md section starts with.
 
     Date and commit, command, machine (with ``threads``, the script's words for how it uses
-    torch's threads), versions, allocator (then ``allocator_note``), the script's ``notes``,
-    then ``warning`` in bold.
+    torch's threads), versions, allocator (then ``allocator_note``, and
+    :data:`IN_PROCESS_ALLOCATOR` when ``allocator_in_process``: a dump's flag), the script's
+    ``notes``, then ``warning`` in bold.
     """
+    if allocator_in_process:
+        allocator_note = "; ".join(filter(None, (allocator_note, IN_PROCESS_ALLOCATOR)))
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     allocator = ", ".join(f"{k}={v}" for k, v in info["allocator"].items() if v) or "glibc defaults"
     parts = info.get("parts") or [info]  # runs made apart, gathered into one section

@@ -725,7 +725,7 @@ def write_results(saved: dict) -> None:
             info,
             f"{info['threads']} torch thread(s) per run, {info['jobs']} run(s) at a time, "
             f"device {info['device']}",
-            allocator_note=harness.IN_PROCESS_ALLOCATOR if info.get("allocator_in_process") else "",
+            allocator_in_process=info.get("allocator_in_process", False),
             notes=[matched],
         ),
         f"- evaluation: deterministic actions (actor in eval mode), {_eval_seeding(info)}; "

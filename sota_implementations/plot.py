@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 
 from torchrl_crossq.analysis import EvalCurve, aggregate, bootstrap_ci, iqm, read_eval_csv, read_run
 from torchrl_crossq.config import env_label
+from torchrl_crossq.logging import EvalHistory
 
 METRICS = ("return_mean", "success_rate")
 METRIC_LABELS = {"return_mean": "eval return", "success_rate": "eval success rate"}
@@ -72,21 +73,13 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
         found += inside
     runs = []
     for run in dict.fromkeys(p.resolve() for p in found):
-        if not has_evaluations(run / "eval.csv"):
+        if not EvalHistory(run / "eval.csv").rows:  # no file yet, or its header alone
             print(f"note: {run} has no evaluation yet: left out", file=sys.stderr)
             continue
         runs.append(run)
     if not runs:
         raise PlotError("none of the runs has an evaluation yet")
     return runs
-
-
-def has_evaluations(eval_csv: Path) -> bool:
-    """Whether ``eval.csv`` exists and holds a row past its header."""
-    if not eval_csv.is_file():
-        return False
-    with eval_csv.open() as f:
-        return sum(1 for line in f if line.strip()) > 1
 
 
 def method_of(cfg) -> str:

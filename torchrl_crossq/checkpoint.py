@@ -26,7 +26,7 @@ from torchrl.collectors import BaseCollector
 from torchrl.envs import EnvBase, GymWrapper, SerialEnv, TransformedEnv
 from torchrl.record.loggers import Logger
 
-from torchrl_crossq.logging import EvalHistory, logger_run_id
+from torchrl_crossq.logging import EvalHistory, logger_run_id, write_text_atomically
 
 _NAME = re.compile(r"^ckpt_(\d{12})$")
 # Left by a kill inside save_checkpoint: a checkpoint being written, and one moved aside
@@ -314,10 +314,8 @@ def truncate_csv_logs(log_dir: str | Path, frames: int) -> None:
     for path in Path(log_dir).rglob("scalars/**/*.csv"):
         lines = path.read_text().splitlines()
         kept = [line for line in lines if line and int(float(line.split(",", 1)[0])) <= frames]
-        if len(kept) != len(lines):  # a new file renamed over the old: a kill keeps the rows
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(f"{line}\n" for line in kept))
-            os.replace(tmp, path)
+        if len(kept) != len(lines):
+            write_text_atomically(path, "".join(f"{line}\n" for line in kept))
 
 
 class EpisodeRecorder(gym.Wrapper):

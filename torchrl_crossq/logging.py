@@ -4,6 +4,7 @@ history and the learning-curve plot."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -110,6 +111,14 @@ def log_metrics(logger: Logger | None, metrics: Mapping[str, float], step: int) 
         logger.log_scalar(name, value, step=step)
 
 
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Writes ``text`` to a new file renamed over ``path``: a kill mid-write keeps the old file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class EvalHistory:
     """Evaluation results ``(frames, return mean, return std, success rate)``, kept in ``eval.csv``.
 
@@ -138,13 +147,11 @@ class EvalHistory:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        # A new file renamed over the old: a kill mid-write keeps the previous rows.
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomically(self.path, text.getvalue())
 
     def append(
         self,
