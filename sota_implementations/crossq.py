@@ -11,6 +11,7 @@ The configuration and the meaning of every key: configs/crossq.yaml and torchrl_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,8 +19,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from torchrl_crossq import NonFiniteLossError
-from torchrl_crossq.checkpoint import CheckpointError, RunCheckpoints, StopOnSignal
-from torchrl_crossq.config import ConfigError, env_label, prepare_run, register_configs
+from torchrl_crossq.checkpoint import (
+    CheckpointError,
+    RunCheckpoints,
+    StopOnSignal,
+    newest_checkpoint_frames,
+)
+from torchrl_crossq.config import (
+    ConfigError,
+    env_label,
+    prepare_run,
+    register_configs,
+    resume_argument,
+)
 from torchrl_crossq.envs import MissingExtraError, UnknownEnvError, UnsupportedEnvError, env_dims
 from torchrl_crossq.from_config import (
     make_actor_critic_from_config,
@@ -82,9 +94,26 @@ def main(cfg: DictConfig) -> None:
         UnknownEnvError,
         UnsupportedEnvError,
         MissingExtraError,
-        NonFiniteLossError,
     ) as err:
         raise SystemExit(f"error: {err}") from None
+    except NonFiniteLossError as err:
+        raise SystemExit(f"error: {err} {after_nonfinite(cfg.resume or cfg.run_dir)}") from None
+
+
+def after_nonfinite(run_dir: str | None) -> str:
+    """Where a run stopped by a non-finite loss can go on from."""
+    if run_dir is None:
+        return ""
+    frames = newest_checkpoint_frames(Path(run_dir) / "checkpoints")
+    if frames:
+        return (
+            f"The last checkpoint ({frames} frames) was written before this update: continue "
+            f"from it with {resume_argument(run_dir)} (with e.g. on_nonfinite=skip)."
+        )
+    return (
+        f"No checkpoint was written yet: start the run over with {resume_argument(run_dir)} "
+        "and the keys to change."
+    )
 
 
 def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:

@@ -257,12 +257,37 @@ def test_a_seed_numpy_cannot_take_is_refused(seed):
 
 
 def test_a_start_that_failed_before_any_work_may_be_retried_in_its_run_dir(tmp_path):
-    saved_run(tmp_path, "seed=1")  # e.g. an env id that does not exist: config.yaml only
+    saved_run(tmp_path, "seed=1", checkpoint=False)  # e.g. an env id that does not exist
     prepare_run(compose_config([*TINY, f"run_dir={tmp_path}", "seed=2"]))
     assert OmegaConf.load(tmp_path / "config.yaml").seed == 2
     (tmp_path / "eval.csv").write_text("frames,return\n")  # a run that did some work
+    with pytest.raises(ConfigError, match=r"stopped before its first checkpoint; start it over"):
+        prepare_run(compose_config([*TINY, f"run_dir={tmp_path}"]))
+    (tmp_path / "checkpoints" / "ckpt_000000000048").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "ckpt_000000000048" / "COMPLETE").write_text("48")
     with pytest.raises(ConfigError, match=r"already holds a run; continue it with resume="):
         prepare_run(compose_config([*TINY, f"run_dir={tmp_path}"]))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_with_any_key(tmp_path, capsys):
+    # A non-finite loss at update 2 left config.yaml, eval.csv and logs: the run dir was
+    # refused ("holds a run"), and resume= refused the lower lr ("cannot change on resume").
+    run_dir = saved_run(tmp_path, checkpoint=False)
+    (run_dir / "eval.csv").write_text("frames,return_mean\n")
+    cfg = resume(run_dir, "optim.lr=0.0001", "env=hopper")
+    assert cfg.optim.lr == 0.0001 and cfg.env.name == "Hopper-v5"
+    assert "has no checkpoint yet: the run starts over" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="cannot change on resume"):
+        resume(saved_run(tmp_path / "learned"), "optim.lr=0.0001")
+
+
+def test_a_non_finite_loss_says_where_the_run_can_go_on_from(tmp_path):
+    after = load_script().after_nonfinite
+    assert after(str(tmp_path)).startswith(
+        f"No checkpoint was written yet: start the run over with resume={tmp_path}"
+    )
+    saved_run(tmp_path)
+    assert after(str(tmp_path)).startswith("The last checkpoint (48 frames) was written before")
 
 
 def test_a_run_that_would_never_update_warns(tmp_path):
@@ -281,9 +306,14 @@ def test_multirun_directories_stay_within_a_file_names_length():
 
 
 # -- resume: the keys typed with it ----------------------------------------------------------------
-def saved_run(tmp_path, *overrides) -> Path:
-    """A run directory as a new run leaves it before training (its config.yaml)."""
+def saved_run(tmp_path, *overrides, checkpoint: bool = True) -> Path:
+    """A run directory with its config.yaml and, with ``checkpoint``, a (marked) checkpoint at
+    48 frames: a run that has learned something, which a resume must not change."""
     prepare_run(compose_config([*TINY, f"run_dir={tmp_path}", *overrides]))
+    if checkpoint:
+        marked = tmp_path / "checkpoints" / "ckpt_000000000048"
+        marked.mkdir(parents=True)
+        (marked / "COMPLETE").write_text("48")
     return tmp_path
 
 

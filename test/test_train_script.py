@@ -182,11 +182,37 @@ def test_each_bad_enumerated_value_names_the_key(key):
         ("algorithm.gamma=1.5", "algorithm.gamma"),
         ("algorithm.replay_buffer.cache_size=-3", "algorithm.replay_buffer.cache_size"),
         ("env.num_envs=3", "collector.frames_per_batch"),
+        # Each passed validation and failed later: a torch traceback, a NaN at the end of the
+        # BRN warmup, a crash at the first update or the first extend, or a silent run.
+        ("optim.beta1=1.0", r"optim.beta1=1.0 must be in \[0, 1\)"),
+        ("optim.beta2=1.0", r"optim.beta2=1.0 must be in \[0, 1\)"),
+        ("network.batch_norm_momentum=5", r"network.batch_norm_momentum=5.0 must be in \(0, 1\]"),
+        ("network.rmax=nan", "network.rmax=nan must be a finite number"),
+        ("algorithm.entropy_tuning.target_entropy=nan", "target_entropy=nan is not supported"),
+        ("algorithm.entropy_tuning.target_entropy=true", "target_entropy=True is not supported"),
+        ("algorithm.entropy_tuning.optim.lr=inf", "entropy_tuning.optim.lr=inf must be"),
+        ("optim.batch_size=1", "optim.batch_size=1 must be >= 2 with Batch Renormalization"),
+        ("collector.frames_per_batch=2000000", "frames_per_batch=2000000 exceeds algorithm.replay"),
+        ("run_dir=''", "run_dir='' is empty"),
+        ("resume=''", "resume='' is empty"),
+        ("ray.num_cpus=0", "ray.num_cpus=0 must be >= 1"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_config([override]))
+
+
+def test_the_sac_head_without_brn_takes_a_batch_of_one():
+    validate(compose_config(["experiment=sac", "optim.batch_size=1"]))
+
+
+def test_the_ray_backend_without_ray_names_the_key_and_the_other_backends(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match="collector.backend=ray needs Ray.*use one of: sync"):
+        validate(compose_config(["collector.backend=ray", "collector.frames_per_batch=2"]))
 
 
 def test_threads_is_checked_and_applied(tmp_path):

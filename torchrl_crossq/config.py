@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import importlib.util
 import math
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -35,7 +35,7 @@ from torchrl_crossq.collectors import COLLECTOR_BACKENDS
 from torchrl_crossq.data.replay import STORAGE_KINDS
 from torchrl_crossq.data.sampler import WINDOW_UNITS
 from torchrl_crossq.envs import ENV_BACKENDS, VECTORIZATIONS
-from torchrl_crossq.logging import LOGGER_BACKENDS
+from torchrl_crossq.logging import LOGGER_BACKENDS, write_text_atomically
 from torchrl_crossq.modules.networks import NORMS
 from torchrl_crossq.objectives.crossq import AGG_Q, BOOTSTRAP_TYPES, Q_HEAD_TYPES
 from torchrl_crossq.objectives.entropy import ALPHA_TYPES
@@ -290,7 +290,9 @@ NON_NEGATIVE = (
     "eval.video_interval",
     "checkpoint.interval",
 )
-UNIT_INTERVAL = ("algorithm.gamma", "optim.beta1", "optim.beta2")
+UNIT_INTERVAL = ("algorithm.gamma",)
+# Adam refuses a beta of 1 (the moment estimate would never move).
+HALF_OPEN_UNIT_INTERVAL = ("optim.beta1", "optim.beta2")
 
 
 # numpy and gymnasium take seeds below 2**32, torch's and the replay sampler's are the run's
@@ -340,6 +342,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = _get(cfg, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value!r} must be in [0, 1]")
+    for key in HALF_OPEN_UNIT_INTERVAL:
+        value = _get(cfg, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key}={value!r} must be in [0, 1)")
+    momentum = cfg.network.batch_norm_momentum
+    if not momentum <= 1.0:  # > 0 checked above
+        raise ConfigError(f"network.batch_norm_momentum={momentum!r} must be in (0, 1]")
     if not 0 <= cfg.seed < MAX_SEED:
         raise ConfigError(
             f"seed={cfg.seed!r} must be in [0, {MAX_SEED}) (numpy's seeds are 32-bit)"
@@ -349,17 +358,47 @@ def validate(cfg: DictConfig) -> DictConfig:
     tau = cfg.algorithm.tau
     if not 0.0 < tau <= 1.0:
         raise ConfigError(f"algorithm.tau={tau!r} must be in (0, 1]")
-    if cfg.network.rmax < 1.0:
-        raise ConfigError(f"network.rmax={cfg.network.rmax!r} must be >= 1")
+    if not (cfg.network.rmax >= 1.0 and math.isfinite(cfg.network.rmax)):
+        raise ConfigError(f"network.rmax={cfg.network.rmax!r} must be a finite number >= 1")
     target_entropy = cfg.algorithm.entropy_tuning.target_entropy
-    if target_entropy != "auto" and not isinstance(target_entropy, (int, float)):
+    if target_entropy != "auto" and (
+        isinstance(target_entropy, bool)
+        or not isinstance(target_entropy, (int, float))
+        or not math.isfinite(target_entropy)
+    ):
         raise ConfigError(
             f"algorithm.entropy_tuning.target_entropy={target_entropy!r} is not supported; "
-            "use one of: a number, auto"
+            "use one of: a finite number, auto"
         )
     entropy_lr = cfg.algorithm.entropy_tuning.optim.lr
-    if entropy_lr is not None and not entropy_lr > 0:
-        raise ConfigError(f"algorithm.entropy_tuning.optim.lr={entropy_lr!r} must be positive")
+    if entropy_lr is not None and not (entropy_lr > 0 and math.isfinite(entropy_lr)):
+        raise ConfigError(
+            f"algorithm.entropy_tuning.optim.lr={entropy_lr!r} must be a positive number (or "
+            "null: optim.lr)"
+        )
+    uses_brn = cfg.network.norm == "brn" or (
+        cfg.network.norm == "auto" and cfg.algorithm.q_head_type == "crossq"
+    )
+    if uses_brn and cfg.optim.batch_size < 2:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} must be >= 2 with Batch Renormalization "
+            "(network.norm resolves to brn): it estimates statistics over the batch"
+        )
+    for key in ("run_dir", "resume"):
+        value = _get(cfg, key)
+        if value is not None and not str(value).strip():
+            raise ConfigError(
+                f"{key}={value!r} is empty; give a directory, or null ({key}=null)"
+                + (": a new folder under runs/" if key == "run_dir" else ": a new run")
+            )
+    if cfg.ray.num_cpus is not None and not cfg.ray.num_cpus >= 1:
+        raise ConfigError(f"ray.num_cpus={cfg.ray.num_cpus!r} must be >= 1 (or null: all CPUs)")
+    if cfg.collector.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            "collector.backend=ray needs Ray, which is not installed: pip install -e "
+            "'.[distributed]', or use one of: "
+            + ", ".join(b for b in COLLECTOR_BACKENDS if b != "ray")
+        )
     max_episode_steps = cfg.env.max_episode_steps
     if max_episode_steps is not None and not max_episode_steps > 0:
         raise ConfigError(
@@ -388,6 +427,13 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"collector.backend={cfg.collector.backend} (each worker fills an equal share)"
         )
     _validate_replay_buffer(cfg.algorithm.replay_buffer)
+    capacity = cfg.algorithm.replay_buffer.size
+    if frames_per_batch > capacity:
+        raise ConfigError(
+            f"collector.frames_per_batch={frames_per_batch} exceeds "
+            f"algorithm.replay_buffer.size={capacity}: each batch is stored at once; use a "
+            "smaller batch or a larger buffer"
+        )
     warmup_alias = cfg.network.warmup_steps
     if warmup_alias is not None and not warmup_alias >= 0:
         raise ConfigError(f"network.warmup_steps={warmup_alias!r} must be >= 0")
@@ -520,6 +566,12 @@ def prepare_run(cfg: DictConfig, *, overrides: Sequence[str] = ()) -> tuple[Dict
     if (run_dir / "config.yaml").exists() and any(
         p.name != "config.yaml" for p in run_dir.iterdir()
     ):
+        if not newest_checkpoint_frames(run_dir / "checkpoints"):
+            raise ConfigError(
+                f"run_dir={cfg.run_dir!r} holds a run that stopped before its first checkpoint; "
+                f"start it over with {resume_argument(cfg.run_dir)} (any key may change then) "
+                "or choose another run_dir"
+            )
         raise ConfigError(
             f"run_dir={cfg.run_dir!r} already holds a run; continue it with "
             f"{resume_argument(cfg.run_dir)} or choose another run_dir"
@@ -569,11 +621,13 @@ def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         f"{k}.*" if isinstance(_select(kept, k), dict) else k for k in RESUMABLE_KEYS
     )
     keys = [k for k in keys if k not in ("resume", "run_dir")]  # checked above
+    # A run without a checkpoint has learned nothing: it starts over, and any key may change.
+    started = newest_checkpoint_frames(run_dir / "checkpoints") > 0
     changes = {}
     for key in keys:
         if _select(given, key) == _select(kept, key):
             continue
-        if not is_resumable(key):
+        if started and not is_resumable(key):
             raise ConfigError(
                 f"{key}={_select(given, key)!r} cannot change on resume: the run in "
                 f"{cfg.resume} has {key}={_select(kept, key)!r} (a resumed run keeps its "
@@ -586,12 +640,17 @@ def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             typed = key in keys or key in ("resume", "run_dir")
             checked = inside and not typed and not is_resumable(key)
             if checked and _select(given, key) != _select(kept, key):
+                if not started:
+                    changes[key] = _select(given, key)
+                    continue
                 raise ConfigError(
                     f"{group} cannot change on resume: it gives {key}="
                     f"{_select(given, key)!r} but the run in {cfg.resume} has {key}="
                     f"{_select(kept, key)!r} (a resumed run keeps its experiment; give only "
                     f"keys that may change: {allowed})"
                 )
+    if changes and not started:
+        print(f"resume: {cfg.resume} has no checkpoint yet: the run starts over")
     for key, value in changes.items():
         print(f"resume: {key}={value!r} (was {_select(kept, key)!r})")
         OmegaConf.update(saved, key, value)
@@ -600,9 +659,7 @@ def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     saved.run_dir = str(run_dir)
     validate(saved)
     if changes:  # saved again, so that a plain resume= after a kill keeps them
-        tmp = saved_path.with_suffix(".yaml.tmp")  # a kill mid-write keeps the old config
-        OmegaConf.save(saved, tmp, resolve=True)
-        os.replace(tmp, saved_path)
+        write_text_atomically(saved_path, OmegaConf.to_yaml(saved, resolve=True))
     saved.resume = cfg.resume
     return saved
 

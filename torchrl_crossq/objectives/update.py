@@ -21,13 +21,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 _LOSS_ADVICE = (
-    "Lower the learning rate, clip gradients (optim.clip_grad_norm) or set on_nonfinite=skip; "
-    "the last checkpoint was written before this update."
+    "Lower the learning rate, clip gradients (optim.clip_grad_norm) or set on_nonfinite=skip."
 )
 _BATCH_ADVICE = (
     "A NaN or inf reached the replay buffer (check the environment's observations and "
-    "rewards), or set on_nonfinite=skip to skip such batches; the last checkpoint was written "
-    "before this update."
+    "rewards), or set on_nonfinite=skip to skip such batches."
 )
 
 
