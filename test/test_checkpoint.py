@@ -4,6 +4,8 @@ End-to-end resume (the same losses as an uninterrupted run, corrupted checkpoint
 test_reliability.py.
 """
 
+import pytest
+
 
 def test_collector_state_is_none_for_worker_process_envs():
     import functools
@@ -18,6 +20,37 @@ def test_collector_state_is_none_for_worker_process_envs():
     assert collector_state(collector) is None  # ParallelEnv workers: not capturable
     assert not restore_collector_state(collector, None)
     collector.shutdown()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_restored_collector_numbers_its_next_episodes_on(direct):
+    # A new collector counts trajectories from 0: its next episode took an id already used.
+    import functools
+
+    from torchrl_crossq.checkpoint import collector_state, restore_collector_state
+    from torchrl_crossq.collectors import make_collector
+    from torchrl_crossq.envs import make_env
+
+    create = functools.partial(make_env, "Pendulum-v1", max_episode_steps=5)
+
+    def collector():
+        return make_collector(
+            create, None, seed=0, frames_per_batch=4, total_frames=40, direct=direct
+        )
+
+    first = collector()
+    batches = iter(first)
+    for _ in range(3):  # 12 frames: episodes 0, 1 and 2 under way
+        next(batches)
+    state = collector_state(first)
+    later = [next(batches)["collector", "traj_ids"].tolist() for _ in range(3)]
+    for saved in (state, {k: v for k, v in state.items() if k != "next_traj_id"}):  # older
+        resumed = collector()
+        assert restore_collector_state(resumed, saved)
+        again = iter(resumed)
+        assert [next(again)["collector", "traj_ids"].tolist() for _ in range(3)] == later
+        resumed.shutdown()
+    first.shutdown()
 
 
 def test_episode_recorder_replays_to_the_same_state():

@@ -55,6 +55,26 @@ def test_backend_collects_and_trains_a_few_updates(tmp_path, backend):
     assert rows[-1].startswith("192,")
 
 
+def test_multi_sync_workers_draw_the_same_actions_for_a_seed():
+    # The worker processes drew their random and sampled actions from unseeded generators.
+    def first_batches():
+        torch.manual_seed(0)
+        actor = make_actor(3, Bounded(-2.0, 2.0, shape=(1,)), num_cells=(16,)).eval()
+        collector = make_collector(
+            functools.partial(make_env, "Pendulum-v1"), actor, seed=0, backend="multi_sync",
+            num_workers=2, frames_per_batch=4, total_frames=8, init_random_frames=4,
+        )  # fmt: skip
+        try:
+            return [batch["action"] for batch in collector]  # random actions, then sampled
+        finally:
+            collector.shutdown()
+
+    first, second = first_batches(), first_batches()
+    assert len(first) == 2
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["multi_sync", "multi_async", "ray"])
 def test_workers_act_with_the_learner_weights_after_a_sync(backend):
     if backend == "ray":

@@ -101,11 +101,30 @@ def logged(run_dir, name="train/loss_qvalue"):
         # Checkpoints of either single-env collector resume with the other.
         (["env.num_envs=1", "collector.direct=false"], ["collector.direct=true"]),
         (["env.num_envs=1"], ["collector.direct=false"]),
+        # Batches that hold the end of one episode and the start of the next, and a window
+        # counted in trajectories: the resumed collector gave its episodes ids already used,
+        # so two episodes made one trajectory and the window differed.
+        *(
+            (
+                [
+                    "env.num_envs=1",
+                    f"collector.direct={direct}",
+                    "collector.frames_per_batch=3",
+                    "collector.total_frames=162",
+                    # the checkpoint at 48 falls in trajectory 1, whose end shares a batch
+                    # with the next episode's start (frames 60-62)
+                    "env.max_episode_steps=31",
+                    "algorithm.replay_buffer.window_unit=trajectory",
+                    "algorithm.replay_buffer.sample_window_size=2",
+                ],
+                [],
+            )
+            for direct in ("true", "false")
+        ),
     ],
 )
 def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, envs, resumed_with):
     overrides = [
-        *envs,
         "seed=7",
         "collector.total_frames=160",
         "env.max_episode_steps=20",  # episodes are under way at the checkpoint
@@ -113,6 +132,7 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, env
         "logger.log_interval=16",
         "checkpoint.interval=48",
         "checkpoint.keep=10",
+        *envs,  # last: a case may replace the keys above
     ]
     whole = run(overrides, tmp_path / "whole")
     # "Kill" a copy right after its checkpoint at 48 frames: only that checkpoint survives.
@@ -412,7 +432,7 @@ def test_skipped_temperature_step_leaves_its_learning_rate_schedule(action_spec)
     )
     update(make_batch(16))
     lr = optimizers["alpha"].param_groups[0]["lr"]
-    loss.alpha_loss = lambda log_prob: torch.tensor(float("nan"), requires_grad=True)
+    loss.alpha_loss = lambda log_prob, batch=None: torch.tensor(float("nan"), requires_grad=True)
     with pytest.warns(UserWarning, match="loss_alpha is not finite"):
         update(make_batch(16, seed=1))
     assert update.num_skipped == {"critic": 0, "actor": 0, "alpha": 1}

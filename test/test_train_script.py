@@ -211,7 +211,7 @@ def test_the_ray_backend_without_ray_names_the_key_and_the_other_backends(monkey
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    with pytest.raises(ConfigError, match="collector.backend=ray needs Ray.*use one of: sync"):
+    with pytest.raises(ConfigError, match=r"collector.backend=ray needs Ray.*use one of: sync"):
         validate(compose_config(["collector.backend=ray", "collector.frames_per_batch=2"]))
 
 

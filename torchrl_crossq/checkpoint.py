@@ -377,8 +377,9 @@ def collector_state(collector: BaseCollector) -> dict | None:
     """What a resumed run needs to continue collection exactly where this one is.
 
     The collector's carrier (the next step's input: observation, step count, episode
-    return...; TorchRL keeps it in the private ``_carrier``) and, for each env copy, how its
-    current episode came about (see :class:`EpisodeRecorder`). ``None`` when the envs are not
+    return...; TorchRL keeps it in the private ``_carrier``), the id its next trajectory
+    gets, and, for each env copy, how its current episode came about (see
+    :class:`EpisodeRecorder`). ``None`` when the envs are not
     in this process (``ParallelEnv`` workers, EnvPool, multi-process or Ray collectors): a run
     resumed from such a checkpoint starts new episodes.
     """
@@ -392,7 +393,27 @@ def collector_state(collector: BaseCollector) -> dict | None:
     episodes = [r.episode_state() for r in recorders]
     if any(episode is None for episode in episodes):
         return None
-    return {"carrier": carrier.clone(), "episodes": episodes}
+    return {
+        "carrier": carrier.clone(),
+        "episodes": episodes,
+        "next_traj_id": _next_traj_id(collector),
+    }
+
+
+def _next_traj_id(collector: BaseCollector) -> int | None:
+    """The id the collector gives its next trajectory (our ``GymCollector`` counts them itself,
+    TorchRL's ``Collector`` in its private ``_traj_pool``)."""
+    if hasattr(collector, "_next_traj_id"):
+        return int(collector._next_traj_id)
+    pool = getattr(collector, "_traj_pool", None)
+    return None if pool is None else int(pool.state_dict()["traj_id"])
+
+
+def _set_next_traj_id(collector: BaseCollector, value: int) -> None:
+    if hasattr(collector, "_next_traj_id"):
+        collector._next_traj_id = value
+    elif getattr(collector, "_traj_pool", None) is not None:
+        collector._traj_pool.load_state_dict({"traj_id": torch.tensor(value, dtype=torch.int)})
 
 
 def restore_collector_state(collector: BaseCollector, state: dict | None) -> bool:
@@ -407,4 +428,10 @@ def restore_collector_state(collector: BaseCollector, state: dict | None) -> boo
     for recorder, episode in zip(recorders, state["episodes"], strict=True):
         recorder.restore_episode(episode)
     collector._carrier = state["carrier"].clone()
+    # The next episodes' ids continue the run's: a new collector counts from 0 again, and two
+    # episodes of one id in a batch would be one trajectory to the buffer and the sampler.
+    next_id = state.get("next_traj_id")  # absent from checkpoints made before it was saved
+    if next_id is None:
+        next_id = int(collector._carrier.get(("collector", "traj_ids")).max()) + 1
+    _set_next_traj_id(collector, next_id)
     return True

@@ -6,6 +6,7 @@ import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import InteractionType
@@ -37,7 +38,10 @@ def make_collector(
     """A TorchRL collector over envs made by ``create_env_fn(seed=...)``, for any backend.
 
     Each worker's env gets its own seed (``seed``, ``seed + 1_000_003``, ...), given
-    when the env is built, so even the first episode is reproducible.
+    when the env is built, so even the first episode is reproducible; a worker process
+    seeds its torch and numpy generators with it too (its random and sampled actions are
+    drawn there), so ``"multi_sync"`` runs of a seed match (``"multi_async"`` batches come
+    in the order the workers finish, which no seed fixes).
 
     - ``"sync"``: TorchRL's single-process ``Collector`` (its ``direct`` backend);
       the policy is the very object the learner trains.
@@ -87,12 +91,8 @@ def make_collector(
         "env_device": "cpu",
         "storing_device": "cpu",
     }
-    env_fns = [
-        functools.partial(create_env_fn, seed=seed + 1_000_003 * worker)
-        for worker in range(1 if backend == "sync" else num_workers)
-    ]
     if backend == "sync":
-        env = env_fns[0]()
+        env = create_env_fn(seed=seed)
         if direct and direct_env_parts(env) is not None:
             return GymCollector(
                 env,
@@ -110,6 +110,13 @@ def make_collector(
             return_same_td=reuse_batch,
             **common,
         )
+    # Each worker's process draws its own actions (random ones, then the policy's samples): it
+    # seeds its generators from its env's seed when it builds the env, or it would start from
+    # an unseeded state and no two runs of a seed would match.
+    env_fns = [
+        functools.partial(_seeded_worker_env, create_env_fn, seed + 1_000_003 * worker)
+        for worker in range(num_workers)
+    ]
     if backend in ("multi_sync", "multi_async"):
         return Collector(
             env_fns,
@@ -134,6 +141,13 @@ def make_collector(
         sync=True,
         **common,
     )
+
+
+def _seeded_worker_env(create_env_fn: Callable[..., EnvBase], seed: int) -> EnvBase:
+    """``create_env_fn(seed=seed)``, in a worker process whose torch and numpy are seeded first."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return create_env_fn(seed=seed)
 
 
 class PolicyWeightSync:
