@@ -196,11 +196,15 @@ def test_each_bad_enumerated_value_names_the_key(key):
         ("run_dir=''", "run_dir='' is empty"),
         ("resume=''", "resume='' is empty"),
         ("ray.num_cpus=0", "ray.num_cpus=0 must be >= 1"),
+        (
+            "collector.total_frames=300 algorithm.replay_buffer.min_buffer_size=500",
+            "min_buffer_size=500 trajectories can never be written",
+        ),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
-        validate(compose_config([override]))
+        validate(compose_config(override.split()))
 
 
 def test_the_sac_head_without_brn_takes_a_batch_of_one():

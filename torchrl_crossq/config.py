@@ -428,6 +428,16 @@ def validate(cfg: DictConfig) -> DictConfig:
         )
     _validate_replay_buffer(cfg.algorithm.replay_buffer)
     capacity = cfg.algorithm.replay_buffer.size
+    min_buffer_size, total_frames = (
+        cfg.algorithm.replay_buffer.min_buffer_size,
+        cfg.collector.total_frames,
+    )
+    if min_buffer_size > total_frames:  # a trajectory holds at least one transition
+        raise ConfigError(
+            f"algorithm.replay_buffer.min_buffer_size={min_buffer_size} trajectories can never "
+            f"be written by collector.total_frames={total_frames} frames: no update would run; "
+            "use at most the frames"
+        )
     if frames_per_batch > capacity:
         raise ConfigError(
             f"collector.frames_per_batch={frames_per_batch} exceeds "
