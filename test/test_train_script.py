@@ -196,6 +196,7 @@ def test_each_bad_enumerated_value_names_the_key(key):
         ("run_dir=''", "run_dir='' is empty"),
         ("resume=''", "resume='' is empty"),
         ("ray.num_cpus=0", "ray.num_cpus=0 must be >= 1"),
+        ("cudagraphs=true", "cudagraphs=true needs compile=true"),  # was found after env builds
         (
             "collector.total_frames=300 algorithm.replay_buffer.min_buffer_size=500",
             "min_buffer_size=500 trajectories can never be written",

@@ -391,6 +391,11 @@ def validate(cfg: DictConfig) -> DictConfig:
                 f"{key}={value!r} is empty; give a directory, or null ({key}=null)"
                 + (": a new folder under runs/" if key == "run_dir" else ": a new run")
             )
+    if cfg.cudagraphs and not cfg.compile:
+        raise ConfigError(
+            "cudagraphs=true needs compile=true (the CUDA graphs are captured by torch.compile); "
+            "add compile=true or drop cudagraphs"
+        )
     if cfg.ray.num_cpus is not None and not cfg.ray.num_cpus >= 1:
         raise ConfigError(f"ray.num_cpus={cfg.ray.num_cpus!r} must be >= 1 (or null: all CPUs)")
     if cfg.collector.backend == "ray" and importlib.util.find_spec("ray") is None:

@@ -432,8 +432,10 @@ class BatchedEvaluation:
     policy in one batch (deterministic action, policy in eval mode), then each
     env steps. An episode ends at termination, truncation (the task's time
     limit) or ``max_steps``; it succeeds when ``info["success"]`` was true at
-    any of its steps (tasks that report it). The same numbers as :func:`evaluate`
-    on the same episodes, at a fraction of the cost per step.
+    any of its steps (tasks that report it). The same episodes as :func:`evaluate`
+    plays, at a fraction of the cost per step; the policy's batched matmuls round
+    differently from one observation at a time (about 1e-7 in the actions), which
+    chaotic tasks (Humanoid) can carry to a different return.
 
     Args:
         name: a gymnasium id, or ``"Meta-World/MT1"`` with ``task``.
