@@ -17,9 +17,14 @@ def test_collector_state_is_none_for_worker_process_envs():
     create = functools.partial(make_env, "Pendulum-v1", num_envs=2, vectorization="parallel")
     collector = make_collector(create, None, seed=0, frames_per_batch=4, total_frames=8)
     next(iter(collector))
-    assert collector_state(collector) is None  # ParallelEnv workers: not capturable
+    state = collector_state(collector)  # ParallelEnv workers: their episodes are not capturable
+    assert state == {"next_traj_id": 2}  # but the next trajectory's id is
+    again = make_collector(create, None, seed=0, frames_per_batch=4, total_frames=8)
+    assert not restore_collector_state(again, state)  # new episodes...
+    assert again._traj_pool.state_dict()["traj_id"] == 2  # ...with new ids
     assert not restore_collector_state(collector, None)
     collector.shutdown()
+    again.shutdown()
 
 
 @pytest.mark.parametrize("direct", [True, False])

@@ -237,6 +237,38 @@ def test_runs_of_consecutive_seeds_share_no_env_or_evaluation_seed(monkeypatch):
     assert from_config.run_seed(2**32 - 1, from_config.TRAIN_ENVS, 10**9) < 2**30
 
 
+def test_a_run_made_before_the_hashed_seeds_resumes_and_evaluates_with_its_own(tmp_path):
+    # Its config.yaml has no seed_scheme: its Meta-World goals (seed), env seeds (seed +
+    # frames) and evaluation episodes (seed + 10000 + frames) must stay what they were.
+    run_dir = saved_run(tmp_path, "experiment=quick", "seed=3")
+    old = OmegaConf.load(run_dir / "config.yaml")
+    del old["seed_scheme"]
+    OmegaConf.save(old, run_dir / "config.yaml")
+    cfg = resume(run_dir, "experiment=quick", "seed=3", *TINY)  # the groups as the run has them
+    assert cfg.seed_scheme == "offset"
+    assert from_config.eval_seed(cfg, 96) == 3 + 10_000 + 96
+    assert from_config.eval_seed(old, 96) == 3 + 10_000 + 96  # evaluate.py reads config.yaml
+    assert from_config.stream_seed(cfg, from_config.TRAIN_ENVS, 48) == 3 + 48
+    assert from_config.stream_seed(cfg, from_config.TRAIN_TASKS) == 3
+    new = resume(saved_run(tmp_path / "new", "seed=3"))
+    assert from_config.eval_seed(new, 96) == from_config.run_seed(3, from_config.EVAL_EPISODES, 96)
+    with pytest.raises(ConfigError, match="seed_scheme='streams' cannot change on resume"):
+        resume(run_dir, "seed_scheme=streams")
+
+
+def test_a_checkpoint_moved_aside_by_a_kill_still_counts_as_learned(tmp_path):
+    # A kill between the two renames of a checkpoint written again at the same frame count
+    # leaves it in .old_ckpt_*: resume= took the run for one without a checkpoint and let any
+    # key change, then recover_checkpoints put the checkpoint back under the changed config.
+    run_dir = saved_run(tmp_path)
+    (run_dir / "checkpoints" / "ckpt_000000000048").rename(
+        run_dir / "checkpoints" / ".old_ckpt_000000000048_123"
+    )
+    with pytest.raises(ConfigError, match="cannot change on resume"):
+        resume(run_dir, "algorithm.gamma=0.5")
+    assert load_script().after_nonfinite(str(run_dir)).startswith("The last checkpoint (48")
+
+
 # -- keys no code reads, values no run can take ---------------------------------------------------
 def test_a_key_added_with_plus_is_refused_naming_it_and_the_close_keys():
     # hydra's own error for a typo suggests +key=value, which adds it past the schema.

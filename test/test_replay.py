@@ -252,6 +252,31 @@ def test_a_new_traj_id_without_a_done_starts_a_new_episode():
     assert sampled_values(rb, "position") == {4, 5, 6, 7}
 
 
+def test_end_episodes_keeps_a_new_episode_of_an_old_id_apart():
+    # A run resumed without its envs' state starts new episodes; one that gets the id of an
+    # episode the checkpoint left open must not continue it (it fell out of the window).
+    rb = make_replay_buffer(
+        100, batch_size=256, sample_window_size=1, window_unit="episode", seed=0
+    )
+
+    def extend(start):
+        rb.extend(
+            TensorDict(
+                {
+                    "position": torch.arange(start, start + 4).reshape(1, 4),
+                    "collector": {"traj_ids": torch.full((1, 4), 3)},
+                    "next": {"done": torch.zeros(1, 4, 1, dtype=torch.bool)},
+                },
+                [1, 4],
+            )
+        )
+
+    extend(0)
+    rb.end_episodes()
+    extend(4)
+    assert sampled_values(rb, "position") == {4, 5, 6, 7}
+
+
 def test_traj_ids_must_have_one_id_per_transition():
     sampler = SlidingWindowSampler(2, window_unit="episode")
     with pytest.raises(ValueError, match="traj_ids has 2 ids for 4 transitions"):

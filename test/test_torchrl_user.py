@@ -552,6 +552,18 @@ def test_a_padding_mask_leaves_its_rows_out_of_the_losses_and_the_statistics():
     assert not torch.allclose(loss(data.clone())["loss_qvalue"], masked["loss_qvalue"])
 
 
+def test_a_batch_whose_rows_are_all_masked_gives_zero_losses_as_torchrls():
+    # (with BatchRenorm such a batch is an error: no statistics to estimate; above)
+    actor = make_actor(OBS_DIM, SPEC, num_cells=(16,), norm=None)
+    critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(16,), norm=None)
+    loss = CrossQLoss(actor, critic, q_head_type="default")
+    loss.make_value_estimator(gamma=0.99)
+    data = transitions(4).set(("collector", "mask"), torch.zeros(4, 1, dtype=torch.bool))
+    out = loss(data)  # nan before: the mean of no rows
+    for key in ("loss_qvalue", "loss_actor", "loss_alpha"):
+        assert out[key] == 0, key
+
+
 def test_a_mask_that_leaves_fewer_than_two_rows_is_named():
     data = transitions(4)
     data.set(("collector", "mask"), torch.tensor([True, False, False, False]))

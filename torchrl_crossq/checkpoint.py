@@ -127,9 +127,20 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def newest_checkpoint_frames(directory: str | Path) -> int:
-    """The frame count of the newest complete checkpoint under ``directory``; 0 if none."""
-    found = list_checkpoints(directory)
-    return int(_NAME.match(found[-1].name).group(1)) if found else 0
+    """The frame count of the newest complete checkpoint under ``directory``; 0 if none.
+
+    A complete checkpoint that a kill inside :func:`save_checkpoint` left moved aside counts:
+    :func:`recover_checkpoints` puts it back when the run starts.
+    """
+    directory = Path(directory)
+    frames = [int(_NAME.match(p.name).group(1)) for p in list_checkpoints(directory)]
+    if directory.is_dir():
+        frames += [
+            int(match.group(1))
+            for p in directory.iterdir()
+            if (match := _ASIDE.match(p.name)) and (p / "COMPLETE").exists()
+        ]
+    return max(frames, default=0)
 
 
 class CheckpointError(RuntimeError):
@@ -286,6 +297,10 @@ class RunCheckpoints:
             return
         if not restore_collector_state(collector, self._resumed.get("collector")):
             print("resume: the envs start new episodes (their state was not checkpointed)")
+            # The buffer's unfinished episodes end here: a new one must not continue them.
+            end_episodes = getattr(self.replay_buffer, "end_episodes", None)
+            if end_episodes is not None:
+                end_episodes()
         set_rng_state(self._resumed["rng"])
         self._resumed = None
 
@@ -383,21 +398,19 @@ def collector_state(collector: BaseCollector) -> dict | None:
     in this process (``ParallelEnv`` workers, EnvPool, multi-process or Ray collectors): a run
     resumed from such a checkpoint starts new episodes.
     """
+    next_traj_id = _next_traj_id(collector)
+    ids = None if next_traj_id is None else {"next_traj_id": next_traj_id}
     carrier = getattr(collector, "_carrier", None)
     env = getattr(collector, "env", None)
     if carrier is None or not isinstance(env, EnvBase):
-        return None
+        return ids
     recorders = _in_process_recorders(env)
     if recorders is None:
-        return None
+        return ids
     episodes = [r.episode_state() for r in recorders]
     if any(episode is None for episode in episodes):
-        return None
-    return {
-        "carrier": carrier.clone(),
-        "episodes": episodes,
-        "next_traj_id": _next_traj_id(collector),
-    }
+        return ids
+    return {"carrier": carrier.clone(), "episodes": episodes, "next_traj_id": next_traj_id}
 
 
 def _next_traj_id(collector: BaseCollector) -> int | None:
@@ -417,8 +430,13 @@ def _set_next_traj_id(collector: BaseCollector, value: int) -> None:
 
 
 def restore_collector_state(collector: BaseCollector, state: dict | None) -> bool:
-    """Puts a :func:`collector_state` back; ``False`` (nothing changed) when it does not apply."""
-    if state is None or getattr(collector, "_carrier", None) is None:
+    """Puts a :func:`collector_state` back; ``False`` when its episodes cannot be continued
+    (the envs start new ones; the next trajectory id is restored even then)."""
+    if state is None:
+        return False
+    if state.get("next_traj_id") is not None:
+        _set_next_traj_id(collector, state["next_traj_id"])
+    if "carrier" not in state or getattr(collector, "_carrier", None) is None:
         return False
     recorders = _in_process_recorders(collector.env)
     if recorders is None or len(recorders) != len(state["episodes"]):

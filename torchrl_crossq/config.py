@@ -178,6 +178,10 @@ class CheckpointConfig:
 @dataclass
 class Config:
     seed: int = 0
+    # How the env, evaluation and Meta-World seeds derive from seed: streams (hashed per
+    # stream, from_config.run_seed) | offset (seed + frames, seed + 10000 + frames: runs made
+    # before streams, which keep it on resume)
+    seed_scheme: str = "streams"
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (fast with AVX512-BF16 / AMX or CUDA sm80+ only)
     compile: bool = False
@@ -233,6 +237,7 @@ LOSS_AGG_FUNCS = {"token-mean": "mean", "sum": "sum"}
 # Enumerated keys and the values each accepts: the library's lists, plus the config's own.
 CHOICES: dict[str, tuple] = {
     "device": ("auto", "cpu", "cuda"),
+    "seed_scheme": ("streams", "offset"),
     "precision": PRECISIONS,
     "on_nonfinite": tuple(p for p in NONFINITE_POLICIES if p is not None),
     "env.backend": ENV_BACKENDS,
@@ -296,8 +301,10 @@ HALF_OPEN_UNIT_INTERVAL = ("optim.beta1", "optim.beta2")
 
 
 # numpy and gymnasium take seeds below 2**32, torch's and the replay sampler's are the run's
-# (the env and evaluation streams hash it, see from_config.run_seed).
+# (the env and evaluation streams hash it, see from_config.run_seed); seed_scheme=offset adds
+# 10,000 + frames to it.
 MAX_SEED = 2**32
+MAX_OFFSET_SEED = 2**32 - 2**20
 
 
 def _get(cfg: DictConfig, key: str):
@@ -349,9 +356,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     momentum = cfg.network.batch_norm_momentum
     if not momentum <= 1.0:  # > 0 checked above
         raise ConfigError(f"network.batch_norm_momentum={momentum!r} must be in (0, 1]")
-    if not 0 <= cfg.seed < MAX_SEED:
+    max_seed = MAX_SEED if cfg.seed_scheme == "streams" else MAX_OFFSET_SEED
+    if not 0 <= cfg.seed < max_seed:
         raise ConfigError(
-            f"seed={cfg.seed!r} must be in [0, {MAX_SEED}) (numpy's seeds are 32-bit)"
+            f"seed={cfg.seed!r} must be in [0, {max_seed}) (numpy's seeds are 32-bit)"
         )
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads!r} must be >= 1 (or null: torch's default)")
@@ -653,7 +661,9 @@ def _resume(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         for key in _flat_keys(given):
             inside = not scope or key.startswith(f"{scope}.")
             typed = key in keys or key in ("resume", "run_dir")
-            checked = inside and not typed and not is_resumable(key)
+            # seed_scheme is the run's record of how it was seeded, not a group's to give
+            recorded = key == "seed_scheme"
+            checked = inside and not typed and not is_resumable(key) and not recorded
             if checked and _select(given, key) != _select(kept, key):
                 if not started:
                     changes[key] = _select(given, key)
@@ -697,6 +707,8 @@ def _drop_what_never_acted(stored: DictConfig) -> None:
     ``cache_size`` only with ``enable_cache``), and are errors elsewhere. ``network.warmup_steps``
     is read as ``network.brn_warmup_steps``.
     """
+    if "seed_scheme" not in stored:  # made before the seeds were hashed per stream
+        stored.seed_scheme = "offset"
     network = stored.get("network") or {}
     if network.get("warmup_steps") is not None:
         network["brn_warmup_steps"] = network.pop("warmup_steps")

@@ -105,10 +105,10 @@ def make_envs_from_config(cfg: DictConfig) -> tuple[Callable[..., EnvBase], EnvB
         vectorization=env.vectorization,
         # Not the collector's seed (which moves on at a resume): a resumed Meta-World run
         # keeps its goals.
-        task_seed=run_seed(cfg.seed, TRAIN_TASKS),
+        task_seed=stream_seed(cfg, TRAIN_TASKS),
         **env_kwargs,
     )
-    eval_env = make_env(env.name, seed=run_seed(cfg.seed, EVAL_EPISODES), **env_kwargs)
+    eval_env = make_env(env.name, seed=stream_seed(cfg, EVAL_EPISODES), **env_kwargs)
     return make_train_env, eval_env
 
 
@@ -323,7 +323,7 @@ def make_collector_from_config(
         policy_device=device,
         ray_address=cfg.ray.address,
         ray_num_cpus=cfg.ray.num_cpus,
-        seed=run_seed(cfg.seed, TRAIN_ENVS, frames),  # a resumed run's envs draw new seeds
+        seed=stream_seed(cfg, TRAIN_ENVS, frames),  # a resumed run's envs draw new seeds
         reuse_batch=True,  # the loop stores each batch before it collects the next
         direct=col.direct,
     )
@@ -346,9 +346,27 @@ def make_logger_from_config(
     )
 
 
+# seed_scheme=offset, the seeds of runs made before run_seed (config.yaml without the key).
+_OFFSET_SEEDS = {
+    TRAIN_ENVS: lambda seed, frames: seed + frames,
+    EVAL_EPISODES: lambda seed, frames: seed + 10_000 + frames,
+    TRAIN_TASKS: lambda seed, frames: seed,
+    EVAL_TASKS: lambda seed, frames: seed + 10_000,
+}
+
+
+def stream_seed(cfg: DictConfig, stream: int, frames: int = 0) -> int:
+    """:func:`run_seed` of the run's ``seed``, or the offset seed of a run made before it
+    (``seed_scheme: offset``; a config.yaml without the key), so that such a run resumes and
+    re-evaluates with its own seeds."""
+    if cfg.get("seed_scheme", "offset") == "offset":
+        return _OFFSET_SEEDS[stream](cfg.seed, frames)
+    return run_seed(cfg.seed, stream, frames)
+
+
 def eval_seed(cfg: DictConfig, frames: int) -> int:
     """The first episode's seed of the run's evaluation at ``frames`` (episode i: that + i)."""
-    return run_seed(cfg.seed, EVAL_EPISODES, frames)
+    return stream_seed(cfg, EVAL_EPISODES, frames)
 
 
 class RunEvaluator:
@@ -380,7 +398,7 @@ class RunEvaluator:
             episodes=cfg.eval.episodes if episodes is None else episodes,
             max_steps=cfg.eval.max_episode_steps,
             max_episode_steps=cfg.env.max_episode_steps,
-            task_seed=run_seed(cfg.seed, EVAL_TASKS),
+            task_seed=stream_seed(cfg, EVAL_TASKS),
         )
         self.video_interval = cfg.eval.video_interval  # read with videos off too: every key is read
         if not (cfg.eval.video and run_dir is not None):
@@ -437,5 +455,5 @@ def record_video_from_config(
         max_episode_steps=cfg.env.max_episode_steps,
         max_steps=cfg.eval.max_episode_steps,
         seed=seed,
-        task_seed=run_seed(cfg.seed, EVAL_TASKS),  # the first evaluation episode's
+        task_seed=stream_seed(cfg, EVAL_TASKS),  # the first evaluation episode's
     )

@@ -217,6 +217,10 @@ class WindowReplayBuffer(TensorDictReplayBuffer):
         """Trajectories written since the buffer was created or emptied."""
         return self._sampler.num_trajectories
 
+    def end_episodes(self) -> None:
+        """Ends the unfinished episodes (see :meth:`SlidingWindowSampler.end_episodes`)."""
+        self._sampler.end_episodes()
+
     def ready(self) -> bool:
         """Whether ``min_buffer_size`` trajectories were written and a sample can be drawn.
 

@@ -290,6 +290,11 @@ class SlidingWindowSampler(Sampler):
             units.append(unit)
         return first + piece_start, piece_length, torch.tensor(units, dtype=torch.long)
 
+    def end_episodes(self) -> None:
+        """Ends every unfinished episode: the next pieces written start new window units
+        (the envs started new episodes, e.g. a run resumed without its envs' state)."""
+        self._open_episodes.clear()
+
     # ----- Sampler API -------------------------------------------------------------------
 
     def extend(self, index: torch.Tensor) -> None:

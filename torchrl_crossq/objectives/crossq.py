@@ -557,7 +557,11 @@ class CrossQLoss(LossModule):
         if weights is not None:
             loss = loss * weights
         if self.reduction == "mean":
-            return loss.mean() if weights is None else loss.sum() / weights.sum()
+            if weights is not None:
+                return loss.sum() / weights.sum()
+            if rows is not None and rows.mask is not None:  # 0, as TorchRL's, if none is kept
+                return loss.sum() / max(loss.shape[0], 1)
+            return loss.mean()
         if self.reduction == "sum":
             return loss.sum()
         return loss if rows is None else rows.scatter(loss)
