@@ -40,7 +40,7 @@ OUT_DIR = Path(__file__).with_name("out")
 ENV_ID = "HalfCheetah-v5"
 ENV_GROUP = "halfcheetah"  # configs/env/halfcheetah.yaml
 SEED = 0
-EVAL_SEED = 10_000  # the script's eval env seed offset
+EVAL_SEED = 10_000  # the evaluation's seed here (it times an untrained actor: any seed does)
 
 # Our settings: the script's overrides on top of the matched command line (table order).
 OURS = {

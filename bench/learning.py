@@ -407,6 +407,12 @@ def combine_dumps(dumps: list[dict]) -> dict:
     for dump in dumps:
         if dump["hyperparameters"] != dumps[0]["hyperparameters"]:
             raise SystemExit("error: --results-from: the dumps' hyperparameters differ")
+        for flag in ("seed_streams", "allocator_in_process"):  # the section states one of each
+            if dump["info"].get(flag) != dumps[0]["info"].get(flag):
+                raise SystemExit(
+                    f"error: --results-from: the dumps differ in {flag} (one was made before "
+                    "it); rerun the older one"
+                )
         for name, fields in dump["tasks"].items():
             if tasks.setdefault(name, fields) != fields:
                 raise SystemExit(

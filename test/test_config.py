@@ -256,6 +256,21 @@ def test_a_run_made_before_the_hashed_seeds_resumes_and_evaluates_with_its_own(t
         resume(run_dir, "seed_scheme=streams")
 
 
+def test_a_cosine_temperature_decay_over_the_run_spans_its_learning_updates():
+    # The horizon counted the random frames, during which no update runs: the quick preset's
+    # decay ended at about 7% of its lr, not at min_lr.
+    from torchrl.data import Bounded
+
+    from torchrl_crossq import CrossQLoss, make_actor, make_critic
+
+    overrides = ["experiment=quick", "algorithm.entropy_tuning.optim.lr_scheduler=cosine"]
+    cfg = validate(compose_config(overrides))
+    actor = make_actor(3, Bounded(-1.0, 1.0, shape=(1,)), num_cells=(8,))
+    loss = CrossQLoss(actor, make_critic(3, 1, num_cells=(8,)))
+    updater = from_config.make_updater_from_config(cfg, loss)
+    assert updater.alpha_scheduler.T_max == (6_000 - 1_000) // 3
+
+
 def test_a_checkpoint_moved_aside_by_a_kill_still_counts_as_learned(tmp_path):
     # A kill between the two renames of a checkpoint written again at the same frame count
     # leaves it in .old_ckpt_*: resume= took the run for one without a checkpoint and let any

@@ -186,7 +186,7 @@ class Config:
     precision: str = "fp32"  # fp32 | bf16 (fast with AVX512-BF16 / AMX or CUDA sm80+ only)
     compile: bool = False
     cudagraphs: bool = False
-    run_dir: str | None = None  # None: runs/<date>-<time>-<env>
+    run_dir: str | None = None  # None: runs/<date>-<time>-<env>-seed<seed>
     resume: str | None = None  # a run directory to continue
     progress_bar: bool = True
     threads: int | None = None  # torch intra-op threads of the learner (None: torch's default)

@@ -217,9 +217,11 @@ def make_updater_from_config(cfg: DictConfig, loss: CrossQLoss) -> CrossQUpdater
         target_updater = PeriodicSoftUpdate(loss, tau=algo.tau, every=algo.target_update_freq)
     alpha_scheduler = None
     if "alpha" in optimizers:
-        # The temperature steps once per policy delay: the whole run's steps by default.
+        # The temperature steps once per policy delay: the whole run's steps by default,
+        # from the end of the random frames (no update runs during them).
+        learning_frames = max(0, cfg.collector.total_frames - cfg.collector.init_random_frames)
         run_steps = (
-            cfg.collector.total_frames
+            learning_frames
             // cfg.collector.frames_per_batch
             * algo.update_epoch
             // cfg.optim.policy_update_delay
