@@ -7,7 +7,7 @@ test_reliability.py.
 import pytest
 
 
-def test_collector_state_is_none_for_worker_process_envs():
+def test_collector_state_of_worker_process_envs_is_their_next_trajectory_id():
     import functools
 
     from torchrl_crossq.checkpoint import collector_state, restore_collector_state

@@ -269,6 +269,16 @@ def test_a_cosine_temperature_decay_over_the_run_spans_its_learning_updates():
     loss = CrossQLoss(actor, make_critic(3, 1, num_cells=(8,)))
     updater = from_config.make_updater_from_config(cfg, loss)
     assert updater.alpha_scheduler.T_max == (6_000 - 1_000) // 3
+    # batches of 32: the last one ends past total_frames, and it updates too
+    embodied = validate(
+        compose_config(
+            ["experiment=embodied", "algorithm.entropy_tuning.optim.lr_scheduler=cosine"]
+        )
+    )
+    rounds = -(-50_000 // 32) - 4_096 // 32  # 1563 batches, the first 128 random
+    updater = from_config.make_updater_from_config(embodied, loss)
+    expected = rounds * embodied.algorithm.update_epoch // embodied.optim.policy_update_delay
+    assert updater.alpha_scheduler.T_max == expected
 
 
 def test_a_checkpoint_moved_aside_by_a_kill_still_counts_as_learned(tmp_path):

@@ -562,6 +562,9 @@ def test_a_batch_whose_rows_are_all_masked_gives_zero_losses_as_torchrls():
     out = loss(data)  # nan before: the mean of no rows
     for key in ("loss_qvalue", "loss_actor", "loss_alpha"):
         assert out[key] == 0, key
+    weighted = loss(data.set("priority_weight", torch.ones(4)))  # and with weights
+    for key in ("loss_qvalue", "loss_actor", "loss_alpha"):
+        assert weighted[key] == 0, key
 
 
 def test_a_mask_that_leaves_fewer_than_two_rows_is_named():

@@ -394,9 +394,9 @@ def collector_state(collector: BaseCollector) -> dict | None:
     The collector's carrier (the next step's input: observation, step count, episode
     return...; TorchRL keeps it in the private ``_carrier``), the id its next trajectory
     gets, and, for each env copy, how its current episode came about (see
-    :class:`EpisodeRecorder`). ``None`` when the envs are not
-    in this process (``ParallelEnv`` workers, EnvPool, multi-process or Ray collectors): a run
-    resumed from such a checkpoint starts new episodes.
+    :class:`EpisodeRecorder`). Only the next trajectory id when the envs are not
+    in this process (``ParallelEnv`` workers, EnvPool, multi-process collectors; ``None`` for
+    Ray's, which keep no id here): a run resumed from such a checkpoint starts new episodes.
     """
     next_traj_id = _next_traj_id(collector)
     ids = None if next_traj_id is None else {"next_traj_id": next_traj_id}

@@ -359,7 +359,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     max_seed = MAX_SEED if cfg.seed_scheme == "streams" else MAX_OFFSET_SEED
     if not 0 <= cfg.seed < max_seed:
         raise ConfigError(
-            f"seed={cfg.seed!r} must be in [0, {max_seed}) (numpy's seeds are 32-bit)"
+            f"seed={cfg.seed!r} must be in [0, {max_seed}) (numpy's seeds are 32-bit"
+            + (")" if cfg.seed_scheme == "streams" else "; seed_scheme=offset adds 10000 + frames)")
         )
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads!r} must be >= 1 (or null: torch's default)")

@@ -217,15 +217,13 @@ def make_updater_from_config(cfg: DictConfig, loss: CrossQLoss) -> CrossQUpdater
         target_updater = PeriodicSoftUpdate(loss, tau=algo.tau, every=algo.target_update_freq)
     alpha_scheduler = None
     if "alpha" in optimizers:
-        # The temperature steps once per policy delay: the whole run's steps by default,
-        # from the end of the random frames (no update runs during them).
-        learning_frames = max(0, cfg.collector.total_frames - cfg.collector.init_random_frames)
-        run_steps = (
-            learning_frames
-            // cfg.collector.frames_per_batch
-            * algo.update_epoch
-            // cfg.optim.policy_update_delay
-        )
+        # The temperature steps once per policy delay: the whole run's steps by default. The
+        # script updates after each batch that ends past the random frames (the last batch
+        # may end past total_frames).
+        col = cfg.collector
+        rounds = max(0, -(-col.total_frames // col.frames_per_batch))
+        rounds -= col.init_random_frames // col.frames_per_batch
+        run_steps = max(0, rounds) * algo.update_epoch // cfg.optim.policy_update_delay
         alpha_scheduler = make_lr_scheduler(
             optimizers["alpha"],
             entropy_optim.lr_scheduler,

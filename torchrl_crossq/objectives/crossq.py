@@ -557,8 +557,8 @@ class CrossQLoss(LossModule):
         if weights is not None:
             loss = loss * weights
         if self.reduction == "mean":
-            if weights is not None:
-                return loss.sum() / weights.sum()
+            if weights is not None:  # (all rows masked: 0, as without weights)
+                return loss.sum() / weights.sum() if weights.numel() else loss.sum()
             if rows is not None and rows.mask is not None:  # 0, as TorchRL's, if none is kept
                 return loss.sum() / max(loss.shape[0], 1)
             return loss.mean()
