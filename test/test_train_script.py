@@ -107,6 +107,9 @@ def test_resume_with_a_larger_total_trains_a_finished_run_further(tmp_path):
 
 def test_resume_that_changes_the_env_stops_with_one_line_naming_the_key(tmp_path):
     prepare_run(compose_config([*TINY, f"run_dir={tmp_path}"]))  # the run's config.yaml
+    # and a checkpoint (marked complete): a run that has learned (one without starts over)
+    (tmp_path / "checkpoints" / "ckpt_000000000048").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "ckpt_000000000048" / "COMPLETE").write_text("48")
     resumed = subprocess.run(
         [sys.executable, str(SCRIPT), f"resume={tmp_path}", "env.name=InvertedPendulum-v5"],
         capture_output=True, text=True, timeout=120,
