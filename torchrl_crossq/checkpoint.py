@@ -448,8 +448,7 @@ def restore_collector_state(collector: BaseCollector, state: dict | None) -> boo
     collector._carrier = state["carrier"].clone()
     # The next episodes' ids continue the run's: a new collector counts from 0 again, and two
     # episodes of one id in a batch would be one trajectory to the buffer and the sampler.
-    next_id = state.get("next_traj_id")  # absent from checkpoints made before it was saved
-    if next_id is None:
+    if state.get("next_traj_id") is None:  # a checkpoint made before it was saved (set above)
         next_id = int(collector._carrier.get(("collector", "traj_ids")).max()) + 1
-    _set_next_traj_id(collector, next_id)
+        _set_next_traj_id(collector, next_id)
     return True

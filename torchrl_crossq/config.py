@@ -311,6 +311,14 @@ def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, throw_on_missing=True)
 
 
+def resolve_norm(cfg: DictConfig) -> str | None:
+    """``network.norm`` with ``auto`` resolved: BRN for the CrossQ head, none for the SAC head."""
+    norm = cfg.network.norm
+    if norm == "auto":
+        norm = "brn" if cfg.algorithm.q_head_type == "crossq" else "none"
+    return None if norm == "none" else norm
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Checks every value once, before any work; raises :class:`ConfigError` naming the key.
 
@@ -385,10 +393,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"algorithm.entropy_tuning.optim.lr={entropy_lr!r} must be a positive number (or "
             "null: optim.lr)"
         )
-    uses_brn = cfg.network.norm == "brn" or (
-        cfg.network.norm == "auto" and cfg.algorithm.q_head_type == "crossq"
-    )
-    if uses_brn and cfg.optim.batch_size < 2:
+    if resolve_norm(cfg) == "brn" and cfg.optim.batch_size < 2:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} must be >= 2 with Batch Renormalization "
             "(network.norm resolves to brn): it estimates statistics over the batch"

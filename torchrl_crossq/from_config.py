@@ -24,7 +24,7 @@ from torchrl.record.loggers import Logger
 from torchrl_crossq.allocator import keep_freed_memory
 from torchrl_crossq.checkpoint import EnvMismatchError, RunCheckpoints
 from torchrl_crossq.collectors import PolicyWeightSync, make_collector
-from torchrl_crossq.config import LOSS_AGG_FUNCS, ConfigError
+from torchrl_crossq.config import LOSS_AGG_FUNCS, ConfigError, resolve_norm
 from torchrl_crossq.data import WindowReplayBuffer, make_replay_buffer
 from torchrl_crossq.envs import BatchedEvaluation, EvalResult, env_dims, make_env
 from torchrl_crossq.logging import make_logger
@@ -110,14 +110,6 @@ def make_envs_from_config(cfg: DictConfig) -> tuple[Callable[..., EnvBase], EnvB
     )
     eval_env = make_env(env.name, seed=stream_seed(cfg, EVAL_EPISODES), **env_kwargs)
     return make_train_env, eval_env
-
-
-def resolve_norm(cfg: DictConfig) -> str | None:
-    """``network.norm`` with ``auto`` resolved: BRN for the CrossQ head, none for the SAC head."""
-    norm = cfg.network.norm
-    if norm == "auto":
-        norm = "brn" if cfg.algorithm.q_head_type == "crossq" else "none"
-    return None if norm == "none" else norm
 
 
 def brn_warmup_steps(cfg: DictConfig) -> int:
