@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from helpers import ACTION_DIM, OBS_DIM, make_batch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from tensordict import TensorDict
 from test_train_script import SCRIPT, TINY, compose_config, load_script, run
 
 from torchrl_crossq import (
@@ -41,6 +43,8 @@ from torchrl_crossq.config import (
     prepare_run,
     validate,
 )
+from torchrl_crossq.data import make_replay_buffer
+from torchrl_crossq.logging import write_text_atomically
 from torchrl_crossq.objectives.update import make_lr_scheduler
 
 
@@ -257,6 +261,57 @@ def test_a_kill_while_a_checkpoint_is_written_again_keeps_it(tmp_path, monkeypat
         "path": str(tmp_path / "ckpt_000000000005"),
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000000005"]
+
+
+def _record_fsyncs_and_renames(monkeypatch) -> list[tuple]:
+    """Records ``("fsync", path)`` and ``("replace", source, destination)`` in their order."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+def test_a_checkpoint_is_on_the_disk_before_its_rename_and_the_rename_before_old_ones_go(
+    tmp_path, monkeypatch
+):
+    # A rename is durable only with the renamed files and the folder holding the new name
+    # synced: a power loss soon after an unsynced save could leave ckpt_<frames> of empty files.
+    tmp_path = tmp_path.resolve()
+    save_checkpoint(tmp_path, 1, {"frames": 1}, keep=1)
+    buffer = make_replay_buffer(100, batch_size=2, seed=0)
+    buffer.extend(TensorDict({"observation": torch.randn(4, OBS_DIM)}, [4]))
+    events = _record_fsyncs_and_renames(monkeypatch)
+    final = save_checkpoint(tmp_path, 2, {"frames": 2}, replay_buffer=buffer, keep=1)
+    monkeypatch.undo()
+    (rename,) = [i for i, event in enumerate(events) if event[-1] == str(final)]
+    written = Path(events[rename][1])  # the temporary folder renamed into place
+    synced_before = {event[1] for event in events[:rename] if event[0] == "fsync"}
+    files = [path.relative_to(final) for path in final.rglob("*") if path.is_file()]
+    assert {"state.pt", "COMPLETE"} <= {str(path) for path in files}
+    assert any(path.parts[0] == "replay" for path in files)
+    assert {str(written / path) for path in files} <= synced_before
+    assert str(written) in synced_before
+    assert ("fsync", str(tmp_path)) in events[rename:]  # the folder holding the new name
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["ckpt_000000000002"]
+
+
+def test_text_written_atomically_is_on_the_disk_before_its_rename(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
+    events = _record_fsyncs_and_renames(monkeypatch)
+    write_text_atomically(tmp_path / "eval.csv", "frames\n1\n")
+    monkeypatch.undo()
+    written, target = str(tmp_path / ".eval.csv.tmp"), str(tmp_path / "eval.csv")
+    assert events == [("fsync", written), ("replace", written, target), ("fsync", str(tmp_path))]
 
 
 def test_recovery_removes_the_temporary_folders_of_killed_writes(tmp_path):

@@ -26,7 +26,12 @@ from torchrl.collectors import BaseCollector
 from torchrl.envs import EnvBase, GymWrapper, SerialEnv, TransformedEnv
 from torchrl.record.loggers import Logger
 
-from torchrl_crossq.logging import EvalHistory, logger_run_id, write_text_atomically
+from torchrl_crossq.logging import (
+    EvalHistory,
+    logger_run_id,
+    sync_to_disk,
+    write_text_atomically,
+)
 
 _NAME = re.compile(r"^ckpt_(\d{12})$")
 # Left by a kill inside save_checkpoint: a checkpoint being written, and one moved aside
@@ -69,7 +74,8 @@ def save_checkpoint(
 
     Everything is written into a temporary folder first and renamed into place,
     so a kill at any moment leaves either the previous checkpoint or the new one,
-    never half of one. A checkpoint of the same frame count (the end of a run that just
+    never half of one; the files reach the disk before the rename (``fsync``), so a crash of
+    the machine does too. A checkpoint of the same frame count (the end of a run that just
     saved on its interval) is moved aside until the new one is in place; after a kill
     between the two renames, :func:`recover_checkpoints` puts it back. ``state`` goes to
     ``state.pt``; the replay buffer (a TorchRL buffer) is dumped to ``replay/``.
@@ -84,10 +90,14 @@ def save_checkpoint(
         replay_buffer.dumps(tmp / "replay")
     torch.save(state, tmp / "state.pt")
     (tmp / "COMPLETE").write_text(str(frames))
+    # On the disk before the rename, and the rename before an older checkpoint is deleted: a
+    # crash of the machine right after a save leaves this checkpoint or the one before it.
+    sync_to_disk(tmp)
     aside = directory / f".old_ckpt_{frames:012d}_{os.getpid()}"
     if final.exists():
         os.replace(final, aside)
     os.replace(tmp, final)
+    sync_to_disk(directory, recursive=False)
     shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -112,11 +112,50 @@ def log_metrics(logger: Logger | None, metrics: Mapping[str, float], step: int) 
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    """Writes ``text`` to a new file renamed over ``path``: a kill mid-write keeps the old file."""
+    """Writes ``text`` to a new file renamed over ``path``: a kill mid-write keeps the old file.
+
+    The new file reaches the disk before the rename, and the rename before the return, so a
+    crash of the machine (not only of the process) leaves the old text or the new one.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
+    sync_to_disk(tmp)
     os.replace(tmp, path)
+    sync_to_disk(path.parent, recursive=False)
+
+
+def sync_to_disk(path: str | Path, *, recursive: bool = True) -> None:
+    """``fsync`` of the file or folder ``path``; a folder's files and sub-folders too (``recursive``).
+
+    A rename is durable only once the renamed data and the folder holding the new name are on
+    the disk: without it, a power loss soon after an atomic rename can leave the new name over
+    empty files. Folders are synced where the OS allows it (not on Windows).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if recursive:
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    sync_to_disk(child)
+                elif child.is_file():
+                    _fsync(child, os.O_RDONLY)
+        _fsync(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    else:
+        _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # a folder on Windows cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync of a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 class EvalHistory:
