@@ -328,6 +328,16 @@ def test_unknown_option_values_name_the_option_and_accepted_values(action_spec, 
         build(action_spec, **{option: value})
 
 
+def test_the_discount_is_in_the_dtype_of_the_loss_it_was_set_on(action_spec):
+    # TorchRL's TD0Estimator stores gamma as a float32 tensor (0.99 -> 0.9900000095), so a
+    # float64 loss given its discount after .double() bootstrapped with the rounded value.
+    loss = build(action_spec).double()
+    loss.make_value_estimator(gamma=0.99)
+    assert loss.gamma.dtype == torch.float64
+    assert loss.gamma.item() == 0.99
+    assert build(action_spec).gamma.dtype == torch.float32
+
+
 # -- checkpoints ----------------------------------------------------------------------------
 def test_state_dict_round_trip_restores_everything(action_spec, batch):
     loss = build(action_spec, warmup_steps=2)

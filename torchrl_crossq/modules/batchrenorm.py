@@ -31,9 +31,12 @@ class BatchRenorm1d(nn.Module):
     unbiased batch standard deviation in the normalisation, in ``r`` and in the
     running variance, so ``r = 1`` when the batch matches the running
     statistics (``torch.nn.BatchNorm1d`` normalises with the biased one). The
-    original code and sb3-contrib divide by ``sqrt(var_B / r^2 + eps)`` rather
-    than multiply by ``r / sqrt(var_B + eps)``: the two differ by
-    ``O((r^2 - 1) * eps / var_B)`` relative, and this form keeps the
+    original code and sb3-contrib divide by ``sqrt(var_B / r^2 + eps)`` (and shift the
+    mean by ``d * sigma_B / r``) rather than multiply by ``r / sqrt(var_B + eps)`` and add
+    ``d`` (the BRN paper's form): the two differ by terms of order ``eps / var_B``, about
+    ``(r^2 - 1) * eps / (2 * var_B)`` relative in the scale and ``d * r^2 * eps / (2 * var_B)``
+    absolute in the shift (large only for features whose batch variance is near ``eps``,
+    and zero during warmup, where ``r = 1`` and ``d = 0``), and this form keeps the
     backward free of ``1 / sigma_B`` terms (finite for a constant feature).
 
     Shapes: the features are the last dimension. Without ``ensemble_size`` the
@@ -233,8 +236,10 @@ class BatchRenorm1d(nn.Module):
     def _warmup_schedule(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The bounds on ``r`` and ``d`` of this training forward, and one step of the counter.
 
-        A hard switch, as in sb3-contrib: plain batch norm (``r = 1``, ``d = 0``) for the
-        first ``warmup_steps`` training forwards, then the full bounds ``rmax``, ``dmax``. The
+        A hard switch, as in the original code (sbx) and sb3-contrib: plain batch norm
+        (``r = 1``, ``d = 0``) for the first ``warmup_steps`` training forwards, then the full
+        bounds ``rmax``, ``dmax`` (sbx switches at the same forward; sb3-contrib, which tests
+        ``steps > warmup_steps``, one forward later). The
         paper (Ioffe, 2017) relaxes the bounds gradually instead; a schedule is a change here.
         Tensors, not a Python ``if``: no host sync, and ``torch.compile`` traces it.
         """

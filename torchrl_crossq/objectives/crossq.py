@@ -489,7 +489,13 @@ class CrossQLoss(LossModule):
             raise ValueError(f"gamma={gamma} must be in [0, 1]")
         hyperparams.setdefault("device", self._default_device)
         self.value_type = value_type
-        self._value_estimator = TD0Estimator(value_network=None, **hyperparams)
+        estimator = TD0Estimator(value_network=None, **hyperparams)
+        # TorchRL stores the discount as a default-dtype tensor: a loss of a wider float dtype
+        # (float64, made so before this call) gets it in its own, as the gamma given.
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        if dtype is not None and torch.finfo(dtype).bits > torch.finfo(estimator.gamma.dtype).bits:
+            estimator.to(dtype).gamma.fill_(gamma)
+        self._value_estimator = estimator
         self._forward_value_estimator_keys()
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
