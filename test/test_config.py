@@ -313,6 +313,15 @@ def test_a_seed_numpy_cannot_take_is_refused(seed):
         validate(compose_config([f"seed={seed}"]))
 
 
+def test_an_offset_seed_past_envpools_32_bit_seeds_is_refused():
+    # It passed validation, then EnvPool asserted "Seed should be in range of int32".
+    envpool = ["seed_scheme=offset", "env.backend=envpool", "collector.total_frames=10000"]
+    with pytest.raises(ConfigError, match=r"^seed=2147480000 with seed_scheme=offset and env"):
+        validate(compose_config([*envpool, "seed=2147480000"]))
+    validate(compose_config([*envpool, f"seed={2**31 - 10_001}"]))  # the last env seed 2**31 - 1
+    validate(compose_config(["seed=2147480000", "env.backend=envpool"]))  # streams: below 2**30
+
+
 def test_a_start_that_failed_before_any_work_may_be_retried_in_its_run_dir(tmp_path):
     saved_run(tmp_path, "seed=1", checkpoint=False)  # e.g. an env id that does not exist
     prepare_run(compose_config([*TINY, f"run_dir={tmp_path}", "seed=2"]))

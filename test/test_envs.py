@@ -14,6 +14,7 @@ from torchrl_crossq import make_actor
 from torchrl_crossq.envs import (
     METAWORLD,
     BatchedEvaluation,
+    MissingExtraError,
     UnsupportedEnvError,
     evaluate,
     make_env,
@@ -79,6 +80,63 @@ def test_a_discrete_action_env_is_refused_naming_it(num_envs):
 
     with pytest.raises(UnsupportedEnvError, match=r"env.name='CartPole-v1' has OneHot actions"):
         make_env("CartPole-v1", num_envs=num_envs, vectorization="serial")
+
+
+class _Boxes(gym.Env):
+    """Steps its observation and action spaces, whatever they are."""
+
+    def __init__(self, observation_space, action_space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def _register(name, observation_space, action_space):
+    gym.register(name, entry_point=lambda: _Boxes(observation_space, action_space))
+    return name
+
+
+VECTOR = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+@pytest.mark.parametrize(
+    "low, high",
+    [([0.0, -np.inf], [1.0, 5.0]), ([0.0, -1.0], [1.0, -1.0])],  # (gymnasium refuses low > high)
+    ids=["one-infinite-bound", "low-equals-high"],
+)
+def test_action_bounds_that_cannot_be_squashed_into_are_refused_naming_the_env(low, high):
+    # The actor's own check raised a ValueError that did not name env.name, as a traceback.
+    bounds = gym.spaces.Box(np.array(low, np.float32), np.array(high, np.float32))
+    name = _register(f"Test/BadBounds-{len(gym.registry)}-v0", VECTOR, bounds)
+    with pytest.raises(UnsupportedEnvError, match=rf"env.name='{name}' has action bounds low="):
+        make_env(name)
+
+
+@pytest.mark.parametrize("what", ["observations", "actions"])
+def test_a_0d_box_is_refused_naming_the_env(what):
+    # TorchRL calls a 0-d Box [1]: observations reached the actor as (), actions the env as (1,).
+    scalar = gym.spaces.Box(-1.0, 1.0, (), np.float32)
+    spaces = (scalar, VECTOR) if what == "observations" else (VECTOR, scalar)
+    name = _register(f"Test/Scalar-{len(gym.registry)}-v0", *spaces)
+    with pytest.raises(UnsupportedEnvError, match=rf"env.name='{name}' has {what} of shape \(\)"):
+        make_env(name)
+
+
+def test_an_env_missing_its_simulator_package_names_the_env_and_the_install():
+    def needs_box2d():
+        raise gym.error.DependencyNotInstalled(
+            'Box2D is not installed, run `pip install "gymnasium[box2d]"`'
+        )
+
+    name = f"Test/NeedsBox2D-{len(gym.registry)}-v0"
+    gym.register(name, entry_point=needs_box2d)
+    with pytest.raises(MissingExtraError, match=rf"env.name='{name}' cannot be made here: Box2D"):
+        make_env(name)
 
 
 def test_evaluate_refuses_an_env_of_several_copies():

@@ -4,9 +4,11 @@ import ctypes.util
 import os
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torchrl.data import Bounded
 
 from torchrl_crossq import make_actor
 from torchrl_crossq.envs import env_dims, make_env
@@ -60,6 +62,21 @@ def test_a_simulator_that_cannot_render_raises_one_line(tmp_path, monkeypatch):
     message = str(err.value)
     assert "\n" not in message and "EGL" in message and "apt-get install libegl1" in message
     assert not (tmp_path / "ep.mp4").exists()
+
+
+def test_an_env_that_takes_no_render_mode_raises_one_line(tmp_path):
+    # Made outside the try, its TypeError ended a training run at its first video.
+    class NoRenderMode(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    name = f"Test/NoRenderMode-{len(gym.registry)}-v0"
+    gym.register(name, entry_point=lambda: NoRenderMode())  # no **kwargs: render_mode fails
+    actor = make_actor(3, Bounded(-1.0, 1.0, shape=(1,)), num_cells=(8,))
+    with pytest.raises(
+        VideoUnavailable, match=rf"^{name} cannot be made with render_mode='rgb_array': TypeError"
+    ):
+        record_episode(actor, tmp_path / "ep.mp4", env_name=name)
 
 
 def test_a_missing_encoder_raises_one_line_naming_the_install(tmp_path, monkeypatch):

@@ -370,6 +370,15 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"seed={cfg.seed!r} must be in [0, {max_seed}) (numpy's seeds are 32-bit"
             + (")" if cfg.seed_scheme == "streams" else "; seed_scheme=offset adds 10000 + frames)")
         )
+    last_env_seed = cfg.seed + cfg.collector.total_frames + cfg.env.num_envs - 1
+    if cfg.seed_scheme == "offset" and cfg.env.backend == "envpool" and last_env_seed >= 2**31:
+        # (the streams scheme's seeds stay below 2**30)
+        raise ConfigError(
+            f"seed={cfg.seed} with seed_scheme=offset and env.backend=envpool: EnvPool takes "
+            "32-bit signed seeds, and the env copies get up to seed + collector.total_frames + "
+            f"env.num_envs - 1 = {last_env_seed}; use a seed below "
+            f"{2**31 - cfg.collector.total_frames - cfg.env.num_envs + 1}, or seed_scheme=streams"
+        )
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads!r} must be >= 1 (or null: torch's default)")
     tau = cfg.algorithm.tau

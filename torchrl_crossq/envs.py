@@ -155,7 +155,11 @@ def make_gym_env(
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
     if name != METAWORLD:
-        return gym.make(name, **kwargs)
+        try:
+            return gym.make(name, **kwargs)
+        except gym.error.DependencyNotInstalled as err:  # Box2D, pygame, ...
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise MissingExtraError(f"env.name={name!r} cannot be made here: {reason}") from err
     _require("metaworld", f"env.name={METAWORLD}")  # registers the Meta-World/* ids
     env = gym.make(name, env_name=task, disable_env_checker=True, seed=task_seed, **kwargs)
     if max_episode_steps is not None:
@@ -195,6 +199,18 @@ def _make_single_env(
     task_seed: int | None = None,
 ) -> EnvBase:
     gym_env = make_gym_env(name, task, max_episode_steps, task_seed=task_seed)
+    for what, space in (
+        ("observations", gym_env.observation_space),
+        ("actions", gym_env.action_space),
+    ):
+        if isinstance(space, gym.spaces.Box) and space.shape == ():
+            gym_env.close()
+            # TorchRL would call them [1]; the env would then be stepped with, and our code
+            # read, arrays of another shape than the env's.
+            raise UnsupportedEnvError(
+                f"env.name={name!r} has {what} of shape () (a 0-d gymnasium Box); CrossQ and "
+                "SAC here need vectors: reshape them to (1,) in a wrapper"
+            )
     env = GymWrapper(EpisodeRecorder(gym_env), device=device)
     if name == METAWORLD:
         env.set_info_dict_reader(SuccessReader())
@@ -363,6 +379,13 @@ def _check_spaces(env: EnvBase, name: str) -> None:
             f"env.name={name!r} has {type(action).__name__} actions of shape "
             f"{list(action.shape)}; CrossQ and SAC here need a bounded continuous action "
             "vector (a gymnasium Box with finite bounds)"
+        )
+    low, high = action.space.low, action.space.high
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
+        raise UnsupportedEnvError(
+            f"env.name={name!r} has action bounds low={low.tolist()}, high={high.tolist()}; "
+            "CrossQ and SAC here squash actions into [low, high] and need finite bounds with "
+            "high > low in every dimension"
         )
     observation = env.observation_spec_unbatched
     keys = list(observation.keys(True, True))

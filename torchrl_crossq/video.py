@@ -82,9 +82,16 @@ def record_episode(
     path = Path(path)
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless; read when the first frame is rendered
     check_env(env_name, task)
-    env = make_gym_env(
-        env_name, task, max_episode_steps, task_seed=task_seed, render_mode="rgb_array"
-    )
+    try:
+        env = make_gym_env(
+            env_name, task, max_episode_steps, task_seed=task_seed, render_mode="rgb_array"
+        )
+    except Exception as err:  # a constructor without render_mode, a renderer's package missing
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise VideoUnavailable(
+            f"{env_name} cannot be made with render_mode='rgb_array': {type(err).__name__}: "
+            f"{reason}"
+        ) from err
     device = next(iter(policy.parameters()), torch.empty(0)).device
     try:
         observation, _ = reset_seeded(env, seed)
