@@ -130,6 +130,55 @@ def test_ensemble_linear_gradients_match_baddbmm(out_features, autocast):
         torch.testing.assert_close(ours, ref, **tol)
 
 
+def _bool_buffers_of_compiled_critic(monkeypatch, relu) -> list[str]:
+    """The shapes of the bool buffers in inductor's CPU code of the critic as the actor loss
+    runs it (eval mode, weights detached, gradients to its inputs)."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from torchrl_crossq.modules import networks
+
+    monkeypatch.setattr(networks, "ReLU", relu)
+    torch.manual_seed(0)
+    critic = make_critic(OBS_DIM, ACTION_DIM, num_cells=(8, 8)).module.eval().requires_grad_(False)
+    observation = torch.randn(16, OBS_DIM, requires_grad=True)
+    action = torch.randn(16, ACTION_DIM, requires_grad=True)
+    q = torch.compile(lambda o, a: critic(o, a).sum())
+    _, code = run_and_get_code(lambda: q(observation, action).backward())
+    return re.findall(r"empty_strided_cpu\((\([^)]*\)), [^)]*\), torch\.bool\)", "\n".join(code))
+
+
+def test_the_critic_relu_compiled_on_cpu_keeps_no_bool_mask_for_the_actor_loss(monkeypatch):
+    # Inside the actor loss (critic weights detached) inductor kept each critic ReLU's mask as a
+    # bool tensor, which its CPU kernels write and read about 20x slower than floats.
+    from torchrl_crossq.modules.networks import ReLU
+
+    hidden = "(2, 16, 8)"  # [critics, batch, width]
+    assert hidden in _bool_buffers_of_compiled_critic(monkeypatch, torch.nn.ReLU)
+    assert hidden not in _bool_buffers_of_compiled_critic(monkeypatch, ReLU)
+
+
+def test_the_critic_relu_gives_relus_values_and_gradients_eager_and_compiled():
+    from torchrl_crossq.modules.networks import ReLU
+
+    weight = torch.randn(2, 8, 8).div(3)
+    x = torch.randn(2, 16, 8, requires_grad=True)
+
+    def grad_through(relu):
+        return torch.autograd.grad(torch.bmm(relu(torch.bmm(x, weight)), weight).square().sum(), x)
+
+    (expected,) = grad_through(torch.nn.ReLU())
+    for relu in (ReLU(), torch.compile(ReLU())):
+        torch.testing.assert_close(grad_through(relu)[0], expected, rtol=1e-6, atol=1e-7)
+    relus = [
+        m
+        for m in make_critic(OBS_DIM, ACTION_DIM, num_cells=(8,)).modules()
+        if isinstance(m, torch.nn.ReLU)
+    ]
+    assert relus and all(type(m) is ReLU for m in relus)  # still an nn.ReLU
+
+
 def test_actor_log_std_is_clipped_to_the_reference_bounds():
     actor = make_actor(OBS_DIM, Bounded(-1.0, 1.0, shape=(ACTION_DIM,)), num_cells=(8,), norm=None)
     head = actor.module[0].module[-2]
