@@ -87,10 +87,9 @@ def record_episode(
             env_name, task, max_episode_steps, task_seed=task_seed, render_mode="rgb_array"
         )
     except Exception as err:  # a constructor without render_mode, a renderer's package missing
-        reason = str(err).splitlines()[0] if str(err) else ""
         raise VideoUnavailable(
             f"{env_name} cannot be made with render_mode='rgb_array': {type(err).__name__}: "
-            f"{reason}"
+            f"{_first_line(err)}"
         ) from err
     device = next(iter(policy.parameters()), torch.empty(0)).device
     try:
@@ -129,11 +128,16 @@ def _require_encoder():
     return imageio
 
 
+def _first_line(err: Exception) -> str:
+    """The first line of an error's message (``""`` for none): the one-line reason given."""
+    return str(err).splitlines()[0] if str(err) else ""
+
+
 def _render(simulator, env_name: str):
     try:
         frame = simulator.render()
     except Exception as err:  # GL, pygame, ...: each simulator fails its own way
-        reason = str(err).splitlines()[0] if str(err) else ""
+        reason = _first_line(err)
         hint = "" if "install" in reason else f"; {GL_HINT}"
         raise VideoUnavailable(
             f"{env_name} cannot render here (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): "
