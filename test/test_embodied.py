@@ -216,9 +216,10 @@ def test_gymnasium_meta_world_seeds_reproduce_and_differ():
         env.close()
         return obs
 
-    torch.testing.assert_close(first_obs(3), first_obs(3))
-    assert not torch.equal(first_obs(3), first_obs(4))
-    goals = first_obs(3)[:, 36:]  # the last three entries are the goal position
+    seed_3 = first_obs(3)
+    torch.testing.assert_close(first_obs(3), seed_3)
+    assert not torch.equal(seed_3, first_obs(4))
+    goals = seed_3[:, 36:]  # the last three entries are the goal position
     assert not torch.equal(goals[0], goals[1])  # each copy has its own seed
 
 

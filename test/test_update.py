@@ -259,8 +259,14 @@ def test_cudagraphs_need_compile(action_spec):
         CrossQUpdater(loss, make_optimizers(loss), cudagraphs=True)
 
 
-def test_cudagraphs_on_cpu_warn_and_run_compiled(action_spec):
-    # CUDA graphs need a CUDA device; on CPU the same construction compiles the losses only.
+def test_each_compiled_loss_is_traced_once_and_cudagraphs_on_cpu_only_compile(action_spec):
+    # The critic-output check runs on the first call only; under compile a guard on its flag
+    # traced the critic loss a second time (three graphs where two do). CUDA graphs need a
+    # CUDA device: on CPU the same construction compiles the losses only, each whole (a graph
+    # break, e.g. on the parameter check, cost recompiles).
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # graphs compiled by earlier tests are reused, not counted
     loss = build(action_spec)
     with pytest.warns(UserWarning, match="cudagraphs=True has no effect on device 'cpu'"):
         update = CrossQUpdater(
@@ -268,29 +274,13 @@ def test_cudagraphs_on_cpu_warn_and_run_compiled(action_spec):
         )
     assert not update.cudagraphs
     critic = snapshot(loss.qvalue_network_params)
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-    for _ in range(2):
-        metrics = update(make_batch(16))
-    assert all(torch.isfinite(v).all() for v in metrics.values())
-    assert changed(critic, loss.qvalue_network_params)
-    # Each loss compiles whole: no graph break (one on the parameter check cost recompiles).
-    assert not counters["graph_break"], list(counters["graph_break"])
-
-
-def test_each_compiled_loss_is_traced_once(action_spec):
-    # The critic-output check runs on the first call only; under compile a guard on its flag
-    # traced the critic loss a second time (three graphs where two do).
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()  # graphs compiled by earlier tests are reused, not counted
-    loss = build(action_spec)
-    update = CrossQUpdater(loss, make_optimizers(loss), policy_delay=1, compile=True)
     counters.clear()
     for step in range(4):
-        update(make_batch(16, seed=step))
+        metrics = update(make_batch(16, seed=step))
     assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    assert not counters["graph_break"], list(counters["graph_break"])
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert changed(critic, loss.qvalue_network_params)
 
 
 def train_pendulum(frames: int = 96, slow: bool = False, monkeypatch=None) -> list[dict]:
