@@ -19,6 +19,7 @@ from torchrl_crossq import (
     make_critic,
     make_optimizers,
 )
+from torchrl_crossq.objectives.update import _fused_adam_calls, step_optimizer, zero_grad
 
 
 def build(action_spec, **loss_kwargs):
@@ -281,6 +282,82 @@ def test_each_compiled_loss_is_traced_once_and_cudagraphs_on_cpu_only_compile(ac
     assert not counters["graph_break"], list(counters["graph_break"])
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert changed(critic, loss.qvalue_network_params)
+
+
+def two_group_adam(**kwargs):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 2))
+    groups = [
+        {"params": net[0].parameters()},
+        {"params": net[1].parameters(), "lr": 3e-3, "weight_decay": 0.1},
+    ]
+    return net, torch.optim.Adam(groups, lr=1e-3, betas=(0.5, 0.999), **kwargs)
+
+
+def train_steps(net, optimizer, step, steps=5):
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        zero_grad(optimizer)
+        net(x).pow(2).sum().backward()
+        step(optimizer)
+        for group in optimizer.param_groups:
+            group["lr"] *= 0.9  # what a scheduler does between steps
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"fused": True}, {"fused": True, "amsgrad": True}, {"foreach": True}, {"fused": False}],
+    ids=["fused", "fused_amsgrad", "foreach", "for_loop"],
+)
+def test_step_optimizer_gives_adams_own_step_bit_for_bit(kwargs):
+    # A fused Adam is stepped through its kernel directly after its first step (when its state
+    # exists); any other takes step(). Either way: Adam's own results, every tensor equal.
+    net, optimizer = two_group_adam(**kwargs)
+    twin, twin_optimizer = two_group_adam(**kwargs)
+    train_steps(net, optimizer, lambda opt: opt.step())
+    train_steps(twin, twin_optimizer, step_optimizer)
+    direct = kwargs == {"fused": True}
+    assert (_fused_adam_calls(twin_optimizer) is not None) == direct
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q) and p.grad is not None
+    for state, twin_state in zip(
+        optimizer.state.values(), twin_optimizer.state.values(), strict=True
+    ):
+        for key, value in state.items():
+            assert torch.equal(value, twin_state[key]), key
+
+
+def test_step_optimizer_keeps_hooks_and_schedulers_of_step(recwarn):
+    # Hooks run and an lr scheduler sees its optimiser stepped (it warns otherwise): both take
+    # step() itself.
+    net, optimizer = two_group_adam(fused=True)
+    calls = []
+    optimizer.register_step_post_hook(lambda *args: calls.append(1))
+    train_steps(net, optimizer, step_optimizer, steps=3)
+    assert len(calls) == 3
+    net, optimizer = two_group_adam(fused=True)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=4)
+    for _ in range(3):
+        train_steps(net, optimizer, step_optimizer, steps=1)
+        scheduler.step()
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+    assert _fused_adam_calls(optimizer) is None  # the scheduler's wrapper of step
+
+
+def test_zero_grad_clears_the_gradients_as_the_optimizers_own():
+    net, optimizer = two_group_adam(fused=True)
+    net(torch.randn(3, 5)).sum().backward()
+    zero_grad(optimizer)
+    assert all(p.grad is None for p in net.parameters())
+
+    class Zeroing(torch.optim.SGD):  # a zero_grad of its own is called
+        def zero_grad(self, set_to_none=True):
+            super().zero_grad(set_to_none=False)
+
+    optimizer = Zeroing(net.parameters(), lr=0.1)
+    net(torch.randn(3, 5)).sum().backward()
+    zero_grad(optimizer)
+    assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
 
 
 def train_pendulum(frames: int = 96, slow: bool = False, monkeypatch=None) -> list[dict]:

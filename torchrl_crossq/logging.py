@@ -302,6 +302,8 @@ class TrainingWindow:
         """Counts a collected batch and the episodes that ended in it."""
         self._frames += data.numel()
         done = data["next", "done"].squeeze(-1)
+        if not done.any():  # most batches of a one-frame collector
+            return
         self._returns += data["next", "episode_reward"].squeeze(-1)[done].tolist()
         if ("next", "episode_success") in data.keys(True):
             self._successes += data["next", "episode_success"].squeeze(-1)[done].tolist()
